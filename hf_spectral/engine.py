@@ -1,0 +1,405 @@
+"""The one SVD path: plan the matrices of a checkpoint or a live model, decompose them on a device,
+deal the work over accelerate processes by cost, and gather a ``Snapshot``.
+
+The analyzer, the training callback and the experiments all come through here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from hf_spectral import metrics
+from hf_spectral.errors import SpectralError
+from hf_spectral.sources.types import Checkpoint
+from hf_spectral.store import STATUS_FLAGGED, STATUS_OK, STATUS_SKIPPED, Snapshot
+from hf_spectral.tensor_info import DTYPE_EPS, TensorInfo, dtype_code
+from hf_spectral.views import (
+    alignment_pairs,
+    config_from_model,
+    module_types_from_config,
+    module_types_from_model,
+    plan_matrices,
+)
+from hf_spectral.views.types import AlignmentPair, MatrixSlice, MatrixSpec, Reader, SkippedTensor
+
+PRECISIONS = ("float32", "float64")
+UNDEFINED_FLAGS = {"zero_matrix", "non_finite"}  # metrics not defined: the row is flagged
+
+
+@dataclass
+class AnalysisOptions:
+    """How to analyze: which matrices, what to keep, where and how precisely to compute.
+
+    include / exclude: regexes (``re.search``) on matrix names; several may be given.
+    top_k:      keep the top-k left/right singular vectors of every matrix (0 = singular values only).
+    device:     ``auto`` (the accelerate process's device, CUDA when available), ``cpu``, ``cuda``, ``cuda:1``.
+    precision:  ``float32`` (default; singular values within 1e-4·σ_max, in practice ~1e-8) or ``float64``.
+    alignment:  also compute consecutive-layer alignment (needs full decompositions of paired layers).
+    alignment_k: how many diagonal entries of each alignment matrix to keep.
+    progress:   show a progress bar on the main process.
+    """
+
+    include: str | Sequence[str] | None = None
+    exclude: str | Sequence[str] | None = None
+    top_k: int = 0
+    device: str = "auto"
+    precision: str = "float32"
+    alignment: bool = False
+    alignment_k: int = 100
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise SpectralError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        if self.top_k < 0:
+            raise SpectralError(f"top_k must be >= 0, got {self.top_k}")
+
+    def to_meta(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("progress")
+        return out
+
+
+@dataclass
+class Plan:
+    """What will be computed: matrices with their readers, skipped tensors, alignment pairs."""
+
+    specs: list[MatrixSpec]
+    readers: dict[str, Reader]  # matrix name -> read(tensor name) for its part
+    skipped: list[SkippedTensor]
+    pairs: list[AlignmentPair] = field(default_factory=list)
+    components: dict[str, str] = field(default_factory=dict)  # matrix name -> component
+    model_types: dict[str, str] = field(default_factory=dict)  # component -> model_type / class
+
+    @property
+    def total_cost(self) -> float:
+        return sum(spec.cost for spec in self.specs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning
+
+
+def plan_checkpoint(checkpoint: Checkpoint, options: AnalysisOptions) -> Plan:
+    """Plan from file headers only: no tensor data is read."""
+    plans = []
+    for part in checkpoint.parts:
+        infos = part.reader.tensors()
+        module_info = module_types_from_config(part.config) if part.config else None
+        module_types, buffers = (module_info[0], module_info[2]) if module_info else (None, set())
+        prefix = f"{part.component}/" if part.component else ""
+        plans.append((part.component, part.config, infos, module_types, buffers, part.reader.read, prefix))
+    return _plan_parts(plans, options, where=str(checkpoint.path))
+
+
+def plan_model(model: torch.nn.Module, options: AnalysisOptions) -> Plan:
+    """Plan the live parameters of ``model`` (unwrapped); reading is a no-copy ``detach``."""
+    module_types, _order, buffers = module_types_from_model(model)
+    params = dict(model.named_parameters())
+    infos = [TensorInfo(name, tuple(p.shape), dtype_code(p.dtype)) for name, p in params.items()]
+
+    def read(name: str) -> torch.Tensor:
+        return params[name].detach()
+
+    plans = [("", config_from_model(model), infos, module_types, buffers, read, "")]
+    return _plan_parts(plans, options, where=type(model).__name__)
+
+
+def _plan_parts(plans: list[tuple], options: AnalysisOptions, where: str) -> Plan:
+    specs: list[MatrixSpec] = []
+    skipped: list[SkippedTensor] = []
+    readers: dict[str, Reader] = {}
+    components: dict[str, str] = {}
+    model_types: dict[str, str] = {}
+    pairs: list[AlignmentPair] = []
+    errors: list[SpectralError] = []
+    for component, config, infos, module_types, buffers, read, prefix in plans:
+        try:
+            part_specs, part_skipped = plan_matrices(
+                infos, config=config, module_types=module_types, buffers=buffers,
+                include=options.include, exclude=options.exclude, prefix=prefix,
+            )
+        except SpectralError as exc:
+            # With several components, a filter may legitimately select nothing in one of them.
+            errors.append(exc)
+            continue
+        specs += part_specs
+        skipped += part_skipped
+        for spec in part_specs:
+            readers[spec.name] = read
+            components[spec.name] = component
+        model_types[component] = _model_type(config)
+        if options.alignment:
+            pairs += alignment_pairs(part_specs, config=config)
+    if not specs:
+        if errors:
+            raise errors[0]
+        raise SpectralError(f"{where}: no weight matrix to analyze (no tensor with 2 or more float dimensions)")
+    return Plan(specs, readers, skipped, pairs, components, model_types)
+
+
+def _model_type(config: dict | None) -> str:
+    if not config:
+        return ""
+    return str(config.get("model_type") or config.get("_class_name") or "")
+
+
+# --------------------------------------------------------------------------------------------------
+# Computing
+
+
+@dataclass
+class _Task:
+    index: int
+    cost: float
+    spec: MatrixSpec | None = None
+    pair: AlignmentPair | None = None
+
+
+def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None = None) -> Snapshot:
+    """Decompose every planned matrix (dealt over accelerate processes) and build the snapshot.
+
+    Every process returns the same gathered snapshot; only callers on the main process should write it.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    device = resolve_device(options.device, state)
+    by_name = {spec.name: spec for spec in plan.specs}
+    tasks = [_Task(i, spec.cost, spec=spec) for i, spec in enumerate(plan.specs)]
+    for pair in plan.pairs:
+        cost = by_name[pair.prev.matrix].cost + by_name[pair.next.matrix].cost
+        tasks.append(_Task(len(tasks), cost, pair=pair))
+    mine = [tasks[i] for i in deal_by_cost([t.cost for t in tasks], state.num_processes)[state.process_index]]
+
+    started = time.perf_counter()
+    results: list[tuple[int, dict[str, Any]]] = []
+    show = options.progress and state.is_main_process
+    with _cpu_threads_for(state, device), torch.no_grad():
+        for task in tqdm(mine, desc="SVD", unit="matrix", disable=not show, leave=False):
+            if task.spec is not None:
+                results.append((task.index, decompose(task.spec, plan.readers[task.spec.name], options, device)))
+            else:
+                results.append((task.index, align(task.pair, by_name, plan.readers, options, device)))
+    if state.num_processes > 1:
+        results = gather_object(results)
+    elapsed = time.perf_counter() - started
+
+    done = dict(results)
+    missing = [t.index for t in tasks if t.index not in done]
+    if missing:  # pragma: no cover - would be a bug in dealing or gathering
+        raise RuntimeError(f"lost {len(missing)} results while gathering from {state.num_processes} processes")
+    matrix_results = [done[i] for i in range(len(plan.specs))]
+    pair_results = [done[i] for i in range(len(plan.specs), len(tasks))]
+    snapshot_meta = {
+        **(meta or {}),
+        "options": options.to_meta(),
+        "device": str(device),
+        "num_processes": state.num_processes,
+        "seconds": round(elapsed, 3),
+        "model_types": plan.model_types,
+        "hf_spectral_version": _version(),
+    }
+    return _assemble(plan, matrix_results, pair_results, snapshot_meta)
+
+
+def decompose(spec: MatrixSpec, read: Reader, options: AnalysisOptions, device: torch.device) -> dict[str, Any]:
+    """Singular values, metrics and (optionally) top-k vectors of one planned matrix."""
+    matrix = spec.materialize(read).to(device)
+    shape = (int(matrix.shape[0]), int(matrix.shape[1]))
+    if not torch.isfinite(matrix).all():
+        return {"metrics": metrics.non_finite_metrics(shape), "sigma": None, "vectors": None}
+    try:
+        if options.top_k:
+            result = metrics.decompose(matrix, options.top_k, precision=options.precision)
+            sigma, vectors = result.sigma, (result.u.cpu().numpy(), result.v.cpu().numpy())
+        else:
+            sigma, vectors = metrics.singular_values(matrix, precision=options.precision), None
+    except metrics.DecompositionError as exc:
+        failed = dict(metrics.non_finite_metrics(shape), flag=f"svd_failed: {exc}")
+        return {"metrics": failed, "sigma": None, "vectors": None}
+    # The noise floor is the stored dtype's precision (a bf16 weight cannot resolve σ below ~1e-2·σ₁).
+    eps = max(DTYPE_EPS.get(spec.dtype, DTYPE_EPS["F32"]), DTYPE_EPS["F64" if options.precision == "float64" else "F32"])
+    values = metrics.spectrum_metrics(sigma, shape, eps=eps)
+    return {"metrics": values, "sigma": sigma.cpu().numpy(), "vectors": vectors}
+
+
+def align(pair: AlignmentPair, specs: dict[str, MatrixSpec], readers: dict[str, Reader],
+          options: AnalysisOptions, device: torch.device) -> dict[str, Any]:
+    """Alignment diagonal of one consecutive-layer pair."""
+
+    def load(where: MatrixSlice, sliced: bool = True) -> torch.Tensor:
+        matrix = specs[where.matrix].materialize(readers[where.matrix]).to(device)
+        if not torch.isfinite(matrix).all():
+            raise ValueError(f"non-finite weights in {where.matrix}")
+        return _slice(matrix, where) if sliced else matrix
+
+    k, precision = options.alignment_k, options.precision
+    try:
+        if pair.extra.get("gate"):
+            # LSTM: the gate's block of the left vectors of the whole stacked (i, f, g, o) matrix, as
+            # the authors do, not the vectors of the gate's sub-matrix.
+            rows = pair.prev.rows or (0, specs[pair.prev.matrix].shape[0])
+            u_prev = metrics.decompose(load(pair.prev, sliced=False), k, precision=precision).u[rows[0]:rows[1]]
+            v_next = metrics.decompose(load(pair.next), k, precision=precision).v
+            diagonal = metrics.alignment_diagonal(u_prev, v_next, k)
+        elif pair.mode == "conv_centre":
+            # Column slices (UNet skip halves) are in flattened (channel·kernel) units: slice, then unflatten.
+            kernel_size = pair.extra.get("kernel_size") or specs[pair.next.matrix].extra.get("kernel_size", ())
+            kernel = load(pair.next)
+            kernel = kernel.reshape(kernel.shape[0], -1, *kernel_size)
+            diagonal = metrics.conv_centre_alignment(load(pair.prev), kernel, k, precision=precision)
+        elif pair.mode == "out_in":
+            diagonal = metrics.out_in_alignment(load(pair.prev), load(pair.next), k, precision=precision)
+        elif pair.mode == "in_in":
+            diagonal = metrics.in_in_alignment(load(pair.prev), load(pair.next), k, precision=precision)
+        elif pair.mode == "qk_heads":
+            heads = pair.prev.heads or 1
+            diagonal = metrics.qk_head_alignment(load(pair.prev), load(pair.next), heads, k, precision=precision)
+        else:
+            raise ValueError(f"unknown alignment mode {pair.mode!r}")
+    except (ValueError, RuntimeError) as exc:
+        return {"diagonal": np.zeros(0), "score": float("nan"), "flag": f"failed: {exc}"}
+    return {"diagonal": diagonal.detach().cpu().numpy().astype(np.float64), "score": metrics.top_score(diagonal), "flag": ""}
+
+
+def _slice(matrix: torch.Tensor, where: MatrixSlice) -> torch.Tensor:
+    if where.rows is not None:
+        matrix = matrix[where.rows[0]:where.rows[1]]
+    if where.cols is not None:
+        matrix = matrix[:, where.cols[0]:where.cols[1]]
+    return matrix
+
+
+def _assemble(plan: Plan, matrix_results: list[dict], pair_results: list[dict], meta: dict[str, Any]) -> Snapshot:
+    rows: list[dict[str, Any]] = []
+    spectra: dict[str, np.ndarray] = {}
+    vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for index, (spec, result) in enumerate(zip(plan.specs, matrix_results)):
+        values = dict(result["metrics"])
+        flag = str(values.pop("flag", "") or "")
+        rows.append({
+            **_describe(spec.name, plan.components.get(spec.name, ""), spec.tensor_shape, spec.dtype),
+            "index": index, "kind": spec.kind, "view": spec.view, "rows": spec.shape[0], "cols": spec.shape[1],
+            "status": STATUS_FLAGGED if flag in UNDEFINED_FLAGS else STATUS_OK, "flag": flag, **values,
+        })
+        if result["sigma"] is not None:
+            spectra[spec.name] = result["sigma"]
+        if result["vectors"] is not None:
+            vectors[spec.name] = result["vectors"]
+    for offset, skip in enumerate(plan.skipped):
+        component = skip.name.split("/", 1)[0] if "/" in skip.name else ""
+        rows.append({
+            **_describe(skip.name, component, skip.shape, skip.dtype),
+            "index": len(plan.specs) + offset, "kind": "", "view": "", "rows": -1, "cols": -1,
+            "status": STATUS_SKIPPED, "flag": skip.reason,
+        })
+    table = pd.DataFrame(rows)
+    for column in metrics.SPECTRUM_METRICS:
+        if column not in table:
+            table[column] = np.nan
+    alignment_rows = []
+    diagonals: dict[str, np.ndarray] = {}
+    for pair, result in zip(plan.pairs, pair_results):
+        alignment_rows.append({"label": pair.label, "prev": pair.prev.matrix, "next": pair.next.matrix,
+                               "mode": pair.mode, "score": result["score"], "k": len(result["diagonal"]),
+                               "flag": result["flag"]})
+        diagonals[pair.label] = result["diagonal"]
+    return Snapshot(table, spectra, vectors, pd.DataFrame(alignment_rows), diagonals, meta)
+
+
+def _describe(name: str, component: str, shape: Sequence[int], dtype: str) -> dict[str, Any]:
+    return {"name": name, "component": component, "tensor_shape": "x".join(str(d) for d in shape), "dtype": dtype}
+
+
+# --------------------------------------------------------------------------------------------------
+# Devices and processes
+
+
+def deal_by_cost(costs: Sequence[float], num_workers: int) -> list[list[int]]:
+    """Assign items to workers so that total costs balance (longest-processing-time first).
+
+    Contiguous chunks would give one process all the large layers of a deep model; this greedy
+    dealing is within 4/3 of the best possible makespan.
+    """
+    loads = [0.0] * num_workers
+    assignment: list[list[int]] = [[] for _ in range(num_workers)]
+    for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        worker = min(range(num_workers), key=lambda w: (loads[w], w))
+        assignment[worker].append(index)
+        loads[worker] += costs[index]
+    return [sorted(items) for items in assignment]
+
+
+def resolve_device(device: str, state: Any | None = None) -> torch.device:
+    """``auto`` → the accelerate process's device (CUDA when available), else the named device."""
+    if device == "auto":
+        if state is not None:
+            return torch.device(state.device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise SpectralError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise SpectralError(f"device {device!r} asked for but CUDA is not available here; use --device cpu or auto")
+    if resolved.type == "cuda" and state is not None and state.num_processes > 1 and resolved.index is None:
+        return torch.device(state.device)
+    return resolved
+
+
+@contextlib.contextmanager
+def _cpu_threads_for(state: Any, device: torch.device) -> Iterator[None]:
+    """Split the cores between the processes of this machine while they decompose on the CPU.
+
+    Several processes each running all-core OpenMP slowed SVDs more than 10x in one measurement.
+    """
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
+    if device.type != "cpu" or local_processes <= 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, cores // local_processes))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _version() -> str:
+    from hf_spectral import __version__
+
+    return __version__
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def analyze_checkpoint(checkpoint: Checkpoint, options: AnalysisOptions) -> Snapshot:
+    """Analyze one resolved checkpoint."""
+    plan = plan_checkpoint(checkpoint, options)
+    meta = {
+        "source": checkpoint.source, "checkpoint": str(checkpoint.path), "label": checkpoint.label,
+        "step": checkpoint.step, "revision": checkpoint.revision, "commit": checkpoint.commit,
+    }
+    return run_plan(plan, options, meta)
+
+
+def analyze_model(model: torch.nn.Module, options: AnalysisOptions, *, step: int | None = None,
+                  meta: dict[str, Any] | None = None) -> Snapshot:
+    """Analyze the live parameters of ``model`` (under ``no_grad``; the model is not modified)."""
+    plan = plan_model(model, options)
+    return run_plan(plan, options, {"source": type(model).__name__, "step": step, **(meta or {})})
+

@@ -1,0 +1,11 @@
+"""The one exception type hf_spectral raises for bad input."""
+
+from __future__ import annotations
+
+
+class SpectralError(Exception):
+    """Bad input or configuration.
+
+    The message is one line that names the file or layer at fault and says how to fix it;
+    the CLI prints it as ``error: <message>`` and exits with status 2, without a traceback.
+    """

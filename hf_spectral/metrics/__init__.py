@@ -1,0 +1,73 @@
+"""Pure math on tensors: singular values (exact fast path), spectrum metrics, agreement, alignment.
+
+No I/O, no logging, no model knowledge. Results are float64 tensors on the input's device
+(the CPU for MPS tensors, which have no float64) or python floats.
+"""
+
+from hf_spectral.metrics.agreement import (
+    DEFAULT_K,
+    agreement_diagonal,
+    agreement_matrix,
+    agreement_subspace,
+    alignment_diagonal,
+    alignment_matrix,
+    conv_centre_alignment,
+    in_in_alignment,
+    kernel_centre,
+    out_in_alignment,
+    qk_head_alignment,
+    qk_head_alignment_per_head,
+    subspace_overlap,
+    top_score,
+)
+from hf_spectral.metrics.spectrum import (
+    FLAG_NON_FINITE,
+    FLAG_RANK_DEFICIENT,
+    FLAG_ZERO,
+    FLOAT32_EPS,
+    PRECISIONS,
+    RETRY_JITTER,
+    SPECTRUM_METRICS,
+    Decomposition,
+    DecompositionError,
+    MetricInputError,
+    decompose,
+    gini,
+    non_finite_metrics,
+    singular_values,
+    spectrum_metrics,
+    top_singular_vectors,
+)
+
+__all__ = [
+    "DEFAULT_K",
+    "FLAG_NON_FINITE",
+    "FLAG_RANK_DEFICIENT",
+    "FLAG_ZERO",
+    "FLOAT32_EPS",
+    "PRECISIONS",
+    "RETRY_JITTER",
+    "SPECTRUM_METRICS",
+    "Decomposition",
+    "DecompositionError",
+    "MetricInputError",
+    "agreement_diagonal",
+    "agreement_matrix",
+    "agreement_subspace",
+    "alignment_diagonal",
+    "alignment_matrix",
+    "conv_centre_alignment",
+    "decompose",
+    "gini",
+    "in_in_alignment",
+    "kernel_centre",
+    "non_finite_metrics",
+    "out_in_alignment",
+    "qk_head_alignment",
+    "qk_head_alignment_per_head",
+    "singular_values",
+    "spectrum_metrics",
+    "subspace_overlap",
+    "top_score",
+    "top_singular_vectors",
+]

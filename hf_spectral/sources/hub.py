@@ -1,0 +1,224 @@
+"""Hub model ids -> a snapshot folder in the local Hub cache -> a checkpoint.
+
+Only the files needed are fetched, in stages, each a ``snapshot_download`` call with narrow
+``allow_patterns`` (never TensorFlow/Flax/ONNX/GGUF files, nor single-file checkpoints such as
+``sd_xl_base_1.0.safetensors`` that sit beside the diffusers folders):
+
+1. root ``config.json`` / ``model_index.json`` and the root weights of the requested variant
+   (``model*.safetensors``, ``diffusion_pytorch_model*.safetensors`` and their index);
+2. for a diffusers pipeline: each component's ``config.json`` and weights of that variant;
+3. only for models still without weights: legacy ``.bin`` of that variant, then (variant None)
+   any safetensors variant, then any ``.bin`` variant; (a named variant, pipeline components)
+   the plain files, as diffusers falls back to them.
+
+Offline (``HF_HUB_OFFLINE``, read by huggingface_hub at import time, or set in the environment
+when ``resolve`` is called), the cached snapshot of the revision is used as it is.
+The cache folder is ``cache_dir``, else ``HF_HUB_CACHE`` / ``HUGGINGFACE_HUB_CACHE`` /
+``HF_HOME/hub`` read when called (huggingface_hub's own order).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from huggingface_hub import constants, snapshot_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
+    IncompleteSnapshotError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import validate_repo_id
+
+from hf_spectral.errors import SpectralError
+from hf_spectral.sources.layout import (
+    BIN_STEMS,
+    SAFE_STEMS,
+    NoWeightsError,
+    expects_weights,
+    pipeline_components,
+    weight_sets,
+)
+from hf_spectral.sources.resolve import open_checkpoint
+from hf_spectral.sources.types import Checkpoint
+
+ANY = "*"  # stage marker: every variant
+_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".h5", ".msgpack", ".gguf", ".onnx")
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+def hub_cache_dir() -> Path:
+    """The Hub cache folder, from the environment as it is now (huggingface_hub reads it at import)."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.path.expandvars(os.environ[var])).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.path.expandvars(os.environ["HF_HOME"])).expanduser() / "hub"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "huggingface" / "hub"
+    return Path(constants.HF_HUB_CACHE)
+
+
+def is_offline() -> bool:
+    """Whether Hub access is off: huggingface_hub's import-time flag, or the environment now."""
+    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").upper()
+    return bool(constants.HF_HUB_OFFLINE) or env in _TRUE
+
+
+def split_revision(source: str) -> tuple[str, str | None]:
+    """``"org/name@rev"`` -> ``("org/name", "rev")``; no ``@`` -> ``(source, None)``."""
+    if "@" in source:
+        repo_id, _, rev = source.partition("@")
+        return repo_id, rev or None
+    return source, None
+
+
+def looks_like_hub_id(source: str) -> bool:
+    """Whether a SOURCE that is not a local path could be a Hub model id."""
+    repo_id, _ = split_revision(source)
+    if not repo_id or repo_id[0] in "./~\\" or repo_id.count("/") > 1 or repo_id.lower().endswith(_FILE_SUFFIXES):
+        return False
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return False
+    return True
+
+
+def resolve_hub(
+    source: str,
+    *,
+    revision: str | None = None,
+    variant: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> list[Checkpoint]:
+    """The checkpoint of a Hub model id at a revision (default ``main``), from the local cache,
+    downloading the weight files first unless offline."""
+    repo_id, at_rev = split_revision(source)
+    if at_rev is not None and revision is not None and at_rev != revision:
+        raise SpectralError(f"{source} names revision {at_rev} but --revision is {revision}: give one of them")
+    rev = revision or at_rev or "main"
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else hub_cache_dir()
+    offline = is_offline()
+    folder = _fetch(repo_id, rev, variant, cache, offline, source)
+    try:
+        ckpt = open_checkpoint(folder, variant=variant, source=source, label=rev, revision=rev, commit=folder.name)
+    except NoWeightsError as e:
+        if offline:
+            raise SpectralError(
+                f"the cached snapshot of Hub model {repo_id} (revision {rev}) at {folder} lacks weights: "
+                f"run `{_download_command(repo_id, rev)}` or unset HF_HUB_OFFLINE ({e})"
+            ) from e
+        raise SpectralError(f"Hub model {repo_id} (revision {rev}) has no weights hf_spectral can read: {e}") from e
+    ckpt.meta["repo_id"] = repo_id
+    return [ckpt]
+
+
+def weight_patterns(fmt: str, variant: str | None, prefixes: list[str]) -> list[str]:
+    """``allow_patterns`` for the weight files of one format and variant (None = plain, ``ANY``)
+    in each of ``prefixes`` (``""`` = the repo root, else a pipeline component folder).
+
+    huggingface_hub matches with ``fnmatch``, where ``*`` also crosses ``/``: every pattern
+    starts with a literal folder or file name so it cannot reach into other folders.
+    """
+    stems = SAFE_STEMS if fmt == "safetensors" else BIN_STEMS
+    out: list[str] = []
+    for prefix in prefixes:
+        pre = f"{prefix}/" if prefix else ""
+        for s in stems:
+            if variant == ANY:
+                out += [f"{pre}{s}*.{fmt}", f"{pre}{s}.{fmt}.index*.json", f"{pre}{s}.{fmt}.*.index.json"]
+            elif variant is None:
+                out += [f"{pre}{s}.{fmt}", f"{pre}{s}-*-of-*.{fmt}", f"{pre}{s}.{fmt}.index.json"]
+            else:
+                out += [
+                    f"{pre}{s}.{variant}.{fmt}",
+                    f"{pre}{s}.{variant}-*-of-*.{fmt}",
+                    f"{pre}{s}-*-of-*.{variant}.{fmt}",
+                    f"{pre}{s}.{fmt}.index.{variant}.json",
+                    f"{pre}{s}.{fmt}.{variant}.index.json",
+                ]
+    return out
+
+
+def fetch_stages(variant: str | None, pipeline: bool) -> list[tuple[str, str | None]]:
+    """(format, variant) to try in order for a model folder still without weights."""
+    if variant is None:
+        return [("safetensors", None), ("bin", None), ("safetensors", ANY), ("bin", ANY)]
+    stages: list[tuple[str, str | None]] = [("safetensors", variant), ("bin", variant)]
+    if pipeline:  # a component without the variant uses its plain files (diffusers does the same)
+        stages += [("safetensors", None), ("bin", None)]
+    return stages
+
+
+def _fetch(repo_id: str, rev: str, variant: str | None, cache: Path, offline: bool, source: str) -> Path:
+    stages = fetch_stages(variant, pipeline=False)
+
+    def download(patterns: list[str]) -> Path:
+        return _download(repo_id, rev, cache, patterns, offline, source)
+
+    folder = download(["config.json", "model_index.json"] + weight_patterns(*stages[0], [""]))
+    if offline:
+        return folder  # everything cached is already there; nothing more can be fetched
+    prefixes = [""]
+    if (folder / "model_index.json").is_file():
+        components = pipeline_components(folder)
+        stages = fetch_stages(variant, pipeline=True)
+        download([f"{c}/config.json" for c in components] + weight_patterns(*stages[0], components))
+        prefixes = [c for c in components if expects_weights(folder / c)]
+    for fmt, var in stages[1:]:
+        lacking = [p for p in prefixes if not weight_sets(folder / p)]
+        if not lacking:
+            break
+        download(weight_patterns(fmt, var, lacking))
+    return folder
+
+
+def _download(repo_id: str, rev: str, cache: Path, patterns: list[str], offline: bool, source: str) -> Path:
+    try:
+        return Path(
+            snapshot_download(
+                repo_id, revision=rev, cache_dir=cache, allow_patterns=patterns, local_files_only=offline
+            )
+        )
+    except IncompleteSnapshotError as e:
+        # Offline, the cached tree listing says some matching files are absent (e.g. only one
+        # variant was downloaded); what is there may be enough, which open_checkpoint decides.
+        return Path(e.snapshot_path)
+    except GatedRepoError as e:
+        raise SpectralError(
+            f"Hub model {repo_id} is gated: accept its terms on huggingface.co and log in with `hf auth login`"
+        ) from e
+    except RepositoryNotFoundError as e:
+        raise SpectralError(
+            f"no such file or folder: {source} (nor a Hub model {repo_id}, or it is private: `hf auth login`)"
+        ) from e
+    except RevisionNotFoundError as e:
+        raise SpectralError(f"Hub model {repo_id} has no revision {rev}: pass an existing branch, tag or commit") from e
+    except LocalEntryNotFoundError as e:
+        raise SpectralError(_not_cached_message(repo_id, rev, cache, offline, source)) from e
+    except HfHubHTTPError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SpectralError(f"the Hub refused {repo_id} (revision {rev}): {first}") from e
+
+
+def _not_cached_message(repo_id: str, rev: str, cache: Path, offline: bool, source: str) -> str:
+    repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
+    cached = sorted(p.name for p in (repo_dir / "refs").glob("*") if p.is_file()) if repo_dir.is_dir() else []
+    what = (
+        f"revision {rev} of Hub model {repo_id} is not in the cache {cache} (cached: {', '.join(cached)})"
+        if cached
+        else f"no such file or folder: {source}, and Hub model {repo_id} (revision {rev}) is not in the cache {cache}"
+    )
+    if offline:
+        return f"{what}: run `{_download_command(repo_id, rev)}` or unset HF_HUB_OFFLINE"
+    return f"{what}, and the Hub cannot be reached: check the connection, then run `{_download_command(repo_id, rev)}`"
+
+
+def _download_command(repo_id: str, rev: str) -> str:
+    # huggingface_hub 1.x/2.x ships the `hf` CLI (the old `huggingface-cli` is gone).
+    return f"hf download {repo_id} --revision {rev}"

@@ -1,0 +1,317 @@
+"""Lazy tensor readers: file headers give names/shapes/dtypes; tensors are read one at a time.
+
+Both readers hold only paths when pickled, so a reader can be sent to another process and
+re-opens its files there on first use.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from hf_spectral.errors import SpectralError
+from hf_spectral.sources.layout import index_weight_map
+from hf_spectral.tensor_info import TensorInfo
+
+# torch dtype -> safetensors code, so that ``.bin`` tensors are described in one vocabulary.
+TORCH_TO_CODE: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.complex64: "C64",
+}
+for _name, _code in [
+    ("float8_e4m3fn", "F8_E4M3"),
+    ("float8_e5m2", "F8_E5M2"),
+    ("float8_e4m3fnuz", "F8_E4M3FNUZ"),
+    ("float8_e5m2fnuz", "F8_E5M2FNUZ"),
+    ("float8_e8m0fnu", "F8_E8M0"),
+    ("uint16", "U16"),
+    ("uint32", "U32"),
+    ("uint64", "U64"),
+]:
+    if hasattr(torch, _name):  # newer dtypes only exist in newer torch
+        TORCH_TO_CODE[getattr(torch, _name)] = _code
+
+
+def dtype_code(dtype: torch.dtype) -> str:
+    """The safetensors code of a torch dtype (``torch.float32`` -> ``"F32"``)."""
+    return TORCH_TO_CODE.get(dtype, str(dtype).removeprefix("torch.").upper())
+
+
+def _bad_file(path: Path, error: Exception) -> SpectralError:
+    # the library's first sentence, capped: the message must stay one short line
+    detail = (str(error).splitlines() or [type(error).__name__])[0].split(". ")[0][:160]
+    return SpectralError(f"{path} is truncated or corrupt ({detail}): re-download or re-save it")
+
+
+class SafetensorsReader:
+    """Reads one model stored as one or more ``.safetensors`` files.
+
+    Headers of every file are checked when the reader is made (a truncated or corrupt file fails
+    here, not during the SVDs); tensors are read with ``safe_open`` (mmap, zero-copy) from handles
+    opened on first use and kept until ``close()``.
+    """
+
+    def __init__(self, files: Iterable[Path | str], index_json: Path | str | None = None) -> None:
+        self.files: list[Path] = [Path(f) for f in files]
+        self.index_json: Path | None = Path(index_json) if index_json is not None else None
+        if not self.files:
+            raise SpectralError(f"no safetensors files given{f' by {self.index_json}' if self.index_json else ''}")
+        self._handles: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        self._infos, self._where = self._scan()
+
+    @classmethod
+    def from_index(cls, index_json: Path | str) -> "SafetensorsReader":
+        """A reader over the shards a ``*.safetensors.index*.json`` names (missing shards fail here)."""
+        from hf_spectral.sources.layout import index_shards
+
+        return cls(index_shards(Path(index_json)), index_json)
+
+    def _scan(self) -> tuple[list[TensorInfo], dict[str, int]]:
+        infos: list[TensorInfo] = []
+        where: dict[str, int] = {}
+        for i, path in enumerate(self.files):
+            if not path.is_file():
+                raise SpectralError(f"no such file: {path}: re-download the model")
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    # data order = the order the writer laid tensors out (stable, disk-friendly)
+                    names = handle.offset_keys() if hasattr(handle, "offset_keys") else handle.keys()
+                    for name in names:
+                        view = handle.get_slice(name)
+                        if name in where:
+                            raise SpectralError(
+                                f"tensor {name} is stored in both {self.files[where[name]].name} and {path.name} "
+                                f"({path.parent}): re-save the model"
+                            )
+                        where[name] = i
+                        infos.append(TensorInfo(name, tuple(int(d) for d in view.get_shape()), view.get_dtype()))
+            except SafetensorError as e:
+                raise _bad_file(path, e) from e
+            except OSError as e:
+                raise _bad_file(path, e) from e
+        if self.index_json is not None:
+            self._check_index(where)
+        return infos, where
+
+    def _check_index(self, where: dict[str, int]) -> None:
+        # An index that disagrees with the shards means a partial or mixed download.
+        for name, shard in index_weight_map(self.index_json).items():
+            if name not in where:
+                raise SpectralError(
+                    f"{self.index_json} lists tensor {name} in {shard}, but no shard holds it: re-download the model"
+                )
+            if self.files[where[name]].name != Path(shard).name:
+                raise SpectralError(
+                    f"{self.index_json} lists tensor {name} in {shard}, but it is in {self.files[where[name]].name}: "
+                    "re-download the model"
+                )
+
+    def tensors(self) -> list[TensorInfo]:
+        """Names, shapes and dtypes of all tensors, from headers only, in file then storage order."""
+        return list(self._infos)
+
+    def file_of(self, name: str) -> Path:
+        """The file that stores ``name``."""
+        return self.files[self._file_index(name)]
+
+    def _file_index(self, name: str) -> int:
+        try:
+            return self._where[name]
+        except KeyError:
+            raise KeyError(f"no tensor {name!r} in {', '.join(str(f) for f in self.files)}") from None
+
+    def read(self, name: str) -> torch.Tensor:
+        """One tensor on the CPU, memory-mapped from its file (no copy)."""
+        i = self._file_index(name)
+        handle = self._handles.get(i)
+        if handle is None:
+            with self._lock:
+                handle = self._handles.get(i)
+                if handle is None:
+                    try:
+                        handle = safe_open(str(self.files[i]), framework="pt", device="cpu")
+                    except SafetensorError as e:
+                        raise _bad_file(self.files[i], e) from e
+                    self._handles[i] = handle
+        return handle.get_tensor(name)
+
+    def close(self) -> None:
+        """Release the file mappings; the reader re-opens files if used again."""
+        with self._lock:
+            handles, self._handles = self._handles, {}
+        for handle in handles.values():
+            try:
+                handle.__exit__(None, None, None)
+            except Exception:  # already closed: nothing to release
+                pass
+
+    def __enter__(self) -> "SafetensorsReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Only paths and header facts travel; handles and locks are per process.
+        return {"files": self.files, "index_json": self.index_json, "_infos": self._infos, "_where": self._where}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._handles = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SafetensorsReader({len(self.files)} file(s) in {self.files[0].parent}, {len(self._infos)} tensors)"
+
+
+# Keys under which whole training checkpoints (Lightning, hand-written loops) keep the weights.
+_NESTED_KEYS = ("state_dict", "model", "module")
+
+
+class TorchBinReader:
+    """Reads one model stored as one or more ``torch.save`` files (``pytorch_model.bin`` and shards).
+
+    Files are loaded on first use with ``torch.load(mmap=True, weights_only=True)``: the tensors
+    stay on disk until read (zero-copy). Files in the pre-1.6 non-zip format cannot be mapped and
+    are loaded whole into memory instead. Non-tensor entries are ignored; a file whose top level
+    holds no tensors but a ``state_dict`` / ``model`` / ``module`` dict of them is unwrapped.
+    A corrupt file fails at ``tensors()`` (planning time, before any SVD).
+    """
+
+    def __init__(self, files: Iterable[Path | str], index_json: Path | str | None = None) -> None:
+        self.files: list[Path] = [Path(f) for f in files]
+        self.index_json: Path | None = Path(index_json) if index_json is not None else None
+        if not self.files:
+            raise SpectralError(f"no .bin files given{f' by {self.index_json}' if self.index_json else ''}")
+        for path in self.files:
+            if not path.is_file():
+                raise SpectralError(f"no such file: {path}: re-download the model")
+        self._loaded: dict[int, dict[str, torch.Tensor]] = {}
+        self._lock = threading.Lock()
+        self._where: dict[str, int] | None = None
+
+    @classmethod
+    def from_index(cls, index_json: Path | str) -> "TorchBinReader":
+        """A reader over the shards a ``pytorch_model.bin.index*.json`` names."""
+        from hf_spectral.sources.layout import index_shards
+
+        return cls(index_shards(Path(index_json)), index_json)
+
+    def _load(self, i: int) -> dict[str, torch.Tensor]:
+        state = self._loaded.get(i)
+        if state is not None:
+            return state
+        with self._lock:
+            state = self._loaded.get(i)
+            if state is None:
+                state = _load_state_dict(self.files[i])
+                self._loaded[i] = state
+        return state
+
+    def _index(self) -> dict[str, int]:
+        if self._where is None:
+            where: dict[str, int] = {}
+            for i, path in enumerate(self.files):
+                for name in self._load(i):
+                    if name in where:
+                        raise SpectralError(
+                            f"tensor {name} is stored in both {self.files[where[name]].name} and {path.name} "
+                            f"({path.parent}): re-save the model"
+                        )
+                    where[name] = i
+            if self.index_json is not None:
+                for name, shard in index_weight_map(self.index_json).items():
+                    if name not in where:
+                        raise SpectralError(
+                            f"{self.index_json} lists tensor {name} in {shard}, but no shard holds it: "
+                            "re-download the model"
+                        )
+            self._where = where
+        return self._where
+
+    def tensors(self) -> list[TensorInfo]:
+        """Names, shapes and dtypes (as safetensors codes) of all tensors, in file then saved order."""
+        out = []
+        for name, i in self._index().items():
+            t = self._load(i)[name]
+            out.append(TensorInfo(name, tuple(int(d) for d in t.shape), dtype_code(t.dtype)))
+        return out
+
+    def read(self, name: str) -> torch.Tensor:
+        """One tensor on the CPU (memory-mapped, not copied)."""
+        where = self._index()
+        if name not in where:
+            raise KeyError(f"no tensor {name!r} in {', '.join(str(f) for f in self.files)}")
+        return self._load(where[name])[name]
+
+    def close(self) -> None:
+        """Drop the loaded (mapped) state dicts; the reader re-loads files if used again."""
+        with self._lock:
+            self._loaded = {}
+
+    def __enter__(self) -> "TorchBinReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"files": self.files, "index_json": self.index_json}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._loaded = {}
+        self._lock = threading.Lock()
+        self._where = None
+
+    def __repr__(self) -> str:
+        return f"TorchBinReader({len(self.files)} file(s) in {self.files[0].parent})"
+
+
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        try:
+            obj = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+        except RuntimeError as e:
+            if "mmap can only be used" not in str(e):
+                raise
+            # Pre-1.6 (non-zip) format: cannot be mapped, so it is read whole into memory.
+            obj = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
+        if "weights only load failed" in str(e).lower():
+            raise SpectralError(
+                f"{path} holds pickled Python objects besides tensors, which are not loaded for safety: "
+                "re-save its state dict with safetensors.torch.save_file"
+            ) from e
+        raise _bad_file(path, e) from e
+    state = _tensors_of(obj)
+    if state is None:
+        raise SpectralError(f"{path} holds no tensors (a {type(obj).__name__}): expected a saved state dict")
+    return state
+
+
+def _tensors_of(obj: Any) -> dict[str, torch.Tensor] | None:
+    if not isinstance(obj, dict):
+        return None
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if tensors:
+        return tensors
+    for key in _NESTED_KEYS:
+        inner = _tensors_of(obj.get(key))
+        if inner:
+            return inner
+    return None

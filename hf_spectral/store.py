@@ -1,0 +1,215 @@
+"""Snapshots on disk: a per-matrix table (parquet), arrays (safetensors) and ``meta.json``.
+
+One format serves the analyzer, the training callback and the dynamics tools. A snapshot folder:
+
+    matrices.parquet     one row per weight matrix or skipped tensor (name, kind, shape, metrics, reason)
+    alignment.parquet    one row per consecutive-layer pair (only when alignment was computed)
+    spectra.safetensors  ``sigma/<name>`` singular values; ``U/<name>``, ``V/<name>`` top-k vectors;
+                         ``align/<label>`` alignment diagonals
+    meta.json            source, checkpoint, step, options, versions, summary
+
+Folders are written atomically: everything goes to a hidden temporary sibling that is renamed into
+place, so a reader never sees a half-written snapshot and a crash leaves the old one intact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+from safetensors.numpy import load_file, save_file
+
+from hf_spectral.errors import SpectralError
+
+FORMAT_VERSION = 1
+MATRICES_FILE = "matrices.parquet"
+ALIGNMENT_FILE = "alignment.parquet"
+ARRAYS_FILE = "spectra.safetensors"
+META_FILE = "meta.json"
+
+STATUS_OK = "ok"
+STATUS_FLAGGED = "flagged"
+STATUS_SKIPPED = "skipped"
+
+
+@dataclass
+class Snapshot:
+    """The spectra of every weight matrix of one checkpoint (or of a live model at one step).
+
+    table:      one row per matrix or skipped tensor; ``status`` is ok | flagged | skipped and
+                ``flag`` says why a row is flagged (zero_matrix, non_finite, rank_deficient) or skipped.
+    spectra:    matrix name -> singular values (float64, descending).
+    vectors:    matrix name -> (U, V), the top-k left/right singular vectors as columns.
+    alignment:  one row per alignment pair (label, prev, next, mode, score); may be empty.
+    alignment_diagonals: pair label -> diagonal A_ii.
+    meta:       where it came from and how it was computed (``step``, ``source``, ``options``...).
+    """
+
+    table: pd.DataFrame
+    spectra: dict[str, np.ndarray] = field(default_factory=dict)
+    vectors: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    alignment: pd.DataFrame = field(default_factory=pd.DataFrame)
+    alignment_diagonals: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def step(self) -> int | None:
+        return self.meta.get("step")
+
+    @property
+    def matrices(self) -> pd.DataFrame:
+        """Rows that were decomposed (ok or flagged), in model order."""
+        return self.table[self.table["status"] != STATUS_SKIPPED]
+
+    @property
+    def skipped(self) -> pd.DataFrame:
+        return self.table[self.table["status"] == STATUS_SKIPPED]
+
+    def singular_values(self, name: str) -> np.ndarray:
+        try:
+            return self.spectra[name]
+        except KeyError:
+            raise KeyError(f"no singular values stored for {name!r}; stored: {_preview(self.spectra)}") from None
+
+    def summary(self) -> dict[str, Any]:
+        """Model-level numbers: counts, and means over the matrices whose metrics are defined."""
+        return summarize(self.table)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return write_snapshot(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Snapshot":
+        return read_snapshot(path)
+
+
+def summarize(table: pd.DataFrame) -> dict[str, Any]:
+    """Counts and means over rows whose metrics are defined (flagged zero/non-finite rows are
+    counted, not averaged: a NaN never hides inside a mean)."""
+    decomposed = table[table["status"] != STATUS_SKIPPED]
+    defined = decomposed[decomposed["status"] == STATUS_OK]
+    out: dict[str, Any] = {
+        "matrices": int(len(decomposed)),
+        "skipped": int((table["status"] == STATUS_SKIPPED).sum()),
+        "flagged": int((decomposed["status"] == STATUS_FLAGGED).sum()),
+    }
+    for column in ("normalized_effective_rank", "normalized_stable_rank", "normalized_mass90_rank", "spectral_norm"):
+        if column in defined and len(defined):
+            values = defined[column].astype(float)
+            values = values[np.isfinite(values)]
+            out[f"mean_{column}"] = float(values.mean()) if len(values) else math.nan
+    return out
+
+
+def write_snapshot(snapshot: Snapshot, path: str | os.PathLike) -> Path:
+    """Write ``snapshot`` to folder ``path`` atomically; returns the final path."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        snapshot.table.to_parquet(tmp / MATRICES_FILE, index=False)
+        if len(snapshot.alignment):
+            snapshot.alignment.to_parquet(tmp / ALIGNMENT_FILE, index=False)
+        save_file(_arrays(snapshot), str(tmp / ARRAYS_FILE))
+        meta = {"format_version": FORMAT_VERSION, **snapshot.meta, "summary": snapshot.summary()}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
+        _replace_folder(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SpectralError(f"cannot write snapshot to {final}: {exc.strerror or exc}; choose a writable --output") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def read_snapshot(path: str | os.PathLike) -> Snapshot:
+    """Load a snapshot folder written by ``write_snapshot``."""
+    folder = Path(path)
+    if not (folder / META_FILE).is_file() or not (folder / MATRICES_FILE).is_file():
+        raise SpectralError(f"{folder} is not an hf_spectral snapshot (no {META_FILE}/{MATRICES_FILE}); pass a folder written by hf-spectral")
+    meta = json.loads((folder / META_FILE).read_text())
+    table = pd.read_parquet(folder / MATRICES_FILE)
+    alignment = pd.read_parquet(folder / ALIGNMENT_FILE) if (folder / ALIGNMENT_FILE).is_file() else pd.DataFrame()
+    arrays = load_file(str(folder / ARRAYS_FILE)) if (folder / ARRAYS_FILE).is_file() else {}
+    spectra: dict[str, np.ndarray] = {}
+    left: dict[str, np.ndarray] = {}
+    right: dict[str, np.ndarray] = {}
+    diagonals: dict[str, np.ndarray] = {}
+    buckets = {"sigma": spectra, "U": left, "V": right, "align": diagonals}
+    for key, value in arrays.items():
+        kind, _, name = key.partition("/")
+        if kind in buckets:
+            buckets[kind][name] = value
+    vectors = {name: (left[name], right[name]) for name in left if name in right}
+    return Snapshot(table, spectra, vectors, alignment, diagonals, meta)
+
+
+def is_snapshot(path: str | os.PathLike) -> bool:
+    folder = Path(path)
+    return (folder / META_FILE).is_file() and (folder / MATRICES_FILE).is_file()
+
+
+def iter_snapshots(folder: str | os.PathLike) -> Iterator[Path]:
+    """Snapshot folders directly inside ``folder`` (a callback record), sorted by step then name."""
+    root = Path(folder)
+    found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and is_snapshot(p)]
+
+    def key(p: Path) -> tuple[float, str]:
+        step = json.loads((p / META_FILE).read_text()).get("step")
+        return (math.inf if step is None else float(step), p.name)
+
+    yield from sorted(found, key=key)
+
+
+def _arrays(snapshot: Snapshot) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    for name, sigma in snapshot.spectra.items():
+        arrays[f"sigma/{name}"] = np.ascontiguousarray(sigma, dtype=np.float64)
+    for name, (u, v) in snapshot.vectors.items():
+        # Vectors in float32: they are compared by |dot products| (agreement, alignment), where float32
+        # is exact to ~1e-7, and they dominate a snapshot's size.
+        arrays[f"U/{name}"] = np.ascontiguousarray(u, dtype=np.float32)
+        arrays[f"V/{name}"] = np.ascontiguousarray(v, dtype=np.float32)
+    for label, diagonal in snapshot.alignment_diagonals.items():
+        arrays[f"align/{label}"] = np.ascontiguousarray(diagonal, dtype=np.float64)
+    return arrays
+
+
+def _replace_folder(tmp: Path, final: Path) -> None:
+    # A directory cannot be renamed over a non-empty one: move the old one aside first, so that at
+    # every moment either the old or the new complete snapshot is at ``final``.
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (Path,)):
+        return str(value)
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"cannot store {type(value).__name__} in meta.json")
+
+
+def _preview(names: dict[str, Any] | list[str], limit: int = 5) -> str:
+    keys = list(names)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")

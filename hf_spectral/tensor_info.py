@@ -1,0 +1,56 @@
+"""A description of one stored tensor, known from a file header before any data is read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# safetensors dtype codes -> torch dtype names; used to describe tensors without reading them.
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, shape and dtype of a stored tensor.
+
+    ``dtype`` is the safetensors code ("F32", "BF16", "I64", "U8", ...); readers of other formats
+    (torch ``.bin``) translate to these codes so that the rest of the package sees one vocabulary.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+_TORCH_TO_CODE = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8",
+    "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL",
+    "complex64": "C64", "complex128": "C128",
+}
+
+# Machine epsilon of each stored float dtype: the noise floor of a stored weight, used as the
+# tolerance for numerical rank (numpy.linalg.matrix_rank's rule, with the data's own precision).
+DTYPE_EPS = {"F64": 2.220446049250313e-16, "F32": 1.1920929e-07, "F16": 9.765625e-04, "BF16": 7.8125e-03,
+             "F8_E4M3": 0.125, "F8_E5M2": 0.25}
+
+
+def dtype_code(dtype: object) -> str:
+    """The safetensors code ("F32", "BF16", ...) of a torch dtype."""
+    name = str(dtype).removeprefix("torch.")
+    return _TORCH_TO_CODE.get(name, name.upper())

@@ -1,0 +1,24 @@
+"""Views: named tensors (+ config, module classes) → matrices to decompose, skipped tensors, alignment pairs."""
+
+from hf_spectral.views.build import build_matrix
+from hf_spectral.views.modules import config_from_model, module_types_from_config, module_types_from_model
+from hf_spectral.views.pairs import alignment_pairs
+from hf_spectral.views.plan import natural_key, plan_matrices, select
+from hf_spectral.views.registry import rules_for
+from hf_spectral.views.types import AlignmentPair, MatrixSlice, MatrixSpec, SkippedTensor
+
+__all__ = [
+    "AlignmentPair",
+    "MatrixSlice",
+    "MatrixSpec",
+    "SkippedTensor",
+    "alignment_pairs",
+    "build_matrix",
+    "config_from_model",
+    "module_types_from_config",
+    "module_types_from_model",
+    "natural_key",
+    "plan_matrices",
+    "rules_for",
+    "select",
+]

@@ -1,0 +1,47 @@
+"""Build the 2-D matrix a ``MatrixSpec`` describes from the stored tensors it names."""
+
+from __future__ import annotations
+
+import torch
+
+from hf_spectral.errors import SpectralError
+from hf_spectral.views.types import MatrixSpec, Reader
+
+
+def build_matrix(spec: MatrixSpec, read: Reader) -> torch.Tensor:
+    """The (rows = output, cols = input) matrix of ``spec``, in the stored dtype (the engine upcasts).
+
+    Composes pruned (``orig·mask``) and weight-normed (``g·v/‖v‖``) weights, transposes HF ``Conv1D``,
+    swaps a transposed conv's first two axes, flattens convs to (out, in·∏k).
+    """
+    parts = [read(name) for name in spec.tensors]
+    composed = spec.extra.get("composed")
+    if composed == "prune":
+        w = parts[0] * parts[1].to(parts[0].dtype)
+    elif composed == "weight_norm":
+        w = weight_norm(parts[0], parts[1])
+    else:
+        w = parts[0]
+    if tuple(w.shape) != tuple(spec.tensor_shape):
+        raise SpectralError(
+            f"{spec.name}: stored shape {tuple(w.shape)} differs from the planned {tuple(spec.tensor_shape)}; "
+            "plan the matrices again for this checkpoint"
+        )
+    if spec.kind == "conv1d_hf" or spec.extra.get("transposed"):
+        w = w.t()
+    elif spec.kind == "conv_transpose":
+        w = w.transpose(0, 1)
+    # flatten(1) for convs, and dropping leading 1-dims for bare parameters, are both this reshape
+    return w.reshape(spec.shape)
+
+
+def weight_norm(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """w = g·v/‖v‖, the norm taken over every axis where g has size 1 (torch ``weight_norm`` for any ``dim``)."""
+    dtype = v.dtype
+    v32 = v.to(torch.float32) if v.dtype in (torch.float16, torch.bfloat16) else v
+    if g.dim() == 0 or g.numel() == 1 and g.dim() != v.dim():
+        norm = v32.norm()
+    else:
+        axes = [i for i, n in enumerate(g.shape) if n == 1]
+        norm = v32.norm(dim=axes, keepdim=True) if axes else v32.abs()
+    return (g.to(v32.dtype) * v32 / norm).to(dtype)

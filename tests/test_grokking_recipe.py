@@ -1,0 +1,266 @@
+"""Tests of recipes/grokking.py: data, model (vs a float64 numpy reference), saving, a tiny run."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "grokking.py"
+
+
+@pytest.fixture(scope="module")
+def gk():
+    spec = importlib.util.spec_from_file_location("grokking_recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["grokking_recipe"] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+EXPECTED = {  # independent definitions of each operation
+    "add": lambda a, b, p: (a + b) % p,
+    "sub": lambda a, b, p: (a - b + p) % p,
+    "mul": lambda a, b, p: a * b % p,
+    "div": lambda a, b, p: next(c for c in range(p) if (c * b) % p == a),  # c = a / b: c·b ≡ a
+    "x2_xy_y2": lambda a, b, p: (a**2 + a * b + b**2) % p,
+    "x2_y2": lambda a, b, p: (a**2 + b**2) % p,
+    "x3_xy": lambda a, b, p: (a**3 + a * b) % p,
+}
+
+
+@pytest.mark.parametrize("operation", sorted(EXPECTED))
+def test_dataset_targets_sizes_and_split(gk, operation):
+    p, fraction = 11, 0.3
+    data = gk.make_dataset(operation, p, fraction, split_seed=0)
+    n_pairs = p * (p - 1) if operation == "div" else p * p
+    assert len(data["train"]) == int(fraction * n_pairs)
+    assert len(data["train"]) + len(data["validation"]) == n_pairs
+    seen = set()
+    for split in ("train", "validation"):
+        for row in data[split]:
+            a, b = row["a"], row["b"]
+            assert row["input_ids"] == [a, b, p]  # "=" is token p
+            assert row["labels"] == EXPECTED[operation](a, b, p)
+            seen.add((a, b))
+    b_values = range(1, p) if operation == "div" else range(p)
+    assert seen == {(a, b) for a in range(p) for b in b_values}  # disjoint and complete
+
+
+def test_split_is_deterministic_per_seed(gk):
+    pairs = lambda d: [(r["a"], r["b"]) for r in d["train"]]  # noqa: E731
+    first = pairs(gk.make_dataset("add", 13, 0.3, split_seed=1))
+    assert first == pairs(gk.make_dataset("add", 13, 0.3, split_seed=1))
+    assert set(first) != set(pairs(gk.make_dataset("add", 13, 0.3, split_seed=2)))
+
+
+def test_dataset_rejects_bad_input(gk):
+    with pytest.raises(ValueError, match="prime"):
+        gk.make_dataset("div", 12, 0.3, 0)
+    with pytest.raises(ValueError, match="train_fraction"):
+        gk.make_dataset("add", 7, 1.0, 0)
+
+
+def test_full_batch_shards_cover_the_split_once(gk):
+    data = gk.make_dataset("add", 7, 0.5, 0)["train"]  # 24 examples
+    shards = [gk.FullBatch(data, length=5, process_index=i, num_processes=5) for i in range(5)]
+    assert len(shards[0]) == 5 and shards[0][3] is shards[0][0]  # every item is the same batch
+    labels = torch.cat([s[0]["labels"] for s in shards])
+    assert {len(s[0]["labels"]) for s in shards} == {5}  # equal shards: 25 = 24 + 1 padding
+    assert (labels == -100).sum() == 1
+    assert sorted(labels[labels != -100].tolist()) == sorted(data["labels"])
+
+
+def test_compute_metrics_ignores_padding(gk):
+    from transformers import EvalPrediction
+
+    metrics = gk.compute_metrics(EvalPrediction(np.array([1, 2, 3, 0]), np.array([1, 2, 0, -100])))
+    assert metrics["accuracy"] == pytest.approx(2 / 3)
+
+
+# --- model ----------------------------------------------------------------------------------------
+
+
+def reference_logits(model, input_ids: np.ndarray) -> np.ndarray:
+    """The naive full-sequence forward pass in float64 numpy with the model's weights: (B, T, V)."""
+    cfg = model.config
+    w = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
+    batch, length = input_ids.shape
+    d, heads = cfg.hidden_size, cfg.num_attention_heads
+    dh = d // heads
+
+    def layer_norm(x, prefix):
+        if not cfg.layer_norm:
+            return x
+        mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + cfg.layer_norm_eps) * w[prefix + ".weight"] + w[prefix + ".bias"]
+
+    linear = lambda x, name: x @ w[name + ".weight"].T + w[name + ".bias"]  # noqa: E731
+    x = w["embed_tokens.weight"][input_ids] * (math.sqrt(d) if cfg.scale_embedding else 1.0)
+    if cfg.position_embedding_type == "learned":
+        x = x + w["embed_positions.weight"][:length]
+    else:
+        pe = np.zeros((length, d))
+        for t in range(length):
+            for i in range(0, d, 2):
+                pe[t, i] = math.sin(t / 10000 ** (i / d))
+                pe[t, i + 1] = math.cos(t / 10000 ** (i / d))
+        x = x + pe
+    for layer in range(cfg.num_hidden_layers):
+        pre = f"layers.{layer}."
+        h = layer_norm(x, pre + "ln_1")
+        split = lambda t: t.reshape(batch, length, heads, dh).transpose(0, 2, 1, 3)  # noqa: E731
+        q, k, v = (split(linear(h, pre + "attn." + n)) for n in "qkv")
+        scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(dh)
+        scores = np.where(np.triu(np.ones((length, length), bool), 1), -np.inf, scores)
+        attn = np.exp(scores - scores.max(-1, keepdims=True))
+        attn /= attn.sum(-1, keepdims=True)
+        out = (attn @ v).transpose(0, 2, 1, 3).reshape(batch, length, d)
+        x = x + linear(out, pre + "attn.o")
+        h = layer_norm(x, pre + "ln_2")
+        x = x + linear(np.maximum(linear(h, pre + "mlp.fc_in"), 0), pre + "mlp.fc_out")
+    return linear(x, "unembed")
+
+
+@pytest.mark.parametrize(
+    "layers, layer_norm, positions", [(1, False, "sinusoidal"), (1, True, "learned"), (2, True, "sinusoidal")]
+)
+def test_last_position_forward_matches_naive_reference(gk, layers, layer_norm, positions):
+    torch.manual_seed(0)
+    config = gk.GrokkingConfig(
+        p=13, num_hidden_layers=layers, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+        layer_norm=layer_norm, position_embedding_type=positions,
+    )  # fmt: skip
+    model = gk.GrokkingTransformer(config).eval()
+    if layer_norm:  # non-trivial norm parameters
+        for name, param in model.named_parameters():
+            if ".ln_" in name:
+                param.data.uniform_(0.5, 1.5)
+    data = gk.make_dataset("add", 13, 0.5, 0)["train"]
+    ids, labels = np.array(data["input_ids"]), np.array(data["labels"])
+    expected = reference_logits(model, ids)
+    with torch.no_grad():
+        fast = model(torch.tensor(ids), labels=torch.tensor(labels))
+        full = model(torch.tensor(ids), logits_to_keep=0).logits
+    assert fast.logits.shape == (len(ids), 1, 14)
+    np.testing.assert_allclose(fast.logits[:, -1].numpy(), expected[:, -1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(full.numpy(), expected, rtol=1e-4, atol=1e-4)  # causal mask, all positions
+    last = expected[:, -1]
+    log_z = np.log(np.exp(last - last.max(-1, keepdims=True)).sum(-1)) + last.max(-1)
+    assert fast.loss.item() == pytest.approx(float(np.mean(log_z - last[np.arange(len(labels)), labels])), rel=1e-5)
+
+
+def test_parameter_names_and_layer_norm_removal(gk):
+    names = [n for n, _ in gk.GrokkingTransformer(gk.GrokkingConfig(p=7)).named_parameters()]
+    assert names == [
+        "embed_tokens.weight",
+        *(f"layers.0.attn.{m}.{t}" for m in "qkvo" for t in ("weight", "bias")),
+        *(f"layers.0.mlp.{m}.{t}" for m in ("fc_in", "fc_out") for t in ("weight", "bias")),
+        "unembed.weight",
+        "unembed.bias",
+    ]
+    with_ln = dict(gk.GrokkingTransformer(gk.GrokkingConfig(p=7, layer_norm=True)).named_parameters())
+    assert with_ln["layers.0.ln_1.weight"].shape == (128,) and "layers.0.ln_2.bias" in with_ln
+    shapes = {n: tuple(p.shape) for n, p in with_ln.items()}
+    assert shapes["embed_tokens.weight"] == (8, 128) and shapes["unembed.weight"] == (8, 128)
+    assert shapes["layers.0.mlp.fc_in.weight"] == (512, 128)
+
+
+def test_save_pretrained_round_trip(gk, tmp_path):
+    from transformers import AutoModel
+
+    torch.manual_seed(1)
+    model = gk.GrokkingTransformer(gk.GrokkingConfig(p=11, layer_norm=True, position_embedding_type="learned"))
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "grokking_transformer"
+    ids = torch.tensor(gk.make_dataset("add", 11, 0.5, 0)["train"]["input_ids"])
+    for loaded in (gk.GrokkingTransformer.from_pretrained(tmp_path), AutoModel.from_pretrained(tmp_path)):
+        assert isinstance(loaded, gk.GrokkingTransformer)
+        with torch.no_grad():
+            assert torch.equal(model(ids, logits_to_keep=0).logits, loaded(ids, logits_to_keep=0).logits)
+
+
+def test_fourier_sparsity_matches_explicit_fourier_basis(gk):
+    torch.manual_seed(0)
+    p = 13
+    model = gk.GrokkingTransformer(gk.GrokkingConfig(p=p, hidden_size=16, num_attention_heads=2))
+    x = np.arange(p)
+    # Orthonormal real Fourier basis of Z_p, one row group per frequency: 1 | cos k, sin k.
+    groups = [[np.ones(p) / np.sqrt(p)]] + [
+        [np.cos(2 * np.pi * f * x / p) * np.sqrt(2 / p), np.sin(2 * np.pi * f * x / p) * np.sqrt(2 / p)]
+        for f in range(1, (p + 1) // 2)
+    ]
+    w = model.embed_tokens.weight.detach().double().numpy()[:p]
+    energy = np.array([sum(np.sum((b @ w) ** 2) for b in g) for g in groups])
+    assert energy.sum() == pytest.approx(np.sum(w**2))
+    norms = np.sort(np.sqrt(energy[1:]))
+    n = len(norms)
+    gini = np.sum((2 * np.arange(1, n + 1) - n - 1) * norms) / (n * norms.sum())
+    got = gk.fourier_sparsity(model, k=3)
+    assert got["top3_fraction"] == pytest.approx(np.sort(energy[1:])[::-1][:3].sum() / energy.sum(), rel=1e-9)
+    assert got["gini"] == pytest.approx(gini, rel=1e-9)
+    # An embedding made of two frequencies is perfectly sparse.
+    with torch.no_grad():
+        model.embed_tokens.weight[:p] = torch.tensor(np.outer(np.cos(2 * np.pi * 3 * x / p), np.ones(16)))
+        model.embed_tokens.weight[:p, :8] += torch.tensor(np.sin(2 * np.pi * 5 * x / p))[:, None]
+    got = gk.fourier_sparsity(model, k=2)
+    assert got["top2_fraction"] == pytest.approx(1.0, abs=1e-6) and got["gini"] > 0.6
+
+
+# --- arguments, optimizer, a tiny run -------------------------------------------------------------
+
+
+def test_presets_and_explicit_flags(gk):
+    paper = gk.parse_args(["--preset", "paper"])
+    assert (paper.p, paper.train_fraction, paper.learning_rate, paper.weight_decay) == (113, 0.3, 1e-3, 1.0)
+    assert (paper.max_steps, paper.batch_size, paper.layer_norm, paper.warmup_steps) == (40_000, 0, False, 0)
+    control = gk.parse_args(["--preset", "paper", "--weight_decay", "0", "--train_fraction", "0.9"])
+    assert (control.weight_decay, control.train_fraction, control.p) == (0.0, 0.9, 113)
+    sling = gk.parse_args(["--preset", "slingshot", "--layer_norm", "false"])
+    assert (sling.p, sling.train_fraction, sling.batch_size, sling.weight_decay) == (97, 0.7, 512, 0.0)
+    assert sling.layer_norm is False and gk.parse_args(["--preset", "slingshot"]).layer_norm is True
+    demo = gk.parse_args([])
+    assert demo.preset == "demo" and demo.track_spectra is True and demo.split_seed == demo.seed
+
+
+def test_weight_decay_applies_to_every_parameter(gk, tmp_path):
+    args = gk.parse_args(
+        ["--p", "7", "--layer_norm", "true", "--max_steps", "2", "--track_spectra", "false",
+         "--output_dir", str(tmp_path)]
+    )  # fmt: skip
+    trainer = gk.build_trainer(args)
+    groups = trainer.optimizer.param_groups
+    assert all(g["weight_decay"] == 1.0 for g in groups)
+    assert all(g["betas"] == (0.9, 0.98) for g in groups)
+    in_optimizer = {id(p) for g in groups for p in g["params"]}
+    assert in_optimizer == {id(p) for p in trainer.model.parameters()}  # biases and LayerNorms too
+
+
+def test_tiny_run_trains_and_writes_model_and_log(gk, tmp_path, capsys):
+    out = tmp_path / "run"
+    summary = gk.main(
+        ["--p", "11", "--train_fraction", "0.5", "--max_steps", "40", "--eval_steps", "10",
+         "--track_spectra", "false", "--disable_tqdm", "true", "--output_dir", str(out)]
+    )  # fmt: skip
+    assert (out / "model.safetensors").exists() and (out / "config.json").exists()
+    log = json.loads((out / "training_log.json").read_text())
+    losses = [row["loss"] for row in log if "loss" in row]
+    assert len(losses) == 4 and losses[-1] < losses[0] / 2
+    rows = gk.eval_rows(log)
+    assert [r["step"] for r in rows] == [0, 10, 20, 30, 40]
+    assert rows[-1]["eval_train_accuracy"] > rows[0]["eval_train_accuracy"]
+    assert summary["final"]["step"] == 40 and "val accuracy >= 90%" in capsys.readouterr().out
+    loaded = gk.GrokkingTransformer.from_pretrained(out)
+    assert loaded.config.p == 11
+
+
+def test_first_step_above(gk):
+    log = [{"step": 0, "eval_val_accuracy": 0.1}, {"step": 5, "loss": 1.0}, {"step": 10, "eval_val_accuracy": 0.95}]
+    assert gk.first_step_above(log) == 10 and gk.first_step_above(log, threshold=0.99) is None

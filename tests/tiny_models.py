@@ -1,0 +1,131 @@
+"""Tiny real models built from configs, for offline tests (nothing is downloaded).
+
+Each builder returns a freshly initialised model with a fixed seed. ``save_tiny`` writes one with
+``save_pretrained`` and a small ``max_shard_size`` so that sharded-index code paths are exercised.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def tiny_gpt2() -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=101, n_positions=64, tie_word_embeddings=False,
+        bos_token_id=0, eos_token_id=0,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def tiny_bert() -> nn.Module:
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        vocab_size=99, max_position_embeddings=64,
+    )
+    return BertForMaskedLM(config)
+
+
+def tiny_vit() -> nn.Module:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(
+        image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=64, num_labels=3,
+    )
+    return ViTForImageClassification(config)
+
+
+def tiny_resnet() -> nn.Module:
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(
+        num_channels=3, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic", num_labels=3,
+    )
+    return ResNetForImageClassification(config)
+
+
+def tiny_wav2vec2() -> nn.Module:
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    config = Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        conv_dim=(16, 16), conv_stride=(4, 2), conv_kernel=(5, 3), num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=4, vocab_size=12, do_stable_layer_norm=False,
+    )
+    return Wav2Vec2ForCTC(config)
+
+
+def tiny_unet() -> nn.Module:
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(
+        sample_size=16, in_channels=1, out_channels=1, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8,
+    )
+
+
+class TinyMLP(nn.Module):
+    """A plain sequential MLP (no HF config): the generic fallback path."""
+
+    def __init__(self, sizes: tuple[int, ...] = (12, 16, 16, 5)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TinyLSTM(nn.Module):
+    """A 2-layer bidirectional LSTM with an output linear (the paper's speech model, shrunk)."""
+
+    def __init__(self, n_in: int = 8, hidden: int = 6, n_out: int = 5) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(n_in, hidden, num_layers=2, bidirectional=True, batch_first=True)
+        self.out = nn.Linear(2 * hidden, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.lstm(x)[0])
+
+
+BUILDERS: dict[str, Callable[[], nn.Module]] = {
+    "gpt2": tiny_gpt2,
+    "bert": tiny_bert,
+    "vit": tiny_vit,
+    "resnet": tiny_resnet,
+    "wav2vec2": tiny_wav2vec2,
+    "unet": tiny_unet,
+}
+
+
+def build_tiny(name: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return BUILDERS[name]().eval()
+
+
+def save_tiny(name: str, directory: Path, seed: int = 0, max_shard_size: str = "20KB") -> nn.Module:
+    """Build ``name`` and save it with ``save_pretrained`` in small shards; returns the model."""
+    model = build_tiny(name, seed)
+    model.save_pretrained(directory, max_shard_size=max_shard_size)
+    return model
+
+
+def save_ddpm_pipeline(directory: Path, seed: int = 0, variant: str | None = None) -> nn.Module:
+    """A diffusers pipeline folder (model_index.json, unet/, scheduler/); returns the UNet."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    unet = build_tiny("unet", seed)
+    pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10))
+    pipe.save_pretrained(directory, variant=variant)
+    return unet
