@@ -6,14 +6,15 @@ import hashlib
 import json
 import os
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from hf_spectral.engine import AnalysisOptions, analyze_checkpoint
+from hf_spectral.engine import AnalysisOptions, Plan, checkpoint_meta, plan_checkpoint, process_state, run_plan
 from hf_spectral.errors import SpectralError
 from hf_spectral.sources import resolve
 from hf_spectral.sources.types import Checkpoint
-from hf_spectral.store import META_FILE, Snapshot, is_snapshot, read_snapshot, write_snapshot
+from hf_spectral.store import META_FILE, Snapshot, check_output, is_snapshot, read_snapshot, write_snapshot
 
 
 def analyze(
@@ -37,20 +38,7 @@ def analyze(
     """
     options = AnalysisOptions(include, exclude, top_k, device, precision, alignment, progress=progress)
     checkpoints = resolve(str(source), revision=revision, variant=variant)
-    if len(checkpoints) != 1:
-        labels = ", ".join(c.label for c in checkpoints[:4])
-        raise SpectralError(
-            f"{source} holds {len(checkpoints)} checkpoints ({labels}, ...); analyze one of them "
-            f"(e.g. {checkpoints[-1].path}) or use analyze_series / `hf-spectral dynamics`"
-        )
-    checkpoint = checkpoints[0]
-    try:
-        snapshot = analyze_checkpoint(checkpoint, options)
-    finally:
-        checkpoint.close()
-    if output is not None:
-        _write_on_main(snapshot, Path(output))
-    return snapshot
+    return analyze_resolved(checkpoints, options, source=str(source), output=output)
 
 
 def analyze_series(
@@ -68,29 +56,101 @@ def analyze_series(
     analysis = AnalysisOptions(**options)
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     checkpoints: list[Checkpoint] = []
-    for item in sources:
-        checkpoints += resolve(str(item), revision=revision, variant=variant)
-    snapshots = []
-    for checkpoint in checkpoints:
-        snapshots.append(_analyze_cached(checkpoint, analysis, Path(cache_dir) if cache_dir else None))
+    try:
+        for item in sources:
+            checkpoints += resolve(str(item), revision=revision, variant=variant)
+    except BaseException:
+        _close(checkpoints)
+        raise
+    return analyze_resolved_series(checkpoints, analysis, cache_dir=cache_dir)
+
+
+def analyze_resolved(
+    checkpoints: list[Checkpoint], options: AnalysisOptions, *, source: str, output: str | os.PathLike | None = None
+) -> Snapshot:
+    """``analyze`` for a SOURCE already resolved (to exactly one checkpoint); closes the checkpoints."""
+    try:
+        if len(checkpoints) != 1:
+            labels = ", ".join(c.label for c in checkpoints[:4])
+            raise SpectralError(
+                f"{source} holds {len(checkpoints)} checkpoints ({labels}, ...); analyze one of them "
+                f"(e.g. {checkpoints[-1].path}) or use analyze_series / `hf-spectral dynamics`"
+            )
+        if output is not None:
+            check_output(Path(output))  # before the SVDs, not after them
+        (checkpoint,) = checkpoints
+        snapshot = run_plan(plan_checkpoint(checkpoint, options), options, checkpoint_meta(checkpoint))
+    finally:
+        _close(checkpoints)
+    if output is not None:
+        _write_on_main(snapshot, Path(output))
+    return snapshot
+
+
+def analyze_resolved_series(
+    checkpoints: list[Checkpoint], options: AnalysisOptions, *, cache_dir: str | os.PathLike | None = None
+) -> list[Snapshot]:
+    """``analyze_series`` for checkpoints already resolved; closes them.
+
+    Every checkpoint not found in the cache is planned (headers only) before any is computed, so bad
+    input (a filter that selects nothing, a broken file) fails before anything is written.
+    """
+    cache = Path(cache_dir) if cache_dir is not None else None
+    try:
+        if cache is not None:
+            check_output(cache, folder_of_snapshots=True)
+        folders = cache_folders(checkpoints, cache) if cache is not None else [None] * len(checkpoints)
+        keys = [cache_key(c, options) for c in checkpoints]
+        cached = [_cached(folder, key) for folder, key in zip(folders, keys)]
+        plans: list[Plan | None] = []
+        for checkpoint, hit in zip(checkpoints, cached):
+            plans.append(None if hit else plan_checkpoint(checkpoint, options))
+            checkpoint.close()  # no file stays mapped while the others are planned; readers reopen on use
+        snapshots = []
+        for checkpoint, folder, key, hit, plan in zip(checkpoints, folders, keys, cached, plans):
+            if hit:
+                snapshots.append(read_snapshot(folder))
+                continue
+            assert plan is not None
+            snapshot = run_plan(plan, options, {**checkpoint_meta(checkpoint), "cache_key": key})
+            checkpoint.close()  # release each checkpoint's mappings as soon as it is done
+            if folder is not None:
+                _write_on_main(snapshot, folder)
+            snapshots.append(snapshot)
+    finally:
+        _close(checkpoints)
     return snapshots
 
 
-def _analyze_cached(checkpoint: Checkpoint, options: AnalysisOptions, cache_dir: Path | None) -> Snapshot:
-    key = cache_key(checkpoint, options)
-    folder = cache_dir / _slug(checkpoint.label) if cache_dir else None
-    if folder is not None and is_snapshot(folder):
-        if json.loads((folder / META_FILE).read_text()).get("cache_key") == key:
-            checkpoint.close()
-            return read_snapshot(folder)
+def _cached(folder: Path | None, key: str) -> bool:
+    if folder is None or not is_snapshot(folder):
+        return False
     try:
-        snapshot = analyze_checkpoint(checkpoint, options)
-    finally:
-        checkpoint.close()
-    snapshot.meta["cache_key"] = key
-    if folder is not None:
-        _write_on_main(snapshot, folder)
-    return snapshot
+        return json.loads((folder / META_FILE).read_text()).get("cache_key") == key
+    except (OSError, ValueError):
+        return False  # damaged: computed again and replaced
+
+
+def cache_folders(checkpoints: Sequence[Checkpoint], cache_dir: Path) -> list[Path]:
+    """One folder per checkpoint under ``cache_dir``, named by its label; labels that repeat (an
+    explicit list such as ``a/checkpoint-500 b/checkpoint-500``) get their parent folder's name (a
+    Hub id's name) in front, then a counter, so that no two checkpoints share a folder."""
+    names = [_slug(c.label) for c in checkpoints]
+    repeated = {n for n, count in Counter(names).items() if count > 1}
+    names = [_slug(_long_label(c)) if n in repeated else n for c, n in zip(checkpoints, names)]
+    seen: Counter[str] = Counter()
+    total = Counter(names)
+    unique = []
+    for name in names:
+        seen[name] += 1
+        unique.append(f"{name}-{seen[name]}" if total[name] > 1 else name)
+    return [cache_dir / name for name in unique]
+
+
+def _long_label(checkpoint: Checkpoint) -> str:
+    if checkpoint.commit is not None or checkpoint.revision is not None:  # a Hub id: its name says it
+        return f"{checkpoint.source.split('@')[0]}@{checkpoint.label}"
+    return f"{checkpoint.path.parent.name}_{checkpoint.label}"  # run/checkpoint-N
 
 
 def cache_key(checkpoint: Checkpoint, options: AnalysisOptions) -> str:
@@ -106,12 +166,21 @@ def cache_key(checkpoint: Checkpoint, options: AnalysisOptions) -> str:
 
 
 def _write_on_main(snapshot: Snapshot, folder: Path) -> None:
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = process_state()
+    failed: SpectralError | None = None
     if state.is_main_process:
-        write_snapshot(snapshot, folder)
+        try:
+            write_snapshot(snapshot, folder)
+        except SpectralError as exc:
+            failed = exc  # raised after the barrier: the other processes must not wait forever
     state.wait_for_everyone()
+    if failed is not None:
+        raise failed
+
+
+def _close(checkpoints: Sequence[Checkpoint]) -> None:
+    for checkpoint in checkpoints:
+        checkpoint.close()
 
 
 def _slug(text: str) -> str:

@@ -7,20 +7,24 @@ The analyzer, the training callback and the experiments all come through here.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from hf_spectral import metrics
 from hf_spectral.errors import SpectralError
 from hf_spectral.sources.types import Checkpoint
-from hf_spectral.store import STATUS_FLAGGED, STATUS_OK, STATUS_SKIPPED, Snapshot
+from hf_spectral.store import STATUS_FLAGGED, STATUS_OK, STATUS_SKIPPED, Snapshot, jsonable
 from hf_spectral.tensor_info import DTYPE_EPS, TensorInfo, dtype_code
 from hf_spectral.views import (
     alignment_pairs,
@@ -28,6 +32,7 @@ from hf_spectral.views import (
     module_types_from_config,
     module_types_from_model,
     plan_matrices,
+    select,
 )
 from hf_spectral.views.types import AlignmentPair, MatrixSlice, MatrixSpec, Reader, SkippedTensor
 
@@ -94,11 +99,67 @@ def plan_checkpoint(checkpoint: Checkpoint, options: AnalysisOptions) -> Plan:
     plans = []
     for part in checkpoint.parts:
         infos = part.reader.tensors()
-        module_info = module_types_from_config(part.config) if part.config else None
+        module_info = module_info_for(part.config) if part.config else None
         module_types, buffers = (module_info[0], module_info[2]) if module_info else (None, set())
         prefix = f"{part.component}/" if part.component else ""
         plans.append((part.component, part.config, infos, module_types, buffers, part.reader.read, prefix))
     return _plan_parts(plans, options, where=str(checkpoint.path))
+
+
+def module_info_for(config: dict[str, Any]) -> tuple[dict[str, str], list[str], set[str]] | None:
+    """``views.module_types_from_config``, remembered on disk across processes.
+
+    Building the model on the meta device is cheap, but importing its modeling code (transformers
+    or diffusers) costs ~2.5 s of a ~5 s analysis of GPT-2 small; the answer depends only on the
+    config and the library versions, so it is cached per (config, versions) in
+    ``$HF_SPECTRAL_CACHE/module_types`` (default ``~/.cache/hf_spectral``; ``HF_SPECTRAL_CACHE=off``
+    disables it). Any cache problem falls back to computing.
+    """
+    path = _module_cache_path(config)
+    if path is not None:
+        try:
+            cached = json.loads(path.read_text())
+            if cached is None:
+                return None
+            return dict(cached["types"]), list(cached["order"]), set(cached["buffers"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # absent or unreadable: compute it
+    info = module_types_from_config(config)
+    if path is not None:
+        value = None if info is None else {"types": info[0], "order": info[1], "buffers": sorted(info[2])}
+        with contextlib.suppress(OSError, TypeError, ValueError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(value))
+            os.replace(tmp, path)  # atomic: concurrent processes never read half a file
+    return info
+
+
+_MODULE_CACHE_VERSION = 1
+_VOLATILE_CONFIG_KEYS = ("_name_or_path", "_commit_hash", "transformers_version", "_diffusers_version")
+
+
+def _module_cache_path(config: dict[str, Any]) -> Path | None:
+    root = os.environ.get("HF_SPECTRAL_CACHE")
+    if root is not None and root.strip().lower() in ("", "0", "off", "false", "no"):
+        return None
+    base = Path(root).expanduser() if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hf_spectral"
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:  # pragma: no cover
+        return None
+    versions = []
+    for package in ("transformers", "diffusers", "torch"):
+        try:
+            versions.append(f"{package}={version(package)}")
+        except PackageNotFoundError:
+            versions.append(f"{package}=none")
+    stable = {k: v for k, v in config.items() if k not in _VOLATILE_CONFIG_KEYS}
+    try:
+        text = json.dumps([_MODULE_CACHE_VERSION, _version(), versions, stable], sort_keys=True)
+    except (TypeError, ValueError):
+        return None
+    return base / "module_types" / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.json"
 
 
 def plan_model(model: torch.nn.Module, options: AnalysisOptions) -> Plan:
@@ -120,31 +181,68 @@ def _plan_parts(plans: list[tuple], options: AnalysisOptions, where: str) -> Pla
     readers: dict[str, Reader] = {}
     components: dict[str, str] = {}
     model_types: dict[str, str] = {}
-    pairs: list[AlignmentPair] = []
-    errors: list[SpectralError] = []
+    part_specs: list[tuple[dict | None, list[MatrixSpec]]] = []
     for component, config, infos, module_types, buffers, read, prefix in plans:
-        try:
-            part_specs, part_skipped = plan_matrices(
-                infos, config=config, module_types=module_types, buffers=buffers,
-                include=options.include, exclude=options.exclude, prefix=prefix,
-            )
-        except SpectralError as exc:
-            # With several components, a filter may legitimately select nothing in one of them.
-            errors.append(exc)
-            continue
-        specs += part_specs
-        skipped += part_skipped
-        for spec in part_specs:
+        found, left_out = plan_matrices(infos, config=config, module_types=module_types, buffers=buffers, prefix=prefix)
+        specs += found
+        skipped += left_out
+        part_specs.append((config, found))
+        for spec in found:
             readers[spec.name] = read
             components[spec.name] = component
         model_types[component] = _model_type(config)
-        if options.alignment:
-            pairs += alignment_pairs(part_specs, config=config)
+    specs, skipped = _drop_tied(specs, skipped, readers)
     if not specs:
-        if errors:
-            raise errors[0]
-        raise SpectralError(f"{where}: no weight matrix to analyze (no tensor with 2 or more float dimensions)")
-    return Plan(specs, readers, skipped, pairs, components, model_types)
+        reasons = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:3])
+        raise SpectralError(
+            f"{where}: no weight matrix to analyze (no tensor with 2 or more float dimensions"
+            f"{'; skipped ' + reasons if reasons else ''}): pass a model's weights"
+        )
+    try:
+        # Filter the union of all parts: with several pipeline components a pattern may rightly
+        # select nothing in one of them, and the error must list the matrices of every part.
+        kept, skipped = select(specs, skipped, include=options.include, exclude=options.exclude, strict=True)
+    except SpectralError as exc:
+        raise SpectralError(f"{where}: {exc}") from None
+    names = {spec.name for spec in kept}
+    pairs: list[AlignmentPair] = []
+    if options.alignment:
+        for config, found in part_specs:
+            chosen = [spec for spec in found if spec.name in names]
+            if chosen:
+                pairs += alignment_pairs(chosen, config=config)
+    readers = {name: read for name, read in readers.items() if name in names}
+    components = {name: c for name, c in components.items() if name in names}
+    return Plan(kept, readers, skipped, pairs, components, model_types)
+
+
+def _drop_tied(specs: list[MatrixSpec], skipped: list[SkippedTensor],
+               readers: dict[str, Reader]) -> tuple[list[MatrixSpec], list[SkippedTensor]]:
+    """Keep the first name of a tensor stored under several names (tied weights in a ``torch.save``
+    state dict: an LM head sharing the embedding's storage); later names become skipped rows.
+
+    ``named_parameters()`` lists a tied parameter once (paper-notes §1); safetensors cannot store
+    shared tensors, so only ``.bin`` checkpoints have them. Reading is mmap/no-copy: no data is touched.
+    """
+    seen: dict[tuple, str] = {}
+    kept: list[MatrixSpec] = []
+    for spec in specs:
+        if spec.extra.get("composed") or len(spec.tensors) != 1:
+            kept.append(spec)
+            continue
+        try:
+            t = readers[spec.name](spec.tensors[0])
+            key = (readers[spec.name], t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+                   tuple(t.stride()), t.dtype)
+        except Exception:  # an unreadable tensor fails later with its own one-line error
+            kept.append(spec)
+            continue
+        if key[1] and key in seen:
+            skipped.append(SkippedTensor(spec.name, spec.tensor_shape, spec.dtype, f"tied to {seen[key]} (the same stored tensor)"))
+            continue
+        seen.setdefault(key, spec.name)
+        kept.append(spec)
+    return kept, skipped
 
 
 def _model_type(config: dict | None) -> str:
@@ -169,11 +267,11 @@ def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None =
     """Decompose every planned matrix (dealt over accelerate processes) and build the snapshot.
 
     Every process returns the same gathered snapshot; only callers on the main process should write it.
+    A ``SpectralError`` in any process (an unreadable tensor) is raised in every process.
     """
-    from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    state = PartialState()
+    state = process_state()
     device = resolve_device(options.device, state)
     by_name = {spec.name: spec for spec in plan.specs}
     tasks = [_Task(i, spec.cost, spec=spec) for i, spec in enumerate(plan.specs)]
@@ -187,14 +285,23 @@ def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None =
     show = options.progress and state.is_main_process
     with _cpu_threads_for(state, device), torch.no_grad():
         for task in tqdm(mine, desc="SVD", unit="matrix", disable=not show, leave=False):
-            if task.spec is not None:
-                results.append((task.index, decompose(task.spec, plan.readers[task.spec.name], options, device)))
-            else:
-                results.append((task.index, align(task.pair, by_name, plan.readers, options, device)))
+            try:
+                if task.spec is not None:
+                    result = decompose(task.spec, plan.readers[task.spec.name], options, device)
+                else:
+                    result = align(task.pair, by_name, plan.readers, options, device)
+            except SpectralError as exc:
+                # Report instead of raising here: the other processes would wait forever in the gather.
+                results.append((-1, {"error": str(exc)}))
+                break
+            results.append((task.index, result))
     if state.num_processes > 1:
         results = gather_object(results)
     elapsed = time.perf_counter() - started
 
+    errors = [payload["error"] for index, payload in results if index < 0]
+    if errors:
+        raise SpectralError(errors[0])
     done = dict(results)
     missing = [t.index for t in tasks if t.index not in done]
     if missing:  # pragma: no cover - would be a bug in dealing or gathering
@@ -210,19 +317,23 @@ def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None =
         "model_types": plan.model_types,
         "hf_spectral_version": _version(),
     }
-    return _assemble(plan, matrix_results, pair_results, snapshot_meta)
+    # JSON types from the start, so that a snapshot read back from disk equals the one computed.
+    return _assemble(plan, matrix_results, pair_results, jsonable(snapshot_meta))
 
 
 def decompose(spec: MatrixSpec, read: Reader, options: AnalysisOptions, device: torch.device) -> dict[str, Any]:
     """Singular values, metrics and (optionally) top-k vectors of one planned matrix."""
-    matrix = spec.materialize(read).to(device)
+    matrix = _materialize(spec, read, options.precision).to(device)
     shape = (int(matrix.shape[0]), int(matrix.shape[1]))
-    if not torch.isfinite(matrix).all():
+    if not all_finite(matrix):
         return {"metrics": metrics.non_finite_metrics(shape), "sigma": None, "vectors": None}
     try:
         if options.top_k:
             result = metrics.decompose(matrix, options.top_k, precision=options.precision)
-            sigma, vectors = result.sigma, (result.u.cpu().numpy(), result.v.cpu().numpy())
+            # Vectors are kept at the compute precision (float32 halves a snapshot's size).
+            dtype = np.float64 if options.precision == "float64" else np.float32
+            sigma = result.sigma
+            vectors = (result.u.cpu().numpy().astype(dtype), result.v.cpu().numpy().astype(dtype))
         else:
             sigma, vectors = metrics.singular_values(matrix, precision=options.precision), None
     except metrics.DecompositionError as exc:
@@ -234,13 +345,49 @@ def decompose(spec: MatrixSpec, read: Reader, options: AnalysisOptions, device: 
     return {"metrics": values, "sigma": sigma.cpu().numpy(), "vectors": vectors}
 
 
+def all_finite(matrix: torch.Tensor) -> bool:
+    """Whether every entry is finite. A finite sum proves it (any inf/NaN makes the sum inf/NaN) at
+    the cost of one pass and no memory; ``isfinite().all()`` is ~40x slower on the CPU and allocates
+    a mask, so it only settles the rare sum that overflowed."""
+    flat = matrix if matrix.is_contiguous() or not matrix.mT.is_contiguous() else matrix.mT  # Conv1D views
+    if bool(torch.isfinite(flat.sum())):
+        return True
+    return bool(torch.isfinite(matrix).all())
+
+
+def _materialize(spec: MatrixSpec, read: Reader, precision: str = "float32") -> torch.Tensor:
+    """The matrix of ``spec``; a tensor that cannot be read is a one-line error naming the layer."""
+    if precision == "float64" and spec.extra.get("composed"):
+        # g·v/‖v‖ (weight norm) or W·mask rounded in float32 would be off by ~1e-7·σ₁: compose in float64.
+        stored = read
+
+        def read(name: str) -> torch.Tensor:
+            return stored(name).to(torch.float64)
+
+    try:
+        matrix = spec.materialize(read)
+    except SpectralError:
+        raise
+    except (OSError, KeyError, SafetensorError) as exc:
+        # The planning pass only read headers; the data can still be missing or cut short.
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise SpectralError(
+            f"{spec.name}: cannot read {', '.join(spec.tensors)} ({type(exc).__name__}: {detail}): "
+            "re-download or re-save the checkpoint"
+        ) from exc
+    if matrix.is_floating_point() and matrix.element_size() == 1:
+        # float8 has no isfinite/matmul kernels; bfloat16 holds every float8 value exactly at 2x, not 4x, the size
+        matrix = matrix.to(torch.bfloat16)
+    return matrix
+
+
 def align(pair: AlignmentPair, specs: dict[str, MatrixSpec], readers: dict[str, Reader],
           options: AnalysisOptions, device: torch.device) -> dict[str, Any]:
     """Alignment diagonal of one consecutive-layer pair."""
 
     def load(where: MatrixSlice, sliced: bool = True) -> torch.Tensor:
-        matrix = specs[where.matrix].materialize(readers[where.matrix]).to(device)
-        if not torch.isfinite(matrix).all():
+        matrix = _materialize(specs[where.matrix], readers[where.matrix], options.precision).to(device)
+        if not all_finite(matrix):
             raise ValueError(f"non-finite weights in {where.matrix}")
         return _slice(matrix, where) if sliced else matrix
 
@@ -268,6 +415,10 @@ def align(pair: AlignmentPair, specs: dict[str, MatrixSpec], readers: dict[str, 
             diagonal = metrics.qk_head_alignment(load(pair.prev), load(pair.next), heads, k, precision=precision)
         else:
             raise ValueError(f"unknown alignment mode {pair.mode!r}")
+    except SpectralError as exc:
+        if not isinstance(exc, (metrics.DecompositionError, metrics.MetricInputError)):
+            raise  # an unreadable tensor: the run stops, as for a matrix
+        return {"diagonal": np.zeros(0), "score": float("nan"), "flag": f"failed: {exc}"}
     except (ValueError, RuntimeError) as exc:
         return {"diagonal": np.zeros(0), "score": float("nan"), "flag": f"failed: {exc}"}
     return {"diagonal": diagonal.detach().cpu().numpy().astype(np.float64), "score": metrics.top_score(diagonal), "flag": ""}
@@ -341,12 +492,43 @@ def deal_by_cost(costs: Sequence[float], num_workers: int) -> list[list[int]]:
     return [sorted(items) for items in assignment]
 
 
+def process_state() -> Any:
+    """The accelerate ``PartialState`` of this process (one process when not launched).
+
+    Made on first use, unless a Trainer or ``Accelerator`` made it already. A CPU-only machine
+    launched with several processes (``accelerate launch --multi_gpu`` / ``torchrun``) gets a CPU
+    (gloo) process group: plain ``PartialState()`` would see no accelerator and run every process
+    alone on the whole model. ``accelerate launch --cpu`` (``ACCELERATE_USE_CPU``) is honoured.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    if PartialState._shared_state:  # already made: its settings stand
+        return PartialState()
+    cpu = parse_flag_from_env("ACCELERATE_USE_CPU")
+    if not cpu and _launched_processes() > 1:
+        accelerator = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
+        cpu = accelerator is None or accelerator.type == "mps"  # accelerate distributes no MPS
+    return PartialState(cpu=cpu)
+
+
+def _launched_processes() -> int:
+    for var in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
 def resolve_device(device: str, state: Any | None = None) -> torch.device:
     """``auto`` → the accelerate process's device (CUDA when available), else the named device."""
     if device == "auto":
         if state is not None:
-            return torch.device(state.device)
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            resolved = torch.device(state.device)
+        else:
+            resolved = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # accelerate names the CPU of a multi-CPU run ``cpu:0``: one CPU device for every process
+        return torch.device("cpu") if resolved.type == "cpu" else resolved
     try:
         resolved = torch.device(device)
     except RuntimeError as exc:
@@ -362,10 +544,12 @@ def resolve_device(device: str, state: Any | None = None) -> torch.device:
 def _cpu_threads_for(state: Any, device: torch.device) -> Iterator[None]:
     """Split the cores between the processes of this machine while they decompose on the CPU.
 
-    Several processes each running all-core OpenMP slowed SVDs more than 10x in one measurement.
+    Several processes each running all-core OpenMP slowed SVDs more than 10x in one measurement;
+    launchers set OMP_NUM_THREADS=1 instead, which leaves cores idle.
     """
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
-    if device.type != "cpu" or local_processes <= 1:
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    local_processes = int(local) if local.isdigit() else state.num_processes
+    if device.type != "cpu" or state.num_processes <= 1 or local_processes <= 1:
         yield
         return
     before = torch.get_num_threads()
@@ -389,12 +573,15 @@ def _version() -> str:
 
 def analyze_checkpoint(checkpoint: Checkpoint, options: AnalysisOptions) -> Snapshot:
     """Analyze one resolved checkpoint."""
-    plan = plan_checkpoint(checkpoint, options)
-    meta = {
+    return run_plan(plan_checkpoint(checkpoint, options), options, checkpoint_meta(checkpoint))
+
+
+def checkpoint_meta(checkpoint: Checkpoint) -> dict[str, Any]:
+    """What a snapshot records about the checkpoint it came from."""
+    return {
         "source": checkpoint.source, "checkpoint": str(checkpoint.path), "label": checkpoint.label,
         "step": checkpoint.step, "revision": checkpoint.revision, "commit": checkpoint.commit,
     }
-    return run_plan(plan, options, meta)
 
 
 def analyze_model(model: torch.nn.Module, options: AnalysisOptions, *, step: int | None = None,

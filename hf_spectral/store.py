@@ -14,6 +14,7 @@ place, so a reader never sees a half-written snapshot and a crash leaves the old
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from hf_spectral.errors import SpectralError
@@ -110,11 +112,14 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
 
 
 def write_snapshot(snapshot: Snapshot, path: str | os.PathLike) -> Path:
-    """Write ``snapshot`` to folder ``path`` atomically; returns the final path."""
+    """Write ``snapshot`` to folder ``path`` atomically, replacing a snapshot already there; returns
+    the final path. Anything else at ``path`` (a file, a folder with other contents) is an error."""
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    _check_replaceable(final)
+    created = _missing_parents(final)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         snapshot.table.to_parquet(tmp / MATRICES_FILE, index=False)
         if len(snapshot.alignment):
@@ -123,11 +128,14 @@ def write_snapshot(snapshot: Snapshot, path: str | os.PathLike) -> Path:
         meta = {"format_version": FORMAT_VERSION, **snapshot.meta, "summary": snapshot.summary()}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
         _replace_folder(tmp, final)
-    except OSError as exc:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise SpectralError(f"cannot write snapshot to {final}: {exc.strerror or exc}; choose a writable --output") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created:  # deepest first; only folders this call made, and only if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if isinstance(exc, OSError):
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise SpectralError(f"cannot write snapshot to {final}: {reason}; choose a writable --output") from exc
         raise
     return final
 
@@ -135,12 +143,26 @@ def write_snapshot(snapshot: Snapshot, path: str | os.PathLike) -> Path:
 def read_snapshot(path: str | os.PathLike) -> Snapshot:
     """Load a snapshot folder written by ``write_snapshot``."""
     folder = Path(path)
-    if not (folder / META_FILE).is_file() or not (folder / MATRICES_FILE).is_file():
-        raise SpectralError(f"{folder} is not an hf_spectral snapshot (no {META_FILE}/{MATRICES_FILE}); pass a folder written by hf-spectral")
-    meta = json.loads((folder / META_FILE).read_text())
-    table = pd.read_parquet(folder / MATRICES_FILE)
-    alignment = pd.read_parquet(folder / ALIGNMENT_FILE) if (folder / ALIGNMENT_FILE).is_file() else pd.DataFrame()
-    arrays = load_file(str(folder / ARRAYS_FILE)) if (folder / ARRAYS_FILE).is_file() else {}
+    if not is_snapshot(folder):
+        raise SpectralError(
+            f"{folder} is not an hf_spectral snapshot (no {META_FILE}/{MATRICES_FILE}); pass a folder written by hf-spectral"
+        )
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+        version = meta.pop("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise SpectralError(
+                f"{folder} has snapshot format {version}, newer than this hf_spectral reads ({FORMAT_VERSION}): upgrade hf_spectral"
+            )
+        meta.pop("summary", None)  # derived from the table: Snapshot.summary() recomputes it
+        table = pd.read_parquet(folder / MATRICES_FILE)
+        alignment = pd.read_parquet(folder / ALIGNMENT_FILE) if (folder / ALIGNMENT_FILE).is_file() else pd.DataFrame()
+        arrays = load_file(str(folder / ARRAYS_FILE)) if (folder / ARRAYS_FILE).is_file() else {}
+    except SpectralError:
+        raise
+    except (OSError, ValueError, SafetensorError) as exc:  # ValueError: bad JSON or parquet
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise SpectralError(f"{folder} is a damaged snapshot ({detail}): compute it again") from exc
     spectra: dict[str, np.ndarray] = {}
     left: dict[str, np.ndarray] = {}
     right: dict[str, np.ndarray] = {}
@@ -162,6 +184,8 @@ def is_snapshot(path: str | os.PathLike) -> bool:
 def iter_snapshots(folder: str | os.PathLike) -> Iterator[Path]:
     """Snapshot folders directly inside ``folder`` (a callback record), sorted by step then name."""
     root = Path(folder)
+    if not root.is_dir():
+        raise SpectralError(f"no such folder of snapshots: {root}; pass a folder written by hf-spectral or the callback")
     found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and is_snapshot(p)]
 
     def key(p: Path) -> tuple[float, str]:
@@ -176,25 +200,82 @@ def _arrays(snapshot: Snapshot) -> dict[str, np.ndarray]:
     for name, sigma in snapshot.spectra.items():
         arrays[f"sigma/{name}"] = np.ascontiguousarray(sigma, dtype=np.float64)
     for name, (u, v) in snapshot.vectors.items():
-        # Vectors in float32: they are compared by |dot products| (agreement, alignment), where float32
-        # is exact to ~1e-7, and they dominate a snapshot's size.
-        arrays[f"U/{name}"] = np.ascontiguousarray(u, dtype=np.float32)
-        arrays[f"V/{name}"] = np.ascontiguousarray(v, dtype=np.float32)
+        # Vectors keep float32 or float64 as computed (the engine gives float32 unless asked for
+        # float64 precision: they are compared by |dot products|, and dominate a snapshot's size).
+        arrays[f"U/{name}"] = np.ascontiguousarray(u, dtype=_vector_dtype(u))
+        arrays[f"V/{name}"] = np.ascontiguousarray(v, dtype=_vector_dtype(v))
     for label, diagonal in snapshot.alignment_diagonals.items():
         arrays[f"align/{label}"] = np.ascontiguousarray(diagonal, dtype=np.float64)
     return arrays
 
 
+def _vector_dtype(array: np.ndarray) -> type:
+    return np.float64 if np.asarray(array).dtype == np.float64 else np.float32
+
+
+def check_output(path: str | os.PathLike, *, folder_of_snapshots: bool = False) -> None:
+    """Fail now, before any work, when ``path`` cannot receive a snapshot (or, with
+    ``folder_of_snapshots``, snapshot subfolders): it holds something else, or is not writable."""
+    final = Path(path)
+    if folder_of_snapshots:
+        if final.exists() and not final.is_dir():
+            raise SpectralError(f"{final} exists and is not a folder: choose another --output or remove it")
+        target = final
+    else:
+        _check_replaceable(final)
+        target = final.parent
+    existing = next((p for p in (target.absolute(), *target.absolute().parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise SpectralError(f"cannot write snapshot to {final}: {existing} is not a writable folder; choose a writable --output")
+
+
+def _check_replaceable(final: Path) -> None:
+    # Replacing a folder deletes it: only ever a snapshot or an empty folder (never ``--output ~``).
+    if final.is_symlink() or final.is_file():
+        raise SpectralError(f"{final} exists and is not a snapshot folder: choose another --output or remove it")
+    if final.is_dir() and not is_snapshot(final):
+        try:
+            empty = not any(final.iterdir())
+        except OSError:
+            empty = False
+        if not empty:
+            raise SpectralError(
+                f"{final} exists and is not an hf_spectral snapshot: choose another --output or remove that folder"
+            )
+
+
+def _missing_parents(final: Path) -> list[Path]:
+    """The ancestors of ``final`` that do not exist yet, deepest first."""
+    missing = []
+    for parent in final.absolute().parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing
+
+
 def _replace_folder(tmp: Path, final: Path) -> None:
     # A directory cannot be renamed over a non-empty one: move the old one aside first, so that at
-    # every moment either the old or the new complete snapshot is at ``final``.
+    # every moment either the old or the new complete snapshot is at ``final`` (or, for an instant,
+    # the old one beside it, put back if the second rename fails).
     old = None
     if final.exists():
         old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(final, old)
-    os.replace(tmp, final)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if old is not None:
+            os.replace(old, final)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as ``meta.json`` stores and reads it back (tuples become lists, numpy numbers
+    python numbers, paths strings)."""
+    return json.loads(json.dumps(value, default=_json_default))
 
 
 def _json_default(value: Any) -> Any:
@@ -204,9 +285,14 @@ def _json_default(value: Any) -> Any:
         return float(value)
     if isinstance(value, (Path,)):
         return str(value)
-    if isinstance(value, (set, tuple)):
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    if isinstance(value, tuple):
         return list(value)
-    raise TypeError(f"cannot store {type(value).__name__} in meta.json")
+    if hasattr(value, "tolist"):  # numpy arrays, torch tensors
+        return value.tolist()
+    # Metadata must never cost a snapshot (the callback passes what the training loop gives it).
+    return repr(value)
 
 
 def _preview(names: dict[str, Any] | list[str], limit: int = 5) -> str:

@@ -318,3 +318,35 @@ def test_lstm_pairs_use_g_gate_and_direction_halves():
     assert ("lstm.weight_hh_l1", g, "out.weight", None, (0, 6), "out_in") in keys
     assert len(pairs) == 4 + 8 + 4
     assert all(p.extra == {"gate": "g"} for p in pairs)
+
+
+# ------------------------------------------------------------------------------- grokking recipe
+
+
+def test_grokking_transformer_pairs():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "grokking.py"
+    spec = importlib.util.spec_from_file_location("grokking_recipe_for_pairs", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    model = module.GrokkingTransformer(module.GrokkingConfig(p=11))
+    specs = plan(model, config_of(model))
+    pairs = alignment_pairs(specs, config=config_of(model))
+    check_compatible(pairs, specs)
+    a = "layers.0.attn"
+    expected = [
+        ("embed_tokens.weight", None, f"{a}.q.weight", None, None, "in_in"),
+        ("embed_tokens.weight", None, f"{a}.k.weight", None, None, "in_in"),
+        ("embed_tokens.weight", None, f"{a}.v.weight", None, None, "in_in"),
+        (f"{a}.q.weight", None, f"{a}.k.weight", None, None, "qk_heads"),
+        (f"{a}.v.weight", None, f"{a}.o.weight", None, None, "out_in"),
+        (f"{a}.o.weight", None, "layers.0.mlp.fc_in.weight", None, None, "out_in"),
+        ("layers.0.mlp.fc_in.weight", None, "layers.0.mlp.fc_out.weight", None, None, "out_in"),
+        ("layers.0.mlp.fc_out.weight", None, "unembed.weight", None, None, "out_in"),
+    ]
+    assert [key(p) for p in pairs] == expected
+    assert pairs[3].prev.heads == 4

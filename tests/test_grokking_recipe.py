@@ -60,11 +60,15 @@ def test_split_is_deterministic_per_seed(gk):
     assert set(first) != set(pairs(gk.make_dataset("add", 13, 0.3, split_seed=2)))
 
 
-def test_dataset_rejects_bad_input(gk):
-    with pytest.raises(ValueError, match="prime"):
+def test_bad_input_raises_spectral_error(gk):
+    from hf_spectral.errors import SpectralError
+
+    with pytest.raises(SpectralError, match="prime"):
         gk.make_dataset("div", 12, 0.3, 0)
-    with pytest.raises(ValueError, match="train_fraction"):
+    with pytest.raises(SpectralError, match="train_fraction"):
         gk.make_dataset("add", 7, 1.0, 0)
+    with pytest.raises(SpectralError, match="num_attention_heads"):
+        gk.GrokkingConfig(p=7, hidden_size=30, num_attention_heads=4)
 
 
 def test_full_batch_shards_cover_the_split_once(gk):
@@ -264,3 +268,30 @@ def test_tiny_run_trains_and_writes_model_and_log(gk, tmp_path, capsys):
 def test_first_step_above(gk):
     log = [{"step": 0, "eval_val_accuracy": 0.1}, {"step": 5, "loss": 1.0}, {"step": 10, "eval_val_accuracy": 0.95}]
     assert gk.first_step_above(log) == 10 and gk.first_step_above(log, threshold=0.99) is None
+
+
+def test_minibatch_preset_path_trains(gk, tmp_path):
+    args = gk.parse_args(
+        ["--preset", "slingshot", "--p", "7", "--batch_size", "8", "--max_steps", "6", "--eval_steps", "3",
+         "--track_spectra", "false", "--disable_tqdm", "true", "--output_dir", str(tmp_path)]
+    )  # fmt: skip
+    trainer = gk.build_trainer(args)
+    assert "layers.0.ln_1.weight" in dict(trainer.model.named_parameters())
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["input_ids"].shape == (8, 3) and batch["labels"].shape == (8,)
+    trainer.train()
+    assert trainer.state.global_step == 6
+    lrs = [row["learning_rate"] for row in trainer.state.log_history if "learning_rate" in row]
+    assert lrs[0] < 1e-3  # 10 warmup steps, as the authors' slingshot runs
+
+
+def test_spectral_tracking_records_the_fourier_measure(gk, tmp_path):
+    pytest.importorskip("hf_spectral.tracking")
+    gk.main(
+        ["--p", "7", "--max_steps", "4", "--eval_steps", "2", "--spectra_schedule", "2",
+         "--disable_tqdm", "true", "--output_dir", str(tmp_path)]
+    )  # fmt: skip
+    metas = sorted((tmp_path / "spectral").glob("**/meta.json"))
+    assert len(metas) >= 2
+    last = json.loads(metas[-1].read_text())
+    assert 0.0 < last["extra_measures"]["fourier"]["top5_fraction"] <= 1.0

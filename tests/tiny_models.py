@@ -129,3 +129,48 @@ def save_ddpm_pipeline(directory: Path, seed: int = 0, variant: str | None = Non
     pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10))
     pipe.save_pretrained(directory, variant=variant)
     return unet
+
+
+def _git_blob_sha1(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def fake_hub_cache(cache: Path, repo_id: str, revisions: dict[str, Path], refs: dict[str, str]) -> dict[str, str]:
+    """A real huggingface_hub cache layout: ``blobs/<hash>``, ``snapshots/<commit>/...`` symlinks,
+    ``refs/<name>`` -> commit. ``revisions``: commit -> local folder to publish; ``refs``: name -> commit.
+    (Shared copy of the helper in test_sources.py.)"""
+    import hashlib
+    import os
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    for commit, folder in revisions.items():
+        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+            data = f.read_bytes()
+            lfs = f.suffix in (".safetensors", ".bin")
+            blob = hashlib.sha256(data).hexdigest() if lfs else _git_blob_sha1(data)
+            (repo / "blobs" / blob).write_bytes(data)
+            link = repo / "snapshots" / commit / f.relative_to(folder)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(repo / "blobs" / blob, link.parent))
+    (repo / "refs").mkdir(exist_ok=True)
+    for name, commit in refs.items():
+        (repo / "refs" / name).write_text(commit)
+    return dict(refs)
+
+
+def private_module_cache_fixture():  # type: ignore[no-untyped-def]
+    """A module-scoped autouse fixture pointing hf_spectral's on-disk module-info cache at a temporary
+    folder: tests neither read nor write ``~/.cache/hf_spectral``. Use as
+    ``private_module_cache = private_module_cache_fixture()`` in a test module."""
+    import pytest
+
+    @pytest.fixture(autouse=True, scope="module")
+    def private_module_cache(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("HF_SPECTRAL_CACHE", str(tmp_path_factory.mktemp("module_cache")))
+            yield
+
+    return private_module_cache

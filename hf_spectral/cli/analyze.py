@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Sequence
 
 from hf_spectral.store import Snapshot
 
@@ -37,7 +36,10 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "analyze", help="spectra of every weight matrix of a checkpoint",
         description="Analyze a .safetensors file, a model folder, a diffusers pipeline, a Trainer run "
-        "(every checkpoint-*) or a Hub model id; print a per-layer table and write the snapshot.",
+        "(every checkpoint-*) or a Hub model id; print a per-layer table and write the snapshot. "
+        "Under `accelerate launch` (or torchrun) the SVDs are dealt over the processes by cost; on a machine "
+        "without GPUs use `accelerate launch --multi_gpu --num_processes N -m hf_spectral analyze ...` "
+        "(accelerate's --cpu starts a single process unless MPI is set up).",
     )
     parser.add_argument("source", metavar="SOURCE", help="file, folder, Trainer output folder or Hub model id")
     add_analysis_arguments(parser)
@@ -52,21 +54,22 @@ def analysis_options(args: argparse.Namespace) -> dict:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    from hf_spectral.analyzer import analyze_series, default_output
+    from hf_spectral.analyzer import analyze_resolved, analyze_resolved_series, default_output
+    from hf_spectral.engine import AnalysisOptions
     from hf_spectral.sources import resolve
 
+    options = AnalysisOptions(**analysis_options(args))
     output = args.output or default_output(args.source)
+    # Resolved once: a Hub id is looked up (and fetched) one time, a run listed one time.
     checkpoints = resolve(args.source, revision=args.revision, variant=args.variant)
     if len(checkpoints) == 1:
-        from hf_spectral.analyzer import analyze
-
-        snapshot = analyze(args.source, args.revision, variant=args.variant, output=output, **analysis_options(args))
+        snapshot = analyze_resolved(checkpoints, options, source=args.source, output=output)
         if _is_main():
             print(format_table(snapshot, limit=None if args.all else 40))
             print(format_summary(snapshot))
             print(f"snapshot written to {output}")
         return 0
-    snapshots = analyze_series(args.source, args.revision, variant=args.variant, cache_dir=output, **analysis_options(args))
+    snapshots = analyze_resolved_series(checkpoints, options, cache_dir=output)
     if _is_main():
         for snapshot in snapshots:
             print(f"{snapshot.meta.get('label')}: {format_summary(snapshot)}")
@@ -80,7 +83,11 @@ def format_table(snapshot: Snapshot, limit: int | None = 40) -> str:
     matrices["shape"] = matrices["rows"].astype(str) + "x" + matrices["cols"].astype(str)
     shown = matrices if limit is None else matrices.head(limit)
     frame = shown[list(TABLE_COLUMNS)].rename(columns=TABLE_COLUMNS)
-    lines = [frame.to_string(index=False, float_format=lambda x: f"{x:.4g}", max_colwidth=60)]
+    # names left-aligned (pandas right-aligns strings), so that the layers of a block line up
+    width = max([len("matrix"), *frame["matrix"].str.len()])
+    frame = frame.rename(columns={"matrix": "matrix".ljust(width)})
+    lines = [frame.to_string(index=False, float_format=lambda x: f"{x:.4g}",
+                             formatters={frame.columns[0]: lambda name: name.ljust(width)})]
     if limit is not None and len(matrices) > limit:
         lines.append(f"... {len(matrices) - limit} more matrices (--all prints every row)")
     skipped = snapshot.skipped
@@ -104,7 +111,7 @@ def format_summary(snapshot: Snapshot) -> str:
 
 
 def _is_main() -> bool:
-    from accelerate import PartialState
+    from hf_spectral.engine import process_state
 
-    return PartialState().is_main_process
+    return process_state().is_main_process
 

@@ -1,9 +1,138 @@
-"""``hf-spectral dynamics``: not implemented yet."""
+"""``hf-spectral dynamics``: a series of snapshots → a per-layer summary printed + tidy tables written."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hf_spectral.cli.analyze import add_analysis_arguments, analysis_options
+from hf_spectral.dynamics.types import Dynamics
+
+DEFAULT_TOP_K = 20
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:
-    """Register the command (placeholder until it is built)."""
+    parser = commands.add_parser(
+        "dynamics", help="trajectories, agreement and alignment over a series of checkpoints",
+        description="Spectra over time of a callback record folder, a Trainer output folder (checkpoint-*, "
+        "analyzed once and cached), several checkpoints, or Hub revisions (--revisions step1000,step2000 or 'step*'). "
+        "Prints a per-layer summary and writes tidy parquet tables "
+        "(load them with hf_spectral.dynamics.load_dynamics).",
+    )
+    parser.add_argument("sources", nargs="+", metavar="SOURCE",
+                        help="record folder, Trainer run, checkpoints (several), or one Hub model id")
+    parser.add_argument("--revisions", metavar="LIST",
+                        help="Hub revisions: comma-separated names and/or globs, e.g. step1000,step2000 or 'step*'")
+    parser.add_argument("--reference", default="final", metavar="final|first|LABEL|STEP",
+                        help="the snapshot agreement is measured against (default: final)")
+    parser.add_argument("--top", type=int, default=10, help="diagonal entries averaged by the scores (default 10)")
+    parser.add_argument("--output", type=Path, help="tables folder (default: spectral/<source name>/dynamics)")
+    parser.add_argument("--cache-dir", type=Path,
+                        help="where analyzed snapshots are kept for reuse (default: <run>/spectral_cache for a "
+                        "Trainer run, "
+                        "<output>-snapshots beside the tables for checkpoints and Hub revisions)")
+    parser.add_argument("--no-alignment", action="store_true", help="skip consecutive-layer alignment")
+    parser.add_argument("--all", action="store_true", help="print every matrix (default: up to 40)")
+    add_analysis_arguments(parser)
+    # Agreement needs singular vectors and alignment is part of the dynamics: both on by default here.
+    parser.set_defaults(top_k=DEFAULT_TOP_K, run=run_dynamics)
+    for action in parser._actions:
+        if action.dest == "top_k":
+            action.help = f"singular vectors kept per matrix, for agreement (default {DEFAULT_TOP_K})"
+        elif action.dest == "alignment":
+            action.help = "compute consecutive-layer alignment (the default; see --no-alignment)"
+
+
+def run_dynamics(args: argparse.Namespace) -> int:
+    from hf_spectral.analyzer import default_output
+    from hf_spectral.dynamics import compute_dynamics, load_series, save_dynamics
+    from hf_spectral.errors import SpectralError
+    from hf_spectral.sources.resolve import run_checkpoints
+
+    if args.revision and args.revisions:
+        raise SpectralError("give either --revision or --revisions, not both")
+    sources = args.sources[0] if len(args.sources) == 1 else args.sources
+    output = args.output or default_output(args.sources[0]) / "dynamics"
+    cache = args.cache_dir
+    single_run = len(args.sources) == 1 and Path(args.sources[0]).is_dir() and run_checkpoints(Path(args.sources[0]))
+    if cache is None and not single_run:
+        cache = output.parent / f"{output.name}-snapshots"
+    options = analysis_options(args)
+    options["alignment"] = not args.no_alignment
+    snapshots = load_series(sources, revisions=args.revisions or args.revision, cache_dir=cache,
+                            variant=args.variant, **options)
+    dyn = compute_dynamics(snapshots, reference=args.reference, top=args.top)
+    if _is_main():
+        save_dynamics(dyn, output)
+        print(format_dynamics(dyn, limit=None if args.all else 40))
+        print(f"tables written to {output}")
+    return 0
+
+
+def format_dynamics(dyn: Dynamics, limit: int | None = 40) -> str:
+    """A per-layer summary: first/last normalized effective rank, stable rank, σ_max, and the top-k
+    agreement of the first snapshot with the reference."""
+    meta = dyn.meta
+    steps = dyn.steps
+    lines = [f"{meta.get('snapshots', len(steps))} snapshots"
+             + (f", steps {steps[0]}..{steps[-1]}" if steps and not meta.get("step_is_position") else "")
+             + f"; reference: {meta.get('reference')}"]
+    for group in meta.get("identical") or []:
+        lines.append(f"identical checkpoints (analyzed once): {' = '.join(group)}")
+    for missing in meta.get("missing") or []:
+        lines.append(f"missing revision {missing['label']}: {missing['reason']}")
+    table = per_layer(dyn)
+    if len(table):
+        shown = table if limit is None else table.head(limit)
+        lines.append(shown.to_string(index=False, float_format=lambda x: f"{x:.4g}", max_colwidth=60))
+        if limit is not None and len(table) > limit:
+            lines.append(f"... {len(table) - limit} more matrices (--all prints every row)")
+    for key in ("agreement", "alignment"):
+        if meta.get(key):
+            lines.append(f"{key}: {meta[key]}")
+    return "\n".join(lines)
+
+
+def per_layer(dyn: Dynamics) -> pd.DataFrame:
+    """One row per matrix: metrics at the first and last snapshot, agreement of the first with the reference."""
+    traj = dyn.trajectories
+    if not len(traj):
+        return pd.DataFrame()
+    first_step, last_step = traj["step"].min(), traj["step"].max()
+    first = traj[traj["step"] == first_step].set_index("matrix")
+    last = traj[traj["step"] == last_step].set_index("matrix")
+    top = dyn.meta.get("top", 10)
+    scores = dyn.agreement_scores
+    reference = scores[(scores["reference_kind"] == "reference") & (scores["step"] == first_step)].set_index("matrix")
+    rows = []
+    for matrix in dyn.matrices:
+        rows.append({
+            "matrix": matrix,
+            "shape": f"{_at(first, matrix, 'rows', last)}x{_at(first, matrix, 'cols', last)}",
+            "erank/R first": _at(first, matrix, "normalized_effective_rank"),
+            "erank/R last": _at(last, matrix, "normalized_effective_rank"),
+            "srank/R first": _at(first, matrix, "normalized_stable_rank"),
+            "srank/R last": _at(last, matrix, "normalized_stable_rank"),
+            "sigma_max first": _at(first, matrix, "spectral_norm"),
+            "sigma_max last": _at(last, matrix, "spectral_norm"),
+            f"agree@{top} first": _at(reference, matrix, "score"),
+        })
+    return pd.DataFrame(rows)
+
+
+def _at(table: pd.DataFrame, matrix: str, column: str, fallback: pd.DataFrame | None = None) -> object:
+    if matrix in table.index and column in table:
+        value = table.loc[matrix, column]
+        return value.iloc[0] if isinstance(value, pd.Series) else value
+    if fallback is not None:
+        return _at(fallback, matrix, column)
+    return np.nan
+
+
+def _is_main() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process

@@ -155,6 +155,18 @@ FAMILIES: tuple[Family, ...] = (
         ),
     ),
     Family(
+        # recipes/grokking.py: the authors' 1-layer grokking Transformer (separate q/k/v/o, untied unembed)
+        name="grokking_transformer",
+        keys=("grokking_transformer",),
+        pairing=Transformer(
+            layer=r"(^|\.)layers\.(?P<i>\d+)\.",
+            roles={"q": r"^attn\.q\.weight$", "k": r"^attn\.k\.weight$", "v": r"^attn\.v\.weight$",
+                   "o": r"^attn\.o\.weight$", "mlp_in": r"^mlp\.fc_in\.weight$", "mlp_out": r"^mlp\.fc_out\.weight$"},
+            stem=(r"(^|\.)embed_tokens\.weight$",),
+            heads=((r"(^|\.)unembed\.weight$",),),
+        ),
+    ),
+    Family(
         name="resnet",
         keys=("resnet",),
         # residual shortcuts are ignored (paper-notes §2); stages fix the order when names sort badly

@@ -1,0 +1,326 @@
+"""Compare two checkpoints (two LMC branches, a pruned and a dense model, a fine-tune and its base):
+per-matrix agreement of singular vectors (paper Eq. 5), both spectra, and the spectrum of W_A − W_B.
+
+All three decompositions go through the engine; W_A − W_B is read through a ``DifferenceReader``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hf_spectral import metrics
+from hf_spectral.dynamics.compute import DEFAULT_TOP, agreement_of
+from hf_spectral.dynamics.io import write_tables
+from hf_spectral.engine import AnalysisOptions, analyze_checkpoint
+from hf_spectral.errors import SpectralError
+from hf_spectral.sources import resolve
+from hf_spectral.sources.difference import DifferenceReader
+from hf_spectral.sources.types import Checkpoint, ModelPart, TensorReader
+from hf_spectral.store import Snapshot
+from hf_spectral.tensor_info import TensorInfo
+from hf_spectral.views import build_matrix, plan_matrices
+from hf_spectral.views.modules import composed_name
+from hf_spectral.views.types import MatrixSpec
+
+META_FILE = "comparison.json"
+TABLE_COLUMNS = {
+    "layers": ["matrix", "component", "kind", "rows", "cols", "agreement", "subspace", "k",
+               "erank_a", "erank_b", "srank_a", "srank_b", "sigma_max_a", "sigma_max_b", "frobenius_a", "frobenius_b",
+               "diff_sigma_max", "diff_frobenius", "relative_difference", "diff_erank", "diff_flag"],
+    "agreement": ["matrix", "index", "value"],
+    "spectra": ["matrix", "model", "index", "sigma"],
+    "mismatches": ["matrix", "reason"],
+}
+
+
+@dataclass
+class Comparison:
+    """Two checkpoints side by side, as tidy tables.
+
+    layers:     one row per matrix present in both with the same shape (A's model order):
+                agreement (mean of the top-10 S_ii), subspace (top-10 subspace overlap), k, normalized
+                effective/stable rank, σ_max and Frobenius norm of A and B, and of W_A − W_B
+                (``relative_difference`` = ‖W_A − W_B‖_F / ‖W_B‖_F).
+    agreement:  S_ii per matrix (matrix, index, value).
+    spectra:    singular values (matrix, model = "a" | "b" | "difference", index, sigma).
+    mismatches: matrices not compared (only in one model, or shapes differ) and why.
+    meta:       where A and B came from, options, ``top``.
+    a, b, difference: the three snapshots (not saved by ``save``).
+    """
+
+    layers: pd.DataFrame
+    agreement: pd.DataFrame
+    spectra: pd.DataFrame
+    mismatches: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+    a: Snapshot | None = None
+    b: Snapshot | None = None
+    difference: Snapshot | None = None
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """``layers``/``agreement``/``spectra``/``mismatches`` parquet files + ``comparison.json``, atomically."""
+        tables = {name: getattr(self, name) for name in TABLE_COLUMNS}
+        return write_tables(tables, {"tables": list(TABLE_COLUMNS), **self.meta}, folder, META_FILE)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "Comparison":
+        """Read a folder written by :meth:`save`."""
+        path = Path(folder)
+        if not (path / META_FILE).is_file():
+            raise SpectralError(f"{path} holds no {META_FILE}: pass a folder written by Comparison.save "
+                                "/ `hf-spectral compare --output`")
+        meta = json.loads((path / META_FILE).read_text())
+        meta.pop("tables", None)
+        tables = {}
+        for name in TABLE_COLUMNS:
+            file = path / f"{name}.parquet"
+            tables[name] = pd.read_parquet(file) if file.is_file() else _empty(name)
+        return cls(**tables, meta=meta)
+
+
+def compare(
+    a: str | os.PathLike,
+    b: str | os.PathLike,
+    *,
+    revision_a: str | None = None,
+    revision_b: str | None = None,
+    top_k: int = 20,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    variant: str | None = None,
+    top: int = DEFAULT_TOP,
+    **analysis_options: Any,
+) -> Comparison:
+    """Compare checkpoint ``a`` with checkpoint ``b`` (files, folders or Hub ids, each at an optional
+    revision): agreement of their top-``top_k`` singular vectors, both spectra and the spectrum of
+    W_A − W_B, for every matrix both hold with the same shape."""
+    analysis_options.setdefault("alignment", False)
+    options = AnalysisOptions(include=include, exclude=exclude, top_k=top_k, **analysis_options)
+    first = _one_checkpoint(a, revision_a, variant)
+    try:
+        second = _one_checkpoint(b, revision_b, variant)
+    except BaseException:
+        first.close()
+        raise
+    try:
+        snap_a = analyze_checkpoint(first, options)
+        snap_b = analyze_checkpoint(second, options)
+        shared, mismatches = _match(snap_a, snap_b)
+        if not shared:
+            raise SpectralError(
+                f"{first.source} and {second.source} share no weight matrix of the same shape; compare checkpoints "
+                "of the same architecture (or select matrices with --include)"
+            )
+        precision = torch.float64 if options.precision == "float64" else torch.float32
+        difference = difference_checkpoint(first, second, dtype=precision)
+        try:
+            snap_d = analyze_checkpoint(difference, dataclasses.replace(options, top_k=0, alignment=False))
+        finally:
+            difference.close()
+    finally:
+        first.close()
+        second.close()
+    meta = {"a": _describe(first), "b": _describe(second), "top": int(top), "options": options.to_meta()}
+    return _tables(snap_a, snap_b, snap_d, shared, mismatches, int(top), meta)
+
+
+# --------------------------------------------------------------------------------------------------
+# The difference checkpoint
+
+
+def difference_checkpoint(a: Checkpoint, b: Checkpoint, *, dtype: torch.dtype = torch.float32) -> Checkpoint:
+    """A checkpoint whose tensors read as W_A − W_B, one part per component both hold (A's configs).
+
+    Composed weights (pruned ``orig·mask``, weight norm ``g·v/‖v‖``) are composed on each side first
+    — the difference of the parts is not the difference of the weights — so a pruned model compares
+    with its dense original by the weight's name.
+    """
+    theirs = {part.component: part for part in b.parts}
+    parts = []
+    for part in a.parts:
+        other = theirs.get(part.component)
+        if other is None:
+            continue
+        reader = DifferenceReader(_composed(part), _composed(other), dtype=dtype)
+        parts.append(ModelPart(part.component, reader, part.config))
+    if not parts:
+        raise SpectralError(f"{a.source} and {b.source} share no model component; compare models of the same kind")
+    return Checkpoint(label=f"{a.label} - {b.label}", path=a.path, parts=parts, source=f"{a.source} - {b.source}",
+                      meta={"difference_of": [str(a.path), str(b.path)]})
+
+
+class ComposedReader:
+    """A reader presenting each composed weight as the one tensor ``X.weight`` it stands for (its
+    stored parts hidden), every other tensor as stored."""
+
+    def __init__(self, reader: TensorReader, composed: Sequence[MatrixSpec]) -> None:
+        self.reader = reader
+        self.files = reader.files
+        self._built: dict[str, MatrixSpec] = {spec.name: spec for spec in composed}
+        infos: list[TensorInfo] = []
+        for info in reader.tensors():
+            base = composed_name(info.name)
+            if base is None:
+                infos.append(info)
+            elif base in self._built and info.name == self._built[base].tensors[0]:
+                spec = self._built[base]
+                infos.append(TensorInfo(spec.name, tuple(spec.tensor_shape), spec.dtype))
+            # other parts (and halves of weights that cannot be composed) are hidden
+        self._infos = infos
+
+    def tensors(self) -> list[TensorInfo]:
+        return list(self._infos)
+
+    def read(self, name: str) -> torch.Tensor:
+        spec = self._built.get(name)
+        if spec is None:
+            return self.reader.read(name)
+        # build_matrix composes then reshapes to ``shape``: asking for the stored shape, with no
+        # transposition, gives the composed weight as it would be stored.
+        stored = dataclasses.replace(spec, kind="matrix", shape=tuple(spec.tensor_shape),
+                                     extra={"composed": spec.extra["composed"]})
+        return build_matrix(stored, self.reader.read)
+
+    def close(self) -> None:
+        """Nothing to release: the wrapped reader is closed with its checkpoint."""
+
+    def __enter__(self) -> "ComposedReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _composed(part: ModelPart) -> TensorReader:
+    infos = part.reader.tensors()
+    if not any(composed_name(t.name) for t in infos):
+        return part.reader
+    specs, _ = plan_matrices(infos, config=part.config)
+    return ComposedReader(part.reader, [s for s in specs if s.extra.get("composed")])
+
+
+# --------------------------------------------------------------------------------------------------
+# Tables
+
+
+def _match(a: Snapshot, b: Snapshot) -> tuple[list[str], list[dict[str, str]]]:
+    """Matrices of A also in B with the same shape (A's order), and the others with a reason."""
+    rows_a = {r["name"]: r for r in a.matrices.to_dict("records")}
+    rows_b = {r["name"]: r for r in b.matrices.to_dict("records")}
+    shared, mismatches = [], []
+    for name, row in rows_a.items():
+        other = rows_b.get(name)
+        if other is None:
+            mismatches.append({"matrix": name, "reason": "only in A"})
+        elif (row["rows"], row["cols"]) != (other["rows"], other["cols"]):
+            mismatches.append({"matrix": name, "reason": f"shape {row['rows']}x{row['cols']} in A, "
+                                                         f"{other['rows']}x{other['cols']} in B"})
+        else:
+            shared.append(name)
+    mismatches += [{"matrix": name, "reason": "only in B"} for name in rows_b if name not in rows_a]
+    return shared, mismatches
+
+
+def _tables(a: Snapshot, b: Snapshot, d: Snapshot, shared: list[str], mismatches: list[dict[str, str]], top: int,
+            meta: dict[str, Any]) -> Comparison:
+    rows_a = a.matrices.set_index("name")
+    rows_b = b.matrices.set_index("name")
+    rows_d = d.table.drop_duplicates("name").set_index("name")  # skipped rows too: their flag says why
+    layers, agreement, spectra = [], [], []
+    for name in shared:
+        ra, rb = rows_a.loc[name], rows_b.loc[name]
+        diagonal, subspace = _agreement(a, b, name, top)
+        if len(diagonal):
+            agreement.append(pd.DataFrame({"matrix": name, "index": np.arange(len(diagonal)), "value": diagonal}))
+        for model, snapshot in (("a", a), ("b", b), ("difference", d)):
+            if name in snapshot.spectra:
+                sigma = np.asarray(snapshot.spectra[name], dtype=np.float64)
+                spectra.append(pd.DataFrame({"matrix": name, "model": model, "index": np.arange(len(sigma)),
+                                             "sigma": sigma}))
+        rd = rows_d.loc[name] if name in rows_d.index else None
+        diff_fro = _get(rd, "frobenius_norm")
+        layers.append({
+            "matrix": name, "component": ra["component"], "kind": ra["kind"],
+            "rows": int(ra["rows"]), "cols": int(ra["cols"]),
+            "agreement": metrics.top_score(torch.from_numpy(diagonal), top) if len(diagonal) else math.nan,
+            "subspace": subspace, "k": len(diagonal),
+            "erank_a": _get(ra, "normalized_effective_rank"), "erank_b": _get(rb, "normalized_effective_rank"),
+            "srank_a": _get(ra, "normalized_stable_rank"), "srank_b": _get(rb, "normalized_stable_rank"),
+            "sigma_max_a": _get(ra, "spectral_norm"), "sigma_max_b": _get(rb, "spectral_norm"),
+            "frobenius_a": _get(ra, "frobenius_norm"), "frobenius_b": _get(rb, "frobenius_norm"),
+            "diff_sigma_max": _get(rd, "spectral_norm"), "diff_frobenius": diff_fro,
+            "relative_difference": _ratio(diff_fro, _get(rb, "frobenius_norm")),
+            "diff_erank": _get(rd, "normalized_effective_rank"),
+            "diff_flag": str(rd["flag"]) if rd is not None else "not decomposed",
+        })
+    if not a.vectors or not b.vectors:
+        meta["agreement"] = "no singular vectors (top_k=0): compare with top_k >= 10 for agreement"
+    return Comparison(
+        layers=_frame("layers", layers), agreement=_concat("agreement", agreement), spectra=_concat("spectra", spectra),
+        mismatches=_frame("mismatches", mismatches), meta=meta, a=a, b=b, difference=d,
+    )
+
+
+def _agreement(a: Snapshot, b: Snapshot, name: str, top: int) -> tuple[np.ndarray, float]:
+    if name not in a.vectors or name not in b.vectors:
+        return np.zeros(0), math.nan
+    (u_a, v_a), (u_b, v_b) = a.vectors[name], b.vectors[name]
+    return agreement_of(u_a, v_a, u_b, v_b, top)
+
+
+def _get(row: pd.Series | None, column: str) -> float:
+    if row is None or column not in row:
+        return math.nan
+    value = row[column]
+    return float(value) if value is not None else math.nan
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if math.isfinite(num) and math.isfinite(den) and den > 0 else math.nan
+
+
+def _frame(name: str, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS[name]) if rows else _empty(name)
+
+
+def _concat(name: str, frames: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(frames, ignore_index=True)[TABLE_COLUMNS[name]] if frames else _empty(name)
+
+
+def _empty(name: str) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="object" if c in _TEXT else "float64") for c in TABLE_COLUMNS[name]})
+
+
+_TEXT = {"matrix", "component", "kind", "diff_flag", "model", "reason"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Sources
+
+
+def _one_checkpoint(source: str | os.PathLike, revision: str | None, variant: str | None) -> Checkpoint:
+    checkpoints = resolve(str(source), revision=revision, variant=variant)
+    if len(checkpoints) != 1:
+        for c in checkpoints:
+            c.close()
+        labels = ", ".join(c.label for c in checkpoints[:4])
+        raise SpectralError(
+            f"{source} holds {len(checkpoints)} checkpoints ({labels}, ...); compare two single checkpoints, "
+            f"e.g. {checkpoints[-1].path}"
+        )
+    return checkpoints[0]
+
+
+def _describe(checkpoint: Checkpoint) -> dict[str, Any]:
+    return {"source": checkpoint.source, "label": checkpoint.label, "path": str(checkpoint.path),
+            "revision": checkpoint.revision, "commit": checkpoint.commit, "step": checkpoint.step}

@@ -1,0 +1,103 @@
+"""``Dynamics`` on disk: one ``<table>.parquet`` per table plus ``dynamics.json`` (meta), written
+atomically (a hidden temporary sibling renamed into place, as snapshots are)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hf_spectral.dynamics.compute import empty_table
+from hf_spectral.dynamics.types import TABLES, Dynamics
+from hf_spectral.errors import SpectralError
+
+FORMAT_VERSION = 1
+META_FILE = "dynamics.json"
+
+
+def save_dynamics(dyn: Dynamics, folder: str | os.PathLike) -> Path:
+    """Write every table of ``dyn`` and its meta to ``folder`` (replaced atomically); returns the path."""
+    tables = {name: getattr(dyn, name) for name in TABLES}
+    meta = {"format_version": FORMAT_VERSION, "tables": list(TABLES), **dyn.meta}
+    return write_tables(tables, meta, folder, META_FILE)
+
+
+def load_dynamics(folder: str | os.PathLike) -> Dynamics:
+    """Read a folder written by :func:`save_dynamics` (a missing table reads as an empty one)."""
+    path = Path(folder)
+    if not (path / META_FILE).is_file():
+        raise SpectralError(
+            f"{path} holds no {META_FILE}: pass a folder written by save_dynamics / `hf-spectral dynamics --output`")
+    meta = json.loads((path / META_FILE).read_text())
+    meta.pop("format_version", None)
+    meta.pop("tables", None)
+    tables = {name: _read_table(path, name) for name in TABLES}
+    return Dynamics(**tables, meta=meta)
+
+
+def write_tables(tables: dict[str, pd.DataFrame], meta: dict[str, Any], folder: str | os.PathLike,
+                 meta_file: str) -> Path:
+    """``<name>.parquet`` per table and ``meta_file`` (JSON) into ``folder``, atomically."""
+    final = Path(folder)
+    _check_replaceable(final, meta_file)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        for name, table in tables.items():
+            table.to_parquet(tmp / f"{name}.parquet", index=False)
+        (tmp / meta_file).write_text(json.dumps(meta, indent=2, default=_json_default))
+        _replace_folder(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SpectralError(f"cannot write to {final}: {exc.strerror or exc}; choose a writable --output") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _check_replaceable(final: Path, meta_file: str) -> None:
+    # Replacing a folder deletes it: only ever one written here before, or an empty one (never ``--output ~``).
+    if final.is_symlink() or final.is_file():
+        raise SpectralError(f"{final} exists and is not a folder of tables: choose another --output or remove it")
+    if final.is_dir() and not (final / meta_file).is_file() and any(final.iterdir()):
+        raise SpectralError(
+            f"{final} exists and holds other files (no {meta_file}): choose another --output or remove that folder")
+
+
+def _read_table(folder: Path, name: str) -> pd.DataFrame:
+    file = folder / f"{name}.parquet"
+    return pd.read_parquet(file) if file.is_file() else empty_table(name)
+
+
+def _replace_folder(tmp: Path, final: Path) -> None:
+    # A folder cannot be renamed over a non-empty one: the old one is moved aside first, so that at
+    # every moment a complete result is at ``final``.
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (Path, os.PathLike)):
+        return str(value)
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)

@@ -1,0 +1,219 @@
+"""``SpectralCallback``: spectral snapshots of the live model during ``Trainer.train()``.
+
+    trainer = Trainer(..., callbacks=[SpectralCallback()])
+
+Logging route (docs/tracking.md): ``Trainer.log`` appends to ``state.log_history`` and then calls
+``on_log`` on every callback in order; user callbacks come after the reporting ones, so keys added
+to ``logs`` in a user ``on_log`` reach no logger. At a snapshot this callback does what
+``Trainer.log`` does itself: it appends ``{**scalars, "epoch", "step"}`` to ``state.log_history``
+and calls the public ``on_log`` of the other callbacks of the Trainer's ``CallbackHandler`` (the
+reporters: TensorBoard, W&B, trackio, MLflow...), at ``state.global_step``. The console printers
+are skipped so that hundreds of per-layer scalars do not flood the terminal.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from torch import nn
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from hf_spectral.engine import AnalysisOptions
+from hf_spectral.errors import SpectralError
+from hf_spectral.tracking.recorder import Recorder, process_state
+from hf_spectral.tracking.schedule import Schedule, ScheduleSpec
+from hf_spectral.tracking.sharding import sharded_kind
+
+logger = logging.getLogger("hf_spectral.tracking")
+
+RECORD_FOLDER = "spectral"  # default record: <TrainingArguments.output_dir>/spectral
+
+
+class SpectralCallback(TrainerCallback):
+    """Snapshot the spectra of every weight matrix of the model being trained, on a schedule.
+
+    schedule:   ``"log"`` (default: step 0, log-spaced steps and 10 evenly spaced ones, and the last
+                step), an int N (every N steps, plus the last) or a list of steps.
+    include / exclude: regexes on matrix names.  top_k: singular vectors kept per matrix (needed for
+    the agreement scalars).  device / precision: as in ``hf_spectral.analyze``.
+    output_dir: the record folder (default ``<TrainingArguments.output_dir>/spectral``).
+    log_layers: log per-matrix scalars, not only model-level summaries.
+    extra_measures: ``{name: function(model) -> {key: value}}``, computed at each snapshot, logged as
+                ``spectral/<name>/<key>`` and stored in the snapshot's ``meta["extra_measures"]``.
+    """
+
+    def __init__(
+        self,
+        schedule: ScheduleSpec = "log",
+        include: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        top_k: int = 10,
+        device: str = "auto",
+        output_dir: str | os.PathLike | None = None,
+        precision: str = "float32",
+        log_layers: bool = True,
+        extra_measures: Mapping[str, Callable[[nn.Module], Mapping[str, float]]] | None = None,
+    ) -> None:
+        self.schedule = Schedule.parse(schedule)
+        check_patterns(include, "include")
+        check_patterns(exclude, "exclude")
+        options = AnalysisOptions(include=include, exclude=exclude, top_k=top_k, device=device,
+                                  precision=precision, progress=False)
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.recorder = Recorder(options, log_layers=log_layers, extra_measures=extra_measures,
+                                 producer="SpectralCallback")
+        self._handler: Any = None
+        self._live = True
+        self._max_steps: int | None = None
+
+    @property
+    def record_dir(self) -> Path | None:
+        """The record folder (known once training has begun)."""
+        return self.recorder.output_dir
+
+    # ------------------------------------------------------------------------------------------
+    # Trainer events
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       model: nn.Module | None = None, **kwargs: Any) -> None:
+        if model is None:
+            raise SpectralError("SpectralCallback got no model from the Trainer; pass model= to Trainer")
+        self._handler = _calling_handler(self)
+        if self._handler is None:
+            logger.warning("hf_spectral: spectral scalars go to trainer.state.log_history only: this trainer does "
+                           "not dispatch events through transformers' CallbackHandler, so report_to loggers miss them")
+        self._max_steps = state.max_steps if state.max_steps and state.max_steps > 0 else None
+        kind = sharded_kind(model)
+        self._live = kind is None
+        if kind is not None:
+            logger.warning("hf_spectral: the model's parameters are sharded (%s); spectral snapshots are taken from "
+                           "the checkpoints the Trainer saves (save steps), not from the live model at the schedule",
+                           kind)
+        live = _unwrap(model) if self._live else None
+        record = self.output_dir if self.output_dir is not None else Path(args.output_dir) / RECORD_FOLDER
+        self.recorder.open(record, state.global_step, live)  # misconfiguration raises here, before step 1
+        if live is not None:
+            self._snapshot(args, state, control, model)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    model: nn.Module | None = None, **kwargs: Any) -> None:
+        if self._live and model is not None:
+            self._snapshot(args, state, control, model)
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                model: nn.Module | None = None, **kwargs: Any) -> None:
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        if self.recorder.output_dir is None:  # not opened: this trainer never called on_train_begin
+            return
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if not self._live:
+            process_state().wait_for_everyone()  # every process has finished writing its part
+            scalars = self.recorder.record_checkpoint(checkpoint, state.global_step, {"epoch": state.epoch})
+            if scalars:
+                self._emit(args, state, control, scalars)
+        live = _unwrap(model) if self._live and model is not None else None
+        self.recorder.write_checkpoint_summary(live, state.global_step, checkpoint)
+        self.recorder.write_log_history(state.log_history)
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> None:
+        # Keep log_history.json current with the validation metrics, for tools that read a live run.
+        self.recorder.write_log_history(state.log_history)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     model: nn.Module | None = None, **kwargs: Any) -> None:
+        # A run stopped early (EarlyStoppingCallback, should_training_stop) never reached its planned last
+        # step: record where it ended. Not with load_best_model_at_end (the model is no longer the last one),
+        # and not sent to the reporters, which close their writers in their own on_train_end.
+        step = state.global_step
+        if (self._live and model is not None and self.schedule.kind != "steps" and not args.load_best_model_at_end
+                and step not in self.recorder.recorded):
+            scalars = self.recorder.record(_unwrap(model), step, {"epoch": state.epoch})
+            if scalars:
+                state.log_history.append({**scalars, "step": step})
+        self.recorder.write_log_history(state.log_history)
+
+    # ------------------------------------------------------------------------------------------
+
+    def _snapshot(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: nn.Module) -> None:
+        step = state.global_step
+        if not self.schedule.is_due(step, self._max_steps) or step in self.recorder.recorded:
+            return
+        scalars = self.recorder.record(_unwrap(model), step, {"epoch": state.epoch})
+        if scalars:
+            self._emit(args, state, control, scalars)
+            self.recorder.write_log_history(state.log_history)
+
+    def _emit(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+              scalars: dict[str, float]) -> None:
+        """What ``Trainer.log`` does: one ``log_history`` entry, then ``on_log`` of every reporter."""
+        logs: dict[str, float] = dict(scalars)
+        if state.epoch is not None:
+            logs["epoch"] = state.epoch
+        state.log_history.append({**logs, "step": state.global_step})
+        handler = self._handler
+        if handler is None:
+            return
+        for callback in list(handler.callbacks):
+            if callback is self or _is_console(callback):
+                continue
+            try:
+                callback.on_log(
+                    args, state, control, logs=dict(logs), model=handler.model,
+                    processing_class=getattr(handler, "processing_class", None), optimizer=handler.optimizer,
+                    lr_scheduler=handler.lr_scheduler, train_dataloader=handler.train_dataloader,
+                    eval_dataloader=handler.eval_dataloader,
+                )
+            except Exception as exc:  # a logger's failure must not stop training either
+                logger.warning("hf_spectral: %s could not log the spectral scalars: %s", type(callback).__name__, exc)
+
+
+def check_patterns(patterns: str | Sequence[str] | None, what: str) -> None:
+    """Fail at construction on a regex that does not compile (a one-line ``SpectralError``)."""
+    if patterns is None:
+        return
+    for pattern in [patterns] if isinstance(patterns, str) else list(patterns):
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as exc:
+            raise SpectralError(f"SpectralCallback {what}={pattern!r} is not a valid regular expression ({exc}); "
+                                "fix the pattern") from None
+
+
+def _calling_handler(callback: TrainerCallback) -> Any:
+    """The ``CallbackHandler`` dispatching the current event to ``callback`` (its ``call_event`` is
+    on the stack), or None. The handler is the Trainer's public ``callback_handler``."""
+    from transformers.trainer_callback import CallbackHandler
+
+    frame = inspect.currentframe()
+    try:
+        caller = frame.f_back if frame is not None else None
+        for _ in range(8):
+            if caller is None:
+                return None
+            candidate = caller.f_locals.get("self")
+            if isinstance(candidate, CallbackHandler) and any(cb is callback for cb in candidate.callbacks):
+                return candidate
+            caller = caller.f_back
+        return None
+    finally:
+        del frame
+
+
+def _is_console(callback: TrainerCallback) -> bool:
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    names = {cls.__name__ for cls in type(callback).__mro__}
+    return isinstance(callback, (PrinterCallback, ProgressCallback)) or "NotebookProgressCallback" in names
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model, keep_torch_compile=False)

@@ -1,0 +1,101 @@
+"""Two processes launched by ``accelerate launch`` give the snapshot one process gives, with the work
+dealt by cost and the CPU cores split between the processes while they decompose.
+
+``accelerate launch --cpu --num_processes 2`` starts ONE process in accelerate 1.x unless MPI
+(``--mpirun_hostfile``) is installed; its torchrun launcher (``--multi_gpu``) starts two, which the
+engine joins in a CPU (gloo) process group when the machine has no accelerator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import hf_spectral
+from tiny_models import private_module_cache_fixture, save_tiny
+
+SCRIPT = Path(__file__).parent / "scripts" / "analyze_two_processes.py"
+
+private_module_cache = private_module_cache_fixture()  # no ~/.cache/hf_spectral in tests
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_one_process_snapshot(tmp_path: Path) -> None:
+    source = tmp_path / "bert"
+    save_tiny("bert", source)
+    records = tmp_path / "records"
+    records.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()),
+        str(SCRIPT), str(source), str(tmp_path / "two"), str(records),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+
+    ranks = [json.loads((records / f"rank{i}.json").read_text()) for i in (0, 1)]
+    assert [r["num_processes"] for r in ranks] == [2, 2] and [r["code"] for r in ranks] == [0, 0]
+    assert ranks[0]["distributed_type"].endswith("MULTI_CPU") or torch_cuda_available()
+
+    two = hf_spectral.read_snapshot(tmp_path / "two")
+    one = hf_spectral.analyze(str(source), progress=False, device="cpu", top_k=2, alignment=True)
+    assert two.meta["num_processes"] == 2 and one.meta["num_processes"] == 1
+
+    # the same rows, metrics and singular values (to rounding: thread counts change summation order)
+    pd.testing.assert_frame_equal(one.table, two.table, check_exact=False, rtol=1e-9, atol=1e-12)
+    assert one.spectra.keys() == two.spectra.keys()
+    for name, sigma in one.spectra.items():
+        assert np.abs(sigma - two.spectra[name]).max() <= 1e-12 * max(sigma[0], 1.0), name
+        for a, b in zip(one.vectors[name], two.vectors[name]):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+    pd.testing.assert_frame_equal(one.alignment, two.alignment, check_exact=False, rtol=1e-9, atol=1e-12)
+    for label, diagonal in one.alignment_diagonals.items():
+        np.testing.assert_allclose(diagonal, two.alignment_diagonals[label], atol=1e-9)
+
+    # every task computed exactly once, by one of the two processes
+    done_by = [[t["task"] for t in r["tasks"]] for r in ranks]
+    everything = list(one.matrices["name"]) + list(one.alignment["label"])
+    assert sorted(done_by[0] + done_by[1]) == sorted(everything)
+    assert done_by[0] and done_by[1]
+
+    # dealt by cost: loads balance to within the largest task, and the costliest tasks are split
+    shapes = {row["name"]: (row["rows"], row["cols"]) for _, row in one.matrices.iterrows()}
+    costs = {name: float(m) * n * min(m, n) for name, (m, n) in shapes.items()}
+    for _, pair in one.alignment.iterrows():
+        costs[pair["label"]] = costs[pair["prev"]] + costs[pair["next"]]
+    loads = [sum(costs[t] for t in tasks) for tasks in done_by]
+    assert abs(loads[0] - loads[1]) <= max(costs.values()), loads
+    costliest = sorted(costs, key=costs.get, reverse=True)[:2]
+    assert (costliest[0] in done_by[0]) != (costliest[1] in done_by[0])
+    half = len(everything) // 2
+    assert set(done_by[0]) != set(everything[:half]) and set(done_by[0]) != set(everything[half:])
+
+    # the cores are split while decomposing, and the caller's setting is restored afterwards
+    expected_threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    for r in ranks:
+        assert {t["threads"] for t in r["tasks"]} == {expected_threads}
+        assert r["threads_after"] == 3
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

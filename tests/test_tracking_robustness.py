@@ -1,0 +1,192 @@
+"""SpectralCallback robustness: misconfiguration fails before step 1, failures during training only
+warn and skip a snapshot, a resumed run continues the record, sharded models fall back to checkpoints."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import TrainerCallback
+
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+
+from tracking_common import lm_trainer  # noqa: E402
+
+import hf_spectral  # noqa: E402
+from hf_spectral import SpectralCallback, SpectralError  # noqa: E402
+from hf_spectral.store import read_snapshot  # noqa: E402
+from hf_spectral.tracking import log_spaced_steps  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def record_steps(record: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in record.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+
+def spectral_steps(history: list[dict]) -> list[int]:
+    return [e["step"] for e in history if any(k.startswith("spectral/") for k in e)]
+
+
+# ------------------------------------------------------------------------------------------------
+# misconfiguration
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"include": "h.(0"}, "not a valid regular expression"),
+        ({"exclude": ["ok", "[z-a]"]}, "not a valid regular expression"),
+        ({"schedule": 0}, "N must be >= 1"),
+        ({"schedule": "sometimes"}, "not understood"),
+        ({"top_k": -1}, "top_k"),
+        ({"precision": "float16"}, "precision"),
+        ({"extra_measures": {"erank": lambda m: {}}}, "taken by the spectral scalars"),
+        ({"extra_measures": {"fourier": 3}}, "not callable"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs, message):
+    with pytest.raises(SpectralError, match=message):
+        SpectralCallback(**kwargs)
+
+
+def test_empty_selection_and_unwritable_folder_fail_before_the_first_step(tmp_path):
+    trainer = lm_trainer(tmp_path / "a", [SpectralCallback(include="no_such_layer")], max_steps=5)
+    with pytest.raises(SpectralError, match="no_such_layer.*select no weight matrix"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    trainer = lm_trainer(tmp_path / "b", [SpectralCallback(output_dir=blocker / "spectral")], max_steps=5)
+    with pytest.raises(SpectralError, match="cannot write spectral snapshots.*writable output_dir"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# failures during training
+
+
+def test_failures_mid_run_warn_skip_and_training_completes(tmp_path, monkeypatch, caplog):
+    import hf_spectral.store as store
+    import hf_spectral.tracking.recorder as recorder
+
+    real_analyze, real_save = recorder.analyze_model, store.save_file
+
+    def analyze_model(model, options, *, step=None, meta=None):
+        if step == 6:
+            raise RuntimeError("linalg.svd: The algorithm failed to converge")
+        return real_analyze(model, options, step=step, meta=meta)
+
+    def save_file(arrays, path):
+        if ".step-000010." in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(arrays, path)
+
+    def broken_measure(model):
+        raise ValueError("measure bug")
+
+    monkeypatch.setattr(recorder, "analyze_model", analyze_model)
+    monkeypatch.setattr(store, "save_file", save_file)
+    callback = SpectralCallback(top_k=2, extra_measures={"broken": broken_measure})
+    trainer = lm_trainer(tmp_path, [callback], max_steps=12, save_strategy="no")
+    with caplog.at_level(logging.WARNING, logger="hf_spectral.tracking"):
+        trainer.train()
+
+    assert trainer.state.global_step == 12  # training completed
+    warnings = [r.getMessage() for r in caplog.records if r.name == "hf_spectral.tracking"]
+    assert any("step 6 skipped" in w and "failed to converge" in w for w in warnings)
+    assert any("snapshot at step 10 not written" in w and "No space left" in w for w in warnings)
+    assert len([w for w in warnings if "'broken' failed" in w]) == 1  # reported once, not at every snapshot
+    record = tmp_path / "spectral"
+    assert {6, 10} <= set(log_spaced_steps(12))
+    expected = [s for s in log_spaced_steps(12) if s not in (6, 10)]
+    assert record_steps(record) == expected
+    assert not [p for p in record.iterdir() if p.name.startswith(".")]  # nothing half-written left
+    # the step-10 numbers were computed, so they are still logged; step 6 has none
+    assert spectral_steps(trainer.state.log_history) == [s for s in log_spaced_steps(12) if s != 6]
+
+
+# ------------------------------------------------------------------------------------------------
+# resuming
+
+
+class StopAt(TrainerCallback):
+    """Ends training early, like a crash after a checkpoint (the last steps are not saved)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resumed_run_continues_the_record(tmp_path):
+    run = tmp_path / "run"
+    first = lm_trainer(run, [SpectralCallback(top_k=2), StopAt(15)], max_steps=20, save_steps=10)
+    first.train()
+    record = run / "spectral"
+    planned = log_spaced_steps(20)
+    # stopped early: the step it ended at is recorded too
+    assert record_steps(record) == [s for s in planned if s <= 15] + ([15] if 15 not in planned else [])
+    kept_meta = (record / "step-000010" / "meta.json").read_text()
+
+    second = lm_trainer(run, [SpectralCallback(top_k=2)], max_steps=20, save_steps=10)
+    second.train(resume_from_checkpoint=str(run / "checkpoint-10"))
+
+    assert record_steps(record) == planned  # nothing duplicated, nothing lost, the abandoned 15 is gone
+    assert (record / "step-000010" / "meta.json").read_text() == kept_meta  # kept, not recomputed
+    history = json.loads((record / "log_history.json").read_text())
+    assert spectral_steps(history) == planned
+    # the first snapshot after resuming compares with the step-10 snapshot read back from disk
+    first_after = next(e for e in history if e["step"] == planned[planned.index(10) + 1] and "spectral/mean_erank" in e)
+    assert "spectral/mean_agreement" in first_after
+
+    # The continued record equals an uninterrupted run's (resume restores weights, optimizer, RNG, data order).
+    reference = lm_trainer(tmp_path / "reference", [SpectralCallback(top_k=2)], max_steps=20, save_strategy="no")
+    reference.train()
+    for step in (12, 20):
+        ours = read_snapshot(record / f"step-{step:06d}")
+        theirs = read_snapshot(tmp_path / "reference" / "spectral" / f"step-{step:06d}")
+        for name, sigma in theirs.spectra.items():
+            np.testing.assert_allclose(ours.spectra[name], sigma, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# sharded parameters (FSDP / ZeRO-3): snapshots come from the saved checkpoints
+
+
+def test_sharded_model_falls_back_to_saved_checkpoints(tmp_path, monkeypatch, caplog):
+    import hf_spectral.tracking.callback as callback_module
+
+    monkeypatch.setattr(callback_module, "sharded_kind", lambda model: "FSDP")
+    trainer = lm_trainer(tmp_path, [SpectralCallback(top_k=2)], max_steps=20, save_steps=10)
+    with caplog.at_level(logging.WARNING, logger="hf_spectral.tracking"):
+        trainer.train()
+    assert any("sharded (FSDP)" in r.getMessage() for r in caplog.records)
+    record = tmp_path / "spectral"
+    assert record_steps(record) == [10, 20]
+    assert spectral_steps(trainer.state.log_history) == [10, 20]
+    for step in (10, 20):
+        ours = read_snapshot(record / f"step-{step:06d}")
+        assert ours.meta["step"] == step and ours.meta["label"] == f"step-{step:06d}"
+        theirs = hf_spectral.analyze(tmp_path / f"checkpoint-{step}", progress=False)
+        for name, sigma in theirs.spectra.items():
+            np.testing.assert_allclose(ours.spectra[name], sigma, rtol=1e-9)
+        assert read_snapshot(tmp_path / f"checkpoint-{step}" / "spectral").meta["step"] == step
