@@ -7,8 +7,9 @@ The public API is what this module names; everything else may change. Names load
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from hf_spectral._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -30,9 +31,13 @@ _PUBLIC = {
     "compute_dynamics": "hf_spectral.dynamics",
     "dynamics_from_source": "hf_spectral.dynamics",
     "load_series": "hf_spectral.dynamics",
+    "save_dynamics": "hf_spectral.dynamics",
+    "load_dynamics": "hf_spectral.dynamics",
     "compare": "hf_spectral.dynamics",
+    "Comparison": "hf_spectral.dynamics",
     # faces
     "write_report": "hf_spectral.report",
+    "key_events": "hf_spectral.highlights",
     "update_model_card": "hf_spectral.cards",
     # errors
     "SpectralError": "hf_spectral.errors",
@@ -41,20 +46,25 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC) + ["__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'hf_spectral' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)
 
 
 if TYPE_CHECKING:  # pragma: no cover
     from hf_spectral.analyzer import analyze, analyze_series
+    from hf_spectral.cards import update_model_card
+    from hf_spectral.dynamics import (
+        Comparison,
+        Dynamics,
+        compare,
+        compute_dynamics,
+        dynamics_from_source,
+        load_dynamics,
+        load_series,
+        save_dynamics,
+    )
     from hf_spectral.engine import AnalysisOptions, analyze_model
     from hf_spectral.errors import SpectralError
+    from hf_spectral.highlights import key_events
+    from hf_spectral.report import write_report
     from hf_spectral.store import Snapshot, read_snapshot, write_snapshot
+    from hf_spectral.tracking import SpectralCallback, SpectralTracker

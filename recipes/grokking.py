@@ -34,7 +34,10 @@ from transformers import (
     HfArgumentParser,
     PretrainedConfig,
     PreTrainedModel,
+    PrinterCallback,
+    ProgressCallback,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -536,7 +539,7 @@ def build_trainer(args: GrokkingArguments) -> Trainer:
             SpectralCallback(schedule=schedule, extra_measures={"fourier": fourier_sparsity}, **top_k)
         )
 
-    return Trainer(
+    trainer = Trainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -547,6 +550,67 @@ def build_trainer(args: GrokkingArguments) -> Trainer:
         preprocess_logits_for_metrics=last_position_argmax,
         callbacks=callbacks,
     )
+    # One short line per ~4% of training instead of every log dict (and a bar per evaluation).
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(ConsoleProgress(every=progress_every(args), bar=not args.disable_tqdm))
+    return trainer
+
+
+def progress_every(args: GrokkingArguments, lines: int = 25) -> int:
+    """Print a progress line every this many steps: a multiple of eval_steps, ~`lines` per run."""
+    return args.eval_steps * max(1, round(args.max_steps / lines / args.eval_steps))
+
+
+class ConsoleProgress(TrainerCallback):
+    """The console: a tqdm bar (unless --disable_tqdm) and, every `every` steps, one line with the
+    loss, train and validation accuracy, the mean effective rank and the embedding's Fourier share."""
+
+    def __init__(self, every: int, bar: bool = True):
+        self.every, self.use_bar, self.bar = every, bar, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.use_bar:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, dynamic_ncols=True, initial=state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # The "train" split is evaluated after "val": its log completes a step's numbers.
+        if not state.is_world_process_zero or "eval_train_accuracy" not in (logs or {}):
+            return
+        if state.global_step % self.every and state.global_step != state.max_steps:
+            return
+        line = progress_line(state.global_step, state.log_history)
+        self.bar.write(line) if self.bar is not None else print(line, flush=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def progress_line(step: int, log_history: list[dict]) -> str:
+    """`step 1150  loss 0.0021  train acc 1.000  val acc 0.903  mean erank 0.412  fourier top-5 0.61`."""
+    latest = {}
+    for entry in reversed(log_history):  # the newest value of each key
+        for key, value in entry.items():
+            latest.setdefault(key, value)
+    parts = [f"step {step:>6,}"]
+    for key, label, fmt in (
+        ("loss", "loss", ".4f"),
+        ("eval_train_accuracy", "train acc", ".3f"),
+        ("eval_val_accuracy", "val acc", ".3f"),
+        ("spectral/mean_erank", "mean erank", ".3f"),
+        ("spectral/fourier/top5_fraction", "fourier top-5", ".3f"),
+    ):
+        if isinstance(latest.get(key), (int, float)):
+            parts.append(f"{label} {latest[key]:{fmt}}")
+    return "  ".join(parts)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -568,29 +632,105 @@ def first_step_above(log_history: list[dict], key: str = "eval_val_accuracy", th
     return next((row["step"] for row in log_history if row.get(key, -1.0) >= threshold), None)
 
 
-def report(log_history: list[dict], output_dir: str, threshold: float = 0.9) -> int | None:
-    """REPORT STEP — placeholder until hf_spectral's dynamics/report layer is wired in here.
+GROKKED = 0.9  # validation accuracy that counts as "generalized"
+METRIC = "eval_val_accuracy"  # the Trainer's name for the "val" split's accuracy
 
-    For now: write `training_log.json` (the Trainer's log history) and print when the validation
-    accuracy first crossed `threshold`. Returns that step.
-    """
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, "training_log.json")
-    with open(path + ".tmp", "w") as f:
+
+def report(args: GrokkingArguments, log_history: list[dict], threshold: float = GROKKED) -> dict:
+    """The report step: `training_log.json`; with spectral tracking, the dynamics report
+    (`report/index.html` + figures), the flagship figure `grokking.png` (validation accuracy and
+    effective rank on one step axis) and a printed summary of when the network generalized and
+    when its rank fell. Returns the numbers printed (see `key_events`) and the paths."""
+    out = args.output_dir
+    os.makedirs(out, exist_ok=True)
+    log_path = os.path.join(out, "training_log.json")
+    with open(log_path + ".tmp", "w") as f:
         json.dump(log_history, f, indent=1)
-    os.replace(path + ".tmp", path)  # atomic: never a half-written log
-    step = first_step_above(log_history, threshold=threshold)
-    last = (eval_rows(log_history) or [{}])[-1]
-    print(
-        f"grokking: val accuracy >= {threshold:.0%} first at step {step}; at step {last.get('step')}: "
-        f"val acc {last.get('eval_val_accuracy', float('nan')):.3f}, "
-        f"train acc {last.get('eval_train_accuracy', float('nan')):.3f}; log: {path}"
-    )
-    return step
+    os.replace(log_path + ".tmp", log_path)  # atomic: never a half-written log
+    rows = eval_rows(log_history)
+    last = rows[-1] if rows else {}
+    result = {
+        "grok_step": first_step_above(log_history, METRIC, threshold),
+        "memorized_step": first_step_above(log_history, "eval_train_accuracy", 0.99),
+        "final_val_accuracy": last.get(METRIC),
+        "final_train_accuracy": last.get("eval_train_accuracy"),
+        "training_log": log_path,
+    }
+    record = os.path.join(out, "spectral")
+    if args.track_spectra and os.path.isdir(record):
+        result.update(spectral_report(args, record, threshold))
+    print_summary(args, result, threshold)
+    return result
+
+
+def spectral_report(args: GrokkingArguments, record: str, threshold: float) -> dict:
+    """Dynamics of the callback's record → HTML report, flagship PNG, key events, Fourier share."""
+    from hf_spectral import dynamics_from_source, write_report
+    from hf_spectral.highlights import key_events
+    from hf_spectral.plots import plot_training_and_rank, save_figure
+
+    dynamics = dynamics_from_source(record)  # the snapshots + the record's log_history.json
+    events = key_events(dynamics, METRIC, threshold)
+    setting = (f"{args.operation} mod {args.p}, {args.train_fraction:.0%} train, lr {args.learning_rate:g}, "
+               f"wd {args.weight_decay:g}, seed {args.seed}")
+    index = write_report(dynamics, os.path.join(args.output_dir, "report"), title=f"Grokking ({setting})",
+                         formats=("png",), metric=METRIC, threshold=threshold)
+    figure = plot_training_and_rank(dynamics, METRIC, threshold=threshold)
+    figure.axes[0].set_title(f"Grokking {setting}:\nvalidation accuracy and normalized effective rank", fontsize=10)
+    (png,) = save_figure(figure, os.path.join(args.output_dir, "grokking"), ("png",))
+
+    # Nanda et al.'s progress measure, logged by the callback at every snapshot.
+    training = dynamics.training
+    fourier = training[training["metric"] == "spectral/fourier/top5_fraction"].set_index("step")["value"]
+    fourier_at = lambda step: float(fourier[fourier.index <= step].iloc[-1]) if (fourier.index <= step).any() else None  # noqa: E731
+    return {
+        "events": events,
+        "report": str(index),
+        "figure": str(png),
+        "fourier_initial": fourier_at(0),
+        "fourier_at_grok": fourier_at(events["metric_step"]) if events["metric_step"] is not None else None,
+        "fourier_final": float(fourier.iloc[-1]) if len(fourier) else None,
+    }
+
+
+def print_summary(args: GrokkingArguments, result: dict, threshold: float) -> None:
+    """A few lines: when validation accuracy crossed, when the rank fell fastest, where the report is."""
+    step = lambda s: "never" if s is None else f"step {s:,}"  # noqa: E731
+    number = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    lines = [
+        f"validation accuracy >= {threshold:.0%}: {step(result['grok_step'])} "
+        f"(train accuracy >= 99%: {step(result['memorized_step'])}); "
+        f"final val acc {number(result['final_val_accuracy'])}, train acc {number(result['final_train_accuracy'])}",
+    ]
+    events = result.get("events")
+    if events is not None:
+        if events["rank_drop_interval"] is None:
+            lines.append("mean effective rank never fell")
+        else:
+            a, b = events["rank_drop_interval"]
+            lines.append(f"mean effective rank fell fastest between steps {a:,} and {b:,} "
+                         f"({events['erank_before']:.3f} -> {events['erank_after']:.3f})")
+        if events["lag"] is not None:
+            lag = events["lag"]
+            when = "at the same step as" if lag == 0 else f"{abs(lag):,} steps {'after' if lag > 0 else 'before'}"
+            lines.append(f"side by side: the rank drop (ending step {b:,}) came {when} the validation jump "
+                         f"(step {result['grok_step']:,})")
+        lines.append(f"mean normalized effective rank: {number(events['erank_initial'])} at init -> "
+                     f"{number(events['erank_final'])} at the end")
+        if result["fourier_final"] is not None:
+            middle = (f" -> {number(result['fourier_at_grok'])} at step {result['grok_step']:,}"
+                      if result["fourier_at_grok"] is not None else "")
+            lines.append(f"Fourier top-5 share of the embedding: {number(result['fourier_initial'])} at init"
+                         f"{middle} -> {number(result['fourier_final'])} at the end")
+        lines.append(f"report: {result['report']}")
+        lines.append(f"figure: {result['figure']}")
+    lines.append(f"training log: {result['training_log']}")
+    print("\n".join(["", "== grokking summary ==", *lines]), flush=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Run the recipe; returns a summary (grok step, final metrics, wall time)."""
+    """Run the recipe; returns a summary: wall time, arguments, final eval row and the report's
+    numbers (grok_step, events from `key_events`, Fourier share, paths)."""
     args = parse_args(argv)
     trainer = build_trainer(args)
     start = time.time()
@@ -599,9 +739,10 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.save_model(args.output_dir)  # safetensors + config.json, loadable with from_pretrained
     summary = {"wall_time_s": wall, "args": dataclasses.asdict(args)}
     if trainer.is_world_process_zero():
-        summary["grok_step"] = report(trainer.state.log_history, args.output_dir)
+        print(f"\ntrained {args.max_steps:,} steps in {wall:.1f} s ({wall / max(args.max_steps, 1):.4f} s/step "
+              "incl. evaluation and spectral snapshots)")
+        summary.update(report(args, trainer.state.log_history))
         summary["final"] = (eval_rows(trainer.state.log_history) or [{}])[-1]
-        print(f"wall time {wall:.1f} s ({wall / max(args.max_steps, 1):.4f} s/step incl. evaluation)")
     return summary
 
 

@@ -3,9 +3,7 @@ snapshots and Dynamics tables equal to per-snapshot analyses and to float64 nump
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ from hf_spectral.dynamics.series import expand_revisions, step_from_name
 from hf_spectral.engine import AnalysisOptions, analyze_model
 from hf_spectral.errors import SpectralError
 from hf_spectral.store import write_snapshot
-from tiny_models import TinyMLP, build_tiny
+from tiny_models import TinyMLP, build_tiny, fake_hub_cache
 
 METRICS = ["normalized_effective_rank", "normalized_stable_rank", "spectral_norm", "frobenius_norm", "effective_rank"]
 
@@ -191,27 +189,6 @@ def test_callback_record_is_read_not_recomputed(record: tuple[Path, list[dict]],
 
 
 # ---------------------------------------------------------------- Hub revisions (a fake offline cache)
-
-
-def _git_blob_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def fake_hub_cache(cache: Path, repo_id: str, revisions: dict[str, Path], refs: dict[str, str]) -> None:
-    """huggingface_hub's cache layout: blobs/<hash>, snapshots/<commit>/<file> symlinks, refs/<name>."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    (repo / "blobs").mkdir(parents=True, exist_ok=True)
-    for commit, folder in revisions.items():
-        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-            data = f.read_bytes()
-            blob = hashlib.sha256(data).hexdigest() if f.suffix == ".safetensors" else _git_blob_sha1(data)
-            (repo / "blobs" / blob).write_bytes(data)
-            link = repo / "snapshots" / commit / f.relative_to(folder)
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(os.path.relpath(repo / "blobs" / blob, link.parent))
-    (repo / "refs").mkdir(exist_ok=True)
-    for name, commit in refs.items():
-        (repo / "refs" / name).write_text(commit)
 
 
 def mlp_state(seed: int) -> dict[str, torch.Tensor]:

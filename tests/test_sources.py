@@ -26,7 +26,7 @@ from hf_spectral.sources import (
     resolve,
 )
 from hf_spectral.sources import hub
-from tiny_models import TinyMLP, save_ddpm_pipeline, save_tiny
+from tiny_models import TinyMLP, fake_hub_cache, save_ddpm_pipeline, save_tiny
 
 # Independent of the code under test: torch dtype -> safetensors code.
 CODES = {
@@ -456,30 +456,6 @@ def test_fingerprint_of_sharded_model_covers_every_shard(built: dict, tmp_path: 
 
 
 # ---------------------------------------------------------------- 5. Hub ids (faked cache, offline)
-
-
-def _git_blob_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def fake_hub_cache(cache: Path, repo_id: str, revisions: dict[str, Path], refs: dict[str, str]) -> dict[str, str]:
-    """A real huggingface_hub cache layout: ``blobs/<hash>``, ``snapshots/<commit>/...`` symlinks,
-    ``refs/<name>`` -> commit. ``revisions``: commit -> local folder to publish; ``refs``: name -> commit."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    (repo / "blobs").mkdir(parents=True, exist_ok=True)
-    for commit, folder in revisions.items():
-        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-            data = f.read_bytes()
-            lfs = f.suffix in (".safetensors", ".bin")
-            blob = hashlib.sha256(data).hexdigest() if lfs else _git_blob_sha1(data)
-            (repo / "blobs" / blob).write_bytes(data)
-            link = repo / "snapshots" / commit / f.relative_to(folder)
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(os.path.relpath(repo / "blobs" / blob, link.parent))
-    (repo / "refs").mkdir(exist_ok=True)
-    for name, commit in refs.items():
-        (repo / "refs" / name).write_text(commit)
-    return {name: commit for name, commit in refs.items()}
 
 
 COMMIT_A = "a" * 40

@@ -26,14 +26,6 @@ from hf_spectral.tracking import log_spaced_steps  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Several engineers share 2 cores: more threads than free cores slows small matmuls 20-50x.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ------------------------------------------------------------------------------------------------
 # independent float64 numpy references

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
@@ -25,13 +24,6 @@ from hf_spectral.tracking import log_spaced_steps  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def record_steps(record: Path) -> list[int]:

@@ -23,13 +23,6 @@ from hf_spectral.tracking import log_spaced_steps  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def list_tracker():
     from accelerate.tracking import GeneralTracker

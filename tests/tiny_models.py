@@ -6,6 +6,8 @@ Each builder returns a freshly initialised model with a fixed seed. ``save_tiny`
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -132,18 +134,12 @@ def save_ddpm_pipeline(directory: Path, seed: int = 0, variant: str | None = Non
 
 
 def _git_blob_sha1(data: bytes) -> str:
-    import hashlib
-
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def fake_hub_cache(cache: Path, repo_id: str, revisions: dict[str, Path], refs: dict[str, str]) -> dict[str, str]:
     """A real huggingface_hub cache layout: ``blobs/<hash>``, ``snapshots/<commit>/...`` symlinks,
-    ``refs/<name>`` -> commit. ``revisions``: commit -> local folder to publish; ``refs``: name -> commit.
-    (Shared copy of the helper in test_sources.py.)"""
-    import hashlib
-    import os
-
+    ``refs/<name>`` -> commit. ``revisions``: commit -> local folder to publish; ``refs``: name -> commit."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     (repo / "blobs").mkdir(parents=True, exist_ok=True)
     for commit, folder in revisions.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hf_spectral.cli.common import add_analysis_arguments, analysis_options, is_main_process
 from hf_spectral.store import Snapshot
 
 TABLE_COLUMNS = {
@@ -17,19 +18,6 @@ TABLE_COLUMNS = {
     "spectral_norm": "sigma_max",
     "flag": "flag",
 }
-
-
-def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that runs the analyzer."""
-    parser.add_argument("--revision", help="Hub revision (branch, tag or commit) for a model id")
-    parser.add_argument("--variant", help="weight variant to read, e.g. fp16 (diffusers/transformers variants)")
-    parser.add_argument("--include", action="append", metavar="REGEX", help="analyze only matrices whose name matches (repeatable)")
-    parser.add_argument("--exclude", action="append", metavar="REGEX", help="skip matrices whose name matches (repeatable)")
-    parser.add_argument("--top-k", type=int, default=0, metavar="K", help="also keep the top-K singular vectors (default: values only)")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="compute precision (default float32)")
-    parser.add_argument("--alignment", action="store_true", help="also compute consecutive-layer alignment")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:
@@ -48,11 +36,6 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_analyze)
 
 
-def analysis_options(args: argparse.Namespace) -> dict:
-    return dict(include=args.include, exclude=args.exclude, top_k=args.top_k, device=args.device,
-                precision=args.dtype, alignment=args.alignment, progress=not args.no_progress)
-
-
 def run_analyze(args: argparse.Namespace) -> int:
     from hf_spectral.analyzer import analyze_resolved, analyze_resolved_series, default_output
     from hf_spectral.engine import AnalysisOptions
@@ -64,13 +47,13 @@ def run_analyze(args: argparse.Namespace) -> int:
     checkpoints = resolve(args.source, revision=args.revision, variant=args.variant)
     if len(checkpoints) == 1:
         snapshot = analyze_resolved(checkpoints, options, source=args.source, output=output)
-        if _is_main():
+        if is_main_process():
             print(format_table(snapshot, limit=None if args.all else 40))
             print(format_summary(snapshot))
             print(f"snapshot written to {output}")
         return 0
     snapshots = analyze_resolved_series(checkpoints, options, cache_dir=output)
-    if _is_main():
+    if is_main_process():
         for snapshot in snapshots:
             print(f"{snapshot.meta.get('label')}: {format_summary(snapshot)}")
         print(f"{len(snapshots)} snapshots written under {output}")
@@ -108,10 +91,3 @@ def format_summary(snapshot: Snapshot) -> str:
     if snapshot.meta.get("seconds") is not None:
         text += f"; {snapshot.meta['seconds']:.2f} s on {snapshot.meta.get('device')}"
     return text
-
-
-def _is_main() -> bool:
-    from hf_spectral.engine import process_state
-
-    return process_state().is_main_process
-

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf_spectral.cli.analyze import _is_main
-from hf_spectral.cli.report import add_series_arguments, load_dynamics_for
+from hf_spectral.cli.common import add_series_arguments, is_main_process, load_dynamics_for
 from hf_spectral.errors import SpectralError
 
 
@@ -16,7 +15,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         description="Analyze SOURCE (or read saved dynamics) and write a 'Spectral analysis' section, figures and "
         "hf-spectral tags into a model card (huggingface_hub.ModelCard). Re-running replaces the section.",
     )
-    add_series_arguments(parser)
+    add_series_arguments(parser, figures=True)
     parser.add_argument("--model-card", type=Path, metavar="PATH",
                         help="card to create or update (default: SOURCE/README.md when SOURCE is a local folder)")
     parser.add_argument("--images-dir", type=Path, metavar="DIR", help="where the figures go (default: spectral_plots/ next to the card)")
@@ -33,7 +32,7 @@ def run_card(args: argparse.Namespace) -> int:
             raise SpectralError(f"{' '.join(args.sources)} is not one local folder; pass --model-card PATH for the card to write")
         card = Path(args.sources[0]) / "README.md"
     dynamics = load_dynamics_for(args)
-    if not _is_main():
+    if not is_main_process():
         return 0
     update_model_card(card, dynamics, images_dir=args.images_dir, repo_relative_images=not args.absolute_image_paths,
                       metric=args.metric, threshold=args.threshold)

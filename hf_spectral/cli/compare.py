@@ -6,12 +6,11 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hf_spectral.cli.analyze import add_analysis_arguments, analysis_options
+from hf_spectral.cli.common import add_analysis_arguments, analysis_options, is_main_process, keep_vectors_by_default
 
 if TYPE_CHECKING:  # pragma: no cover
     from hf_spectral.dynamics.comparison import Comparison
 
-DEFAULT_TOP_K = 20
 COLUMNS = {
     "matrix": "matrix",
     "shape": "shape",
@@ -43,26 +42,21 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", type=Path, help="also write the tables (parquet) to this folder")
     parser.add_argument("--all", action="store_true", help="print every matrix (default: up to 40)")
     add_analysis_arguments(parser)
-    parser.set_defaults(top_k=DEFAULT_TOP_K, run=run_compare)
+    keep_vectors_by_default(parser, alignment=False)  # no alignment in a comparison
+    parser.set_defaults(run=run_compare)
     for action in parser._actions:
-        if action.dest == "top_k":
-            action.help = f"singular vectors kept per matrix, for agreement (default {DEFAULT_TOP_K})"
-        elif action.dest == "revision":
+        if action.dest == "revision":
             action.help = "Hub revision for both A and B (--revision-a / --revision-b set one)"
-        elif action.dest == "alignment":
-            action.help = argparse.SUPPRESS  # no alignment in a comparison
 
 
 def run_compare(args: argparse.Namespace) -> int:
     from hf_spectral.dynamics import compare
 
-    options = analysis_options(args)
-    options["alignment"] = False
     result = compare(
         args.a, args.b, revision_a=args.revision_a or args.revision, revision_b=args.revision_b or args.revision,
-        variant=args.variant, top=args.top, **options,
+        variant=args.variant, top=args.top, **analysis_options(args),
     )
-    if _is_main():
+    if is_main_process():
         if args.output is not None:
             result.save(args.output)
         print(format_comparison(result, limit=None if args.all else 40))
@@ -100,8 +94,3 @@ def _name(described: dict | None) -> str:
     revision = f"@{described['revision']}" if described.get("revision") else ""
     return f"{described.get('source')}{revision}"
 
-
-def _is_main() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process

@@ -8,10 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hf_spectral.cli.analyze import add_analysis_arguments, analysis_options
+from hf_spectral.cli.common import add_series_arguments, analysis_options, is_main_process, series_revisions, series_sources
 from hf_spectral.dynamics.types import Dynamics
-
-DEFAULT_TOP_K = 20
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:
@@ -22,50 +20,26 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         "Prints a per-layer summary and writes tidy parquet tables "
         "(load them with hf_spectral.dynamics.load_dynamics).",
     )
-    parser.add_argument("sources", nargs="+", metavar="SOURCE",
-                        help="record folder, Trainer run, checkpoints (several), or one Hub model id")
-    parser.add_argument("--revisions", metavar="LIST",
-                        help="Hub revisions: comma-separated names and/or globs, e.g. step1000,step2000 or 'step*'")
-    parser.add_argument("--reference", default="final", metavar="final|first|LABEL|STEP",
-                        help="the snapshot agreement is measured against (default: final)")
-    parser.add_argument("--top", type=int, default=10, help="diagonal entries averaged by the scores (default 10)")
+    add_series_arguments(parser)
     parser.add_argument("--output", type=Path, help="tables folder (default: spectral/<source name>/dynamics)")
-    parser.add_argument("--cache-dir", type=Path,
-                        help="where analyzed snapshots are kept for reuse (default: <run>/spectral_cache for a "
-                        "Trainer run, "
-                        "<output>-snapshots beside the tables for checkpoints and Hub revisions)")
-    parser.add_argument("--no-alignment", action="store_true", help="skip consecutive-layer alignment")
     parser.add_argument("--all", action="store_true", help="print every matrix (default: up to 40)")
-    add_analysis_arguments(parser)
-    # Agreement needs singular vectors and alignment is part of the dynamics: both on by default here.
-    parser.set_defaults(top_k=DEFAULT_TOP_K, run=run_dynamics)
-    for action in parser._actions:
-        if action.dest == "top_k":
-            action.help = f"singular vectors kept per matrix, for agreement (default {DEFAULT_TOP_K})"
-        elif action.dest == "alignment":
-            action.help = "compute consecutive-layer alignment (the default; see --no-alignment)"
+    parser.set_defaults(run=run_dynamics)
 
 
 def run_dynamics(args: argparse.Namespace) -> int:
     from hf_spectral.analyzer import default_output
     from hf_spectral.dynamics import compute_dynamics, load_series, save_dynamics
-    from hf_spectral.errors import SpectralError
     from hf_spectral.sources.resolve import run_checkpoints
 
-    if args.revision and args.revisions:
-        raise SpectralError("give either --revision or --revisions, not both")
-    sources = args.sources[0] if len(args.sources) == 1 else args.sources
     output = args.output or default_output(args.sources[0]) / "dynamics"
     cache = args.cache_dir
     single_run = len(args.sources) == 1 and Path(args.sources[0]).is_dir() and run_checkpoints(Path(args.sources[0]))
     if cache is None and not single_run:
         cache = output.parent / f"{output.name}-snapshots"
-    options = analysis_options(args)
-    options["alignment"] = not args.no_alignment
-    snapshots = load_series(sources, revisions=args.revisions or args.revision, cache_dir=cache,
-                            variant=args.variant, **options)
+    snapshots = load_series(series_sources(args), revisions=series_revisions(args), cache_dir=cache,
+                            variant=args.variant, **analysis_options(args))
     dyn = compute_dynamics(snapshots, reference=args.reference, top=args.top)
-    if _is_main():
+    if is_main_process():
         save_dynamics(dyn, output)
         print(format_dynamics(dyn, limit=None if args.all else 40))
         print(f"tables written to {output}")
@@ -131,8 +105,3 @@ def _at(table: pd.DataFrame, matrix: str, column: str, fallback: pd.DataFrame | 
         return _at(fallback, matrix, column)
     return np.nan
 
-
-def _is_main() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process

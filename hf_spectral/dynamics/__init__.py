@@ -8,8 +8,9 @@ The comparison lives in ``comparison.py``: a submodule named ``compare`` would s
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from hf_spectral._lazy import lazy_exports
 
 _PUBLIC = {
     "Dynamics": "hf_spectral.dynamics.types",
@@ -26,16 +27,7 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'hf_spectral.dynamics' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)
 
 
 if TYPE_CHECKING:  # pragma: no cover

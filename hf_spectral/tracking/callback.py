@@ -23,9 +23,9 @@ from typing import Any, Callable, Mapping, Sequence
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from hf_spectral.engine import AnalysisOptions
+from hf_spectral.engine import AnalysisOptions, process_state
 from hf_spectral.errors import SpectralError
-from hf_spectral.tracking.recorder import Recorder, process_state
+from hf_spectral.tracking.recorder import Recorder
 from hf_spectral.tracking.schedule import Schedule, ScheduleSpec
 from hf_spectral.tracking.sharding import sharded_kind
 

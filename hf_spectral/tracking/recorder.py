@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hf_spectral.engine import AnalysisOptions, analyze_checkpoint, analyze_model, plan_model
+from hf_spectral.engine import AnalysisOptions, analyze_checkpoint, analyze_model, plan_model, process_state
 from hf_spectral.errors import SpectralError
 from hf_spectral.store import META_FILE, Snapshot, is_snapshot, read_snapshot, write_snapshot
 from hf_spectral.tracking.scalars import LAYER_FAMILIES, PREFIX, live_scalars, measure_scalars
@@ -325,19 +325,6 @@ def _as_values(value: Any) -> dict[str, float]:
     if isinstance(value, Mapping):
         return {str(k): float(v) for k, v in value.items()}
     return {"value": float(value)}
-
-
-def process_state() -> Any:
-    """The accelerate state the engine uses (it makes a gloo group for CPU processes launched with
-    torchrun / ``accelerate launch``, where a bare ``PartialState()`` would see one process)."""
-    from hf_spectral import engine
-
-    getter = getattr(engine, "process_state", None)
-    if getter is not None:
-        return getter()
-    from accelerate import PartialState
-
-    return PartialState()
 
 
 def _is_main() -> bool:
