@@ -3,7 +3,9 @@ GPT-2-small-shaped checkpoint (124 M parameters, 5 safetensors shards):
 
   hf_spectral      ``hf-spectral analyze FOLDER`` (the CLI's ``main``, in the measured process), with
                    its module-info cache warm (what every run after the first on an architecture sees)
-  hf_spectral_cold the same with an empty cache: imports the model's transformers code (~2.5 s here)
+  hf_spectral_cold the same with an empty module-info cache (the first run on an architecture). GPT-2 is
+                   planned from the registry alone, so neither run imports transformers' model code;
+                   an architecture the registry does not know would import it (~2.5 s) when cold
   weightwatcher    ``WeightWatcher(model=FOLDER).analyze(max_N=60000)``: the same 50 matrices
   ww_defaults      ``WeightWatcher(model=FOLDER).analyze()``: its defaults drop the 50257-row embedding
   naive            ``GPT2LMHeadModel.from_pretrained`` + ``torch.linalg.svdvals`` over ≥2-D parameters
@@ -254,10 +256,13 @@ each method in a fresh process, {context['repeats']} times, interleaved, and rep
   Memory-mapped weights are file pages (reclaimable) and are not counted; GNU `time`'s max RSS would count them.
 - **× largest tensor**: (peak − baseline) / the largest tensor's size. The target for hf_spectral is ≤ 3.
 
-`hf_spectral` finds GPT-2's module classes in its on-disk cache (`~/.cache/hf_spectral/module_types`,
-filled by the first analysis of an architecture with given library versions); `hf_spectral_cold` starts
-from an empty cache and imports transformers' GPT-2 modeling code to learn them (the model is built on
-the meta device: no memory, ~2.5 s of imports).
+`hf_spectral_cold` starts from an empty module-info cache (`~/.cache/hf_spectral/module_types`), as the
+first analysis of an architecture does; `hf_spectral` runs with that cache filled. GPT-2 is a family the
+registry (`hf_spectral/views/registry.py`) knows completely (HF `Conv1D` weights, fused QKV, embeddings,
+buffers and the `named_parameters()` order), so both plan from the tensor names alone and neither imports
+transformers' GPT-2 modeling code; an architecture the registry does not know is built on the meta device
+once (~2.5 s of imports) and its module classes cached. The analyzer imports torch, numpy, pandas/pyarrow
+(the snapshot table), safetensors and accelerate (~1.2 s here, torch ~0.85 s of it).
 
 Fairness: every method reads the same files from a warm page cache, with the same torch threads (all cores).
 WeightWatcher's defaults skip matrices with more than 50 000 rows (`max_N`), i.e. the 50257×768 token
@@ -267,7 +272,7 @@ hf_spectral computes its own metrics and writes a snapshot). The tied LM head is
 once by every method. The naive and floor rows compute singular values only (float32 `svdvals`); hf_spectral
 computes them from the float64 Gram matrix (within 1e-4·σ₁ of a float64 SVD, tested), plus effective/stable
 rank and norms, and writes parquet + safetensors. Its extra memory is one float64 chunk of the matrix being
-decomposed (128 MiB) plus the libraries it loads while working (accelerate; transformers' model code when cold).
+decomposed (128 MiB) plus the libraries it loads while working (accelerate).
 
 On a shared machine, OpenMP threads that compete with other jobs for a core slow every method's SVDs
 10-50x (runs of 40 s instead of 10 s appear in noisy rounds): medians of interleaved rounds are reported,
@@ -312,11 +317,14 @@ def main() -> None:
     largest = largest_tensor_bytes(folder)
     for file in folder.glob("*.safetensors"):  # warm the page cache: no method pays for the disk
         file.read_bytes()
-    if "hf_spectral" in args.methods:  # the warm runs find GPT-2's module info cached
+    config = json.loads((folder / "config.json").read_text())
+    from hf_spectral.views import rules_for
+
+    if "hf_spectral" in args.methods and not rules_for(config).complete:  # warm runs find the module info cached
         os.environ["HF_SPECTRAL_CACHE"] = str(MODULE_CACHE)
         from hf_spectral.engine import module_info_for
 
-        module_info_for(json.loads((folder / "config.json").read_text()))
+        module_info_for(config)
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
         for repeat in range(args.repeats):

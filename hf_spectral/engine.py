@@ -32,6 +32,7 @@ from hf_spectral.views import (
     module_types_from_config,
     module_types_from_model,
     plan_matrices,
+    rules_for,
     select,
 )
 from hf_spectral.views.types import AlignmentPair, MatrixSlice, MatrixSpec, Reader, SkippedTensor
@@ -99,7 +100,10 @@ def plan_checkpoint(checkpoint: Checkpoint, options: AnalysisOptions) -> Plan:
     plans = []
     for part in checkpoint.parts:
         infos = part.reader.tensors()
-        module_info = module_info_for(part.config) if part.config else None
+        # A family the registry knows completely is planned from its names: building the model on the meta
+        # device would import its modeling code (~2.5 s for GPT-2) to learn what the registry already says.
+        complete = rules_for(part.config).complete
+        module_info = module_info_for(part.config) if part.config and not complete else None
         module_types, buffers = (module_info[0], module_info[2]) if module_info else (None, set())
         prefix = f"{part.component}/" if part.component else ""
         plans.append((part.component, part.config, infos, module_types, buffers, part.reader.read, prefix))
@@ -109,8 +113,9 @@ def plan_checkpoint(checkpoint: Checkpoint, options: AnalysisOptions) -> Plan:
 def module_info_for(config: dict[str, Any]) -> tuple[dict[str, str], list[str], set[str]] | None:
     """``views.module_types_from_config``, remembered on disk across processes.
 
-    Building the model on the meta device is cheap, but importing its modeling code (transformers
-    or diffusers) costs ~2.5 s of a ~5 s analysis of GPT-2 small; the answer depends only on the
+    Only asked for families the registry does not know completely (the registry plans the others from
+    names). Building the model on the meta device is cheap, but importing its modeling code (transformers
+    or diffusers) costs ~2.5 s (GPT-2 small's analysis takes ~5 s); the answer depends only on the
     config and the library versions, so it is cached per (config, versions) in
     ``$HF_SPECTRAL_CACHE/module_types`` (default ``~/.cache/hf_spectral``; ``HF_SPECTRAL_CACHE=off``
     disables it). Any cache problem falls back to computing.

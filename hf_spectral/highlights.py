@@ -63,7 +63,8 @@ def metric_series(dyn: Dynamics, metric: str) -> pd.Series:
     return rows.groupby("step")["value"].mean().astype(float).sort_index()
 
 
-def key_events(dyn: Dynamics, metric: str | None = "eval_accuracy", threshold: float = 0.9, *, scale: str = "auto") -> dict[str, Any]:
+def key_events(dyn: Dynamics, metric: str | None = "eval_accuracy", threshold: float = 0.9, *, scale: str = "auto",
+               after: int | None = None) -> dict[str, Any]:
     """When ``metric`` first reached ``threshold`` and when the mean effective rank fell fastest.
 
     Returns a dict:
@@ -75,6 +76,8 @@ def key_events(dyn: Dynamics, metric: str | None = "eval_accuracy", threshold: f
       log-spaced (``scale="auto"``) or ``scale="log"``, else "step"; None when rank never fell;
       erank_before / erank_after: the mean at a and b; erank_initial / erank_final;
       lag: rank_drop_step - metric_step (negative: rank fell before the metric crossed).
+    ``after``: only drops between snapshots at or after this step count (e.g. the step where the
+    training set was memorized, to look past the fast transient that follows the initialization).
     A metric missing from a non-empty training log raises SpectralError (a typo should not read
     as "never crossed"); without a training log, or with ``metric=None``, the metric fields are None.
     """
@@ -98,8 +101,10 @@ def key_events(dyn: Dynamics, metric: str | None = "eval_accuracy", threshold: f
     if len(erank) >= 2:
         x = axis.x(erank.index.to_numpy(dtype=float))
         slopes = np.diff(erank.to_numpy()) / np.diff(x)
+        if after is not None:
+            slopes = np.where(erank.index[:-1].to_numpy() >= after, slopes, np.inf)
         i = int(np.argmin(slopes))
-        if slopes[i] < 0:
+        if np.isfinite(slopes[i]) and slopes[i] < 0:
             a, b = int(erank.index[i]), int(erank.index[i + 1])
             events.update(
                 rank_drop_interval=(a, b), rank_drop_step=b, rank_drop_slope=float(slopes[i]),

@@ -288,7 +288,8 @@ def test_unet_pairs():
     assert ("down_blocks.1.resnets.0.time_emb_proj.weight", None, "down_blocks.1.resnets.0.conv2.weight", None, None, cc) in keys
     assert ("mid_block.attentions.0.to_q.weight", None, "mid_block.attentions.0.to_k.weight", None, None, "qk_heads") in keys
     assert not any("conv_shortcut" in p.prev.matrix + p.next.matrix for p in pairs)
-    # the same from a checkpoint without module info (natural name order differs from data-flow order)
+    # the same from a checkpoint without module info (registry order: up blocks before the mid block, as
+    # named_parameters() lists them, not in data-flow order)
     specs2 = plan(model, cfg, use_modules=False)
     assert set(map(key, alignment_pairs(specs2, config=cfg))) == keys
 

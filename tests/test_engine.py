@@ -180,6 +180,61 @@ def test_every_singular_value_matches_numpy(saved: dict, name: str) -> None:
     assert list(snapshot.matrices["name"]) == list(reference)
 
 
+def grokking_checkpoint(folder: Path, positions: str) -> nn.Module:
+    """The grokking recipe's model (model_type ``grokking_transformer``), saved with ``save_pretrained``."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "grokking.py"
+    spec = importlib.util.spec_from_file_location("grokking_recipe_for_engine", path)
+    recipe = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = recipe
+    spec.loader.exec_module(recipe)
+    torch.manual_seed(0)
+    model = recipe.GrokkingTransformer(recipe.GrokkingConfig(p=11, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                                             position_embedding_type=positions)).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+@pytest.mark.parametrize("name", MODELS + ["grokking", "grokking_learned"])
+def test_known_families_are_planned_without_building_the_model(saved: dict, name: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registry-known families: no model is built on the meta device (no modeling code is imported), and
+    every σ and the ``named_parameters()`` order are those of the model's own modules."""
+    if name.startswith("grokking"):
+        model = grokking_checkpoint(tmp_path, "learned" if name.endswith("learned") else "sinusoidal")
+        folder = tmp_path
+    else:
+        model, folder = saved[name]
+    monkeypatch.setattr(engine, "module_types_from_config", lambda config: pytest.fail("built the model"))
+    monkeypatch.setattr(engine, "module_info_for", lambda config: pytest.fail("asked for module classes"))
+    snapshot = hf_spectral.analyze(str(folder), **quiet())
+    reference, no_matrix = reference_matrices(model, folder=folder)
+    assert_spectra_match(snapshot, reference, "float32")
+    assert set(snapshot.skipped["name"]) == no_matrix
+    assert list(snapshot.matrices["name"]) == list(reference)  # named_parameters order
+    assert set(snapshot.matrices["view"]) == {"registry"}
+
+
+def test_gpt2_analysis_imports_no_modeling_code(saved: dict, tmp_path: Path) -> None:
+    """A fresh process analyzing a GPT-2 checkpoint never imports transformers' GPT-2 code (the ~2.5 s the
+    module classes used to cost on the first run of an architecture)."""
+    import os
+    import subprocess
+    import sys
+
+    folder = saved["gpt2"][1]
+    code = ("import sys, hf_spectral; s = hf_spectral.analyze(sys.argv[1], progress=False); "
+            "print(len(s.matrices), sorted(m for m in sys.modules if m.startswith(('transformers.models', 'diffusers'))))")
+    env = {**os.environ, "HF_SPECTRAL_CACHE": str(tmp_path / "empty_cache")}
+    out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, env=env, timeout=120,
+                         check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "11 []"  # wte, wpe, 2 × 4 blocks, lm_head
+    assert not (tmp_path / "empty_cache").exists()  # nothing to remember: no module info was computed
+
+
 @pytest.mark.parametrize("name", ["gpt2", "wav2vec2"])
 def test_float64_precision_reaches_1e_9(saved: dict, name: str) -> None:
     model, folder = saved[name]
@@ -347,11 +402,23 @@ def test_series_cache_folders_are_unique_and_reused(saved: dict, tmp_path: Path,
 # ------------------------------------------------------------------ module info remembered on disk
 
 
+def tiny_llama() -> nn.Module:
+    """A family the registry does not know completely: planned with the module classes of the model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+                                        num_key_value_heads=2, vocab_size=32, tie_word_embeddings=False)).eval()
+
+
 def test_module_info_cache_gives_the_same_plans(saved: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from hf_spectral.sources import resolve
 
     monkeypatch.setenv("HF_SPECTRAL_CACHE", str(tmp_path / "cache"))
     options = AnalysisOptions(progress=False, alignment=True)
+    llama = tiny_llama()
+    llama.save_pretrained(tmp_path / "llama", max_shard_size="20KB")
+    folders = {"llama": tmp_path / "llama", "gpt2": saved["gpt2"][1]}
 
     def plan_of(folder: Path) -> tuple:
         (checkpoint,) = resolve(str(folder))
@@ -360,16 +427,21 @@ def test_module_info_cache_gives_the_same_plans(saved: dict, tmp_path: Path, mon
         return ([(s.name, s.kind, s.shape, s.view, s.tensors) for s in plan.specs], plan.skipped,
                 [p.label for p in plan.pairs])
 
-    cold = {name: plan_of(folder) for name, (_, folder) in saved.items()}
+    cold = {name: plan_of(folder) for name, folder in folders.items()}
     files = sorted((tmp_path / "cache" / "module_types").iterdir())
-    assert len(files) == len(saved)  # one entry per architecture
+    assert len(files) == 1  # the unknown family only: GPT-2 is planned from its names
+    # the module classes decided Llama's plan: its MLP is gate, up, down (a natural sort says down, gate, up)
+    assert all(view == "module" for _, _, _, view, _ in cold["llama"][0])
+    names = [name for name, *_ in cold["llama"][0]]
+    assert names == [n for n, p in llama.named_parameters() if p.dim() >= 2]
+    assert all(view == "registry" for _, _, _, view, _ in cold["gpt2"][0])
     monkeypatch.setattr(engine, "module_types_from_config", lambda config: pytest.fail("not read from the cache"))
-    assert {name: plan_of(folder) for name, (_, folder) in saved.items()} == cold
+    assert {name: plan_of(folder) for name, folder in folders.items()} == cold
     # a damaged entry is computed again, not trusted
     files[0].write_text("{half")
     monkeypatch.undo()
     monkeypatch.setenv("HF_SPECTRAL_CACHE", str(tmp_path / "cache"))
-    assert {name: plan_of(folder) for name, (_, folder) in saved.items()} == cold
+    assert {name: plan_of(folder) for name, folder in folders.items()} == cold
     assert json.loads(files[0].read_text())["types"]
     monkeypatch.setenv("HF_SPECTRAL_CACHE", "off")
     assert engine._module_cache_path({"model_type": "gpt2"}) is None

@@ -260,7 +260,10 @@ def test_tiny_run_trains_and_writes_model_and_log(gk, tmp_path, capsys):
     rows = gk.eval_rows(log)
     assert [r["step"] for r in rows] == [0, 10, 20, 30, 40]
     assert rows[-1]["eval_train_accuracy"] > rows[0]["eval_train_accuracy"]
-    assert summary["final"]["step"] == 40 and "val accuracy >= 90%" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert summary["final"]["step"] == 40 and "validation accuracy >= 90%: " in printed
+    assert "report:" not in printed  # no spectral record, no dynamics report
+    assert json.loads((out / "summary.json").read_text())["final_val_accuracy"] == rows[-1]["eval_val_accuracy"]
     loaded = gk.GrokkingTransformer.from_pretrained(out)
     assert loaded.config.p == 11
 

@@ -342,6 +342,12 @@ def test_key_events_match_numpy(dyn):
     linear = key_events(dyn, scale="linear")
     j = int(np.argmin(np.diff(means) / np.diff(steps)))
     assert linear["slope_axis"] == "step" and linear["rank_drop_interval"] == (int(steps[j]), int(steps[j + 1]))
+    # after=: only intervals that start at or after that step compete
+    later = key_events(dyn, scale="linear", after=int(steps[2]))
+    per_step = np.diff(means) / np.diff(steps)
+    k = 2 + int(np.argmin(per_step[2:]))
+    assert later["rank_drop_interval"] == (int(steps[k]), int(steps[k + 1]))
+    assert key_events(dyn, after=int(steps[-1]) + 1)["rank_drop_interval"] is None
 
 
 def test_key_events_threshold_never_reached_and_unknown_metric(dyn):

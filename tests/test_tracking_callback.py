@@ -215,3 +215,27 @@ def test_image_classifier_convolutions(tmp_path):
     assert not [k for k in logged[12] if k.startswith("spectral/erank/")]  # log_layers=False
     erank = [np_erank(weights[n].reshape(weights[n].shape[0], -1)) for n in ours.spectra]
     assert logged[12]["spectral/mean_erank"] == pytest.approx(np.mean(erank), rel=1e-6)
+
+
+def test_alignment_is_stored_and_equals_the_analyzer(tmp_path):
+    trainer = lm_trainer(tmp_path, [SpectralCallback(schedule=[0, 10], top_k=0, alignment=True)], max_steps=10,
+                         save_steps=10)
+    trainer.train()
+    snapshot = read_snapshot(tmp_path / "spectral" / "step-000010")
+    reference = hf_spectral.analyze(tmp_path / "checkpoint-10", alignment=True, progress=False)
+    assert len(snapshot.alignment) == len(reference.alignment) > 0
+    got = snapshot.alignment.set_index("label")["score"]
+    expected = reference.alignment.set_index("label")["score"]
+    np.testing.assert_allclose(got.loc[expected.index].to_numpy(), expected.to_numpy(), rtol=1e-5)
+    # an out_in pair of whole matrices (attn.c_proj → mlp.c_fc) checked against float64 numpy:
+    # the |U_prevᵀ V_next| diagonal and its top-10 mean
+    pairs = snapshot.alignment
+    row = pairs[(pairs["mode"] == "out_in") & pairs["prev"].str.endswith("h.0.attn.c_proj.weight")].iloc[0]
+    weights = {k: v.detach().double().numpy() for k, v in trainer.model.named_parameters()}
+    prev, nxt = as_matrix(row["prev"], weights[row["prev"]]), as_matrix(row["next"], weights[row["next"]])
+    u_prev = np.linalg.svd(prev, full_matrices=False)[0]
+    v_next = np.linalg.svd(nxt, full_matrices=False)[2].T
+    k = min(u_prev.shape[1], v_next.shape[1])
+    diagonal = np.abs(np.sum(u_prev[:, :k] * v_next[:, :k], axis=0))
+    np.testing.assert_allclose(snapshot.alignment_diagonals[row["label"]], diagonal, atol=1e-5)
+    assert row["score"] == pytest.approx(diagonal[:10].mean(), abs=1e-5)

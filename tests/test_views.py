@@ -4,6 +4,7 @@ reshape of the model's own module weight (paper-notes §1)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 import warnings
 from pathlib import Path
@@ -23,8 +24,10 @@ from hf_spectral.views import (
     module_types_from_model,
     natural_key,
     plan_matrices,
+    rules_for,
 )
 from hf_spectral.views.modules import _cached_module_types
+from hf_spectral.views.registry import FAMILIES
 from tiny_models import TinyLSTM, TinyMLP, build_tiny, save_tiny
 
 HF_MODELS = ["gpt2", "bert", "vit", "resnet", "wav2vec2", "unet"]
@@ -167,17 +170,191 @@ def test_checkpoint_without_module_info_uses_registry_and_defaults(saved):
     np.testing.assert_array_equal(build_matrix(c_fc, tensors.__getitem__).numpy(),
                                   tensors["transformer.h.0.mlp.c_fc.weight"].numpy().T)
     assert by["transformer.wte.weight"].kind == "embedding"
-    assert by["lm_head.weight"].view == "default" and by["lm_head.weight"].kind == "matrix"
-    # natural order without module info
+    # GPT-2 is known completely: its other 2-D weights are Linear layers, in named_parameters order
+    assert (by["lm_head.weight"].view, by["lm_head.weight"].kind) == ("registry", "linear")
     names = [s.name for s in specs]
-    assert names == sorted(names, key=natural_key)
+    assert names[:3] == ["transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.attn.c_attn.weight"]
+    assert names[-1] == "lm_head.weight"
+
+    # an unknown model type: 2-D as stored, ≥3-D a plain conv (the documented defaults), natural name order
+    unknown = {**config, "model_type": "no_such_model_type"}
+    specs, _ = plan_matrices(infos_of(tensors), config=unknown)
+    by = {s.name: s for s in specs}
+    assert (by["lm_head.weight"].view, by["lm_head.weight"].kind) == ("default", "matrix")
+    names = [s.name for s in specs]
+    # generic order: token then position embeddings first, heads last, natural order in between
+    assert names[:2] == ["transformer.wte.weight", "transformer.wpe.weight"] and names[-1] == "lm_head.weight"
+    assert names[2:-1] == sorted(names[2:-1], key=natural_key)
 
     _, config, tensors = saved["unet"]
     specs, _ = plan_matrices(infos_of(tensors), config=config)
     conv = next(s for s in specs if s.name == "down_blocks.1.resnets.0.conv1.weight")
-    assert (conv.kind, conv.view, conv.shape, conv.extra["kernel_size"]) == ("conv", "default", (32, 144), (3, 3))
+    assert (conv.kind, conv.view, conv.shape, conv.extra["kernel_size"]) == ("conv", "registry", (32, 144), (3, 3))
     np.testing.assert_array_equal(build_matrix(conv, tensors.__getitem__).numpy(),
                                   tensors[conv.name].numpy().reshape(32, -1))
+    specs, _ = plan_matrices(infos_of(tensors), config={**config, "_class_name": "NoSuchUNet"})
+    conv = next(s for s in specs if s.name == "down_blocks.1.resnets.0.conv1.weight")
+    assert (conv.kind, conv.view, conv.shape) == ("conv", "default", (32, 144))
+
+
+def live_reference(model: nn.Module, to_live: dict[str, str], spec) -> np.ndarray:
+    live = to_live[spec.tensors[0]]
+    if spec.extra.get("composed") and ".parametrizations." in live:
+        live = live.split(".parametrizations.")[0] + ".weight"
+    return reference(model, live)
+
+
+def assert_planned_from_names_alone(model: nn.Module, config: dict, tensors: dict[str, torch.Tensor],
+                                    module_info: tuple | None) -> None:
+    """The registry's plan of a checkpoint = the module classes' plan: same matrices, same kinds and shapes,
+    each equal to the model's own weight, in ``named_parameters()`` order."""
+    assert rules_for(config).complete
+    specs, skipped = plan_matrices(infos_of(tensors), config=config)
+    check_accounted(tensors, specs, skipped)
+    to_live = saved_to_live(model, tensors)
+    live_order = [n for n, _ in model.named_parameters()]
+    positions = [live_order.index(to_live[s.tensors[0]]) for s in specs]
+    assert positions == sorted(positions), [s.name for s in specs]
+    for spec in specs:
+        assert spec.view == "registry", spec
+        np.testing.assert_allclose(build_matrix(spec, tensors.__getitem__).double().numpy(),
+                                   live_reference(model, to_live, spec), rtol=1e-6, atol=1e-7, err_msg=spec.name)
+    if module_info is not None:
+        types, _, buffers = module_info
+        expected, expected_skipped = plan_matrices(infos_of(tensors), config=config, module_types=types, buffers=buffers)
+        assert [(s.name, s.kind, s.shape, s.tensors, s.extra) for s in specs] == \
+               [(s.name, s.kind, s.shape, s.tensors, s.extra) for s in expected]
+        assert [s.name for s in skipped] == [s.name for s in expected_skipped]
+
+
+@pytest.mark.parametrize("name", HF_MODELS)
+def test_known_family_checkpoint_planned_from_names_alone(name, saved):
+    model, config, tensors = saved[name]
+    assert_planned_from_names_alone(model, config, tensors, module_types_from_config(config))
+
+
+def load_grokking_recipe():
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "grokking.py"
+    spec = importlib.util.spec_from_file_location("grokking_recipe_for_views", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("positions", ["sinusoidal", "learned"])
+def test_grokking_checkpoint_planned_from_names_alone(positions, tmp_path):
+    recipe = load_grokking_recipe()
+    torch.manual_seed(0)
+    model = recipe.GrokkingTransformer(recipe.GrokkingConfig(p=11, hidden_size=16, intermediate_size=32, layer_norm=True,
+                                                             num_hidden_layers=2, position_embedding_type=positions))
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "grokking_transformer"
+    types, order, buffers = module_types_from_model(model)
+    assert_planned_from_names_alone(model, config, read_folder(tmp_path), (types, order, buffers))
+    specs, _ = plan_matrices(infos_of(read_folder(tmp_path)), config=config)
+    assert specs[0].name == "embed_tokens.weight" and specs[0].kind == "embedding"
+    if positions == "learned":  # registered after the tokens: natural name order would put it first
+        assert specs[1].name == "embed_positions.weight" and specs[1].kind == "embedding"
+    assert [s.name for s in specs[-5:]] == ["layers.1.attn.v.weight", "layers.1.attn.o.weight",
+                                            "layers.1.mlp.fc_in.weight", "layers.1.mlp.fc_out.weight", "unembed.weight"]
+
+
+def test_complete_only_for_configs_whose_modules_were_checked(saved):
+    _, config, _ = saved["wav2vec2"]
+    assert rules_for(config).complete
+    assert not rules_for({**config, "architectures": ["Wav2Vec2ForXVector"]}).complete  # TDNN head, own order
+    assert not rules_for({**config, "add_adapter": True}).complete
+    assert rules_for({k: v for k, v in config.items() if k != "architectures"}).complete  # AutoModel: checked
+    _, config, _ = saved["unet"]
+    assert rules_for(config).complete
+    assert not rules_for({**config, "down_block_types": ["DownBlock2D", "SkipDownBlock2D"]}).complete
+    assert not rules_for({"model_type": "llama"}).complete and not rules_for(None).complete
+
+
+def meta_checkpoint(config: dict) -> list[TensorInfo]:
+    """What a checkpoint of the model ``config`` describes holds (names as saved, shapes, dtypes), from the
+    model built on the meta device (no memory, no weights)."""
+    from hf_spectral.tensor_info import dtype_code
+    from hf_spectral.views.modules import _build_on_meta, _quiet, _saved_names
+
+    with _quiet():
+        model = _build_on_meta(config)
+    state = model.state_dict()
+    saved = _saved_names(model, list(state))
+    return [TensorInfo(saved.get(k, k), tuple(v.shape), dtype_code(v.dtype)) for k, v in state.items()]
+
+
+def assert_registry_plans_like_modules(config: dict) -> int:
+    """Registry alone vs the module classes of the built model: same matrices, kinds, shapes, order, skips."""
+    infos = meta_checkpoint(config)
+    types, _, buffers = module_types_from_config(config)
+    by_modules, skipped_m = plan_matrices(infos, config=config, module_types=types, buffers=buffers)
+    by_names, skipped_n = plan_matrices(infos, config=config)
+    label = config.get("_class_name") or config["architectures"][0]
+    assert [(s.name, s.kind, s.shape, s.tensors, s.extra) for s in by_names] == \
+           [(s.name, s.kind, s.shape, s.tensors, s.extra) for s in by_modules], label
+    # skip reasons name the owning class only when it is known ("vector stored as (1, 1, d) in ViTEmbeddings")
+    assert [(s.name, re.sub(r" in \w+", "", s.reason)) for s in skipped_n] == \
+           [(s.name, re.sub(r" in \w+", "", s.reason)) for s in skipped_m], label
+    return len(by_names)
+
+
+def transformers_classes(model_type: str) -> list[str]:
+    """Every model class transformers exports for ``model_type`` (its config class)."""
+    import importlib
+
+    import transformers
+
+    config_class = type(transformers.AutoConfig.for_model(model_type))
+    module = importlib.import_module(config_class.__module__.replace(".configuration_", ".modeling_"))
+    return sorted(name for name, obj in vars(module).items()
+                  if isinstance(obj, type) and getattr(obj, "config_class", None) is config_class
+                  and hasattr(transformers, name) and not name.endswith("PreTrainedModel"))
+
+
+COMPLETE_MODEL_TYPES = [key for fam in FAMILIES if fam.complete for key in fam.keys
+                        if key != "grokking_transformer" and not key[0].isupper()]
+
+
+@pytest.mark.parametrize("model_type", COMPLETE_MODEL_TYPES)
+def test_registry_plans_every_checked_class_like_its_modules(model_type):
+    """Each transformers class of a family the registry claims to know completely, with default config."""
+    import transformers
+
+    base = transformers.AutoConfig.for_model(model_type).to_dict()
+    checked = 0
+    for arch in transformers_classes(model_type):
+        config = {**base, "architectures": [arch]}
+        if rules_for(config).complete:  # else planned with module classes: nothing to compare
+            checked += assert_registry_plans_like_modules(config) > 0
+    assert checked >= 1
+
+
+@pytest.mark.parametrize("config", [
+    {"_class_name": "UNet2DModel"},
+    {"_class_name": "UNet2DModel", "block_out_channels": [32, 64, 64], "norm_num_groups": 8, "num_class_embeds": 10,
+     "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"],
+     "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"]},
+    {"_class_name": "UNet2DModel", "block_out_channels": [32, 64], "norm_num_groups": 8, "time_embedding_type": "learned",
+     "num_train_timesteps": 10, "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+     "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "downsample_type": "resnet", "upsample_type": "resnet"},
+    {"_class_name": "UNet2DConditionModel"},
+    {"_class_name": "UNet2DConditionModel", "block_out_channels": [32, 64], "norm_num_groups": 8,
+     "cross_attention_dim": 16, "use_linear_projection": True, "num_class_embeds": 5, "transformer_layers_per_block": 2,
+     "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"]},
+    {"_class_name": "AutoencoderKL"},
+    {"_class_name": "AutoencoderKL", "block_out_channels": [32, 64], "norm_num_groups": 8,
+     "down_block_types": ["AttnDownEncoderBlock2D"] * 2, "up_block_types": ["AttnUpDecoderBlock2D"] * 2},
+], ids=lambda c: c["_class_name"] + ("" if len(c) == 1 else "-variant"))
+def test_registry_plans_diffusers_models_like_their_modules(config):
+    """No transposed convs or unlisted embeddings in the checked diffusers configs (``complete_when``)."""
+    assert rules_for(config).complete
+    assert assert_registry_plans_like_modules(config) > 10
 
 
 def test_vit_bare_parameters(saved):

@@ -43,6 +43,7 @@ class SpectralCallback(TrainerCallback):
     the agreement scalars).  device / precision: as in ``hf_spectral.analyze``.
     output_dir: the record folder (default ``<TrainingArguments.output_dir>/spectral``).
     log_layers: log per-matrix scalars, not only model-level summaries.
+    alignment:  also store consecutive-layer alignment in each snapshot (full SVDs of paired layers).
     extra_measures: ``{name: function(model) -> {key: value}}``, computed at each snapshot, logged as
                 ``spectral/<name>/<key>`` and stored in the snapshot's ``meta["extra_measures"]``.
     """
@@ -57,13 +58,14 @@ class SpectralCallback(TrainerCallback):
         output_dir: str | os.PathLike | None = None,
         precision: str = "float32",
         log_layers: bool = True,
+        alignment: bool = False,
         extra_measures: Mapping[str, Callable[[nn.Module], Mapping[str, float]]] | None = None,
     ) -> None:
         self.schedule = Schedule.parse(schedule)
         check_patterns(include, "include")
         check_patterns(exclude, "exclude")
         options = AnalysisOptions(include=include, exclude=exclude, top_k=top_k, device=device,
-                                  precision=precision, progress=False)
+                                  precision=precision, alignment=alignment, progress=False)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.recorder = Recorder(options, log_layers=log_layers, extra_measures=extra_measures,
                                  producer="SpectralCallback")

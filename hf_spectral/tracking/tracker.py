@@ -54,6 +54,7 @@ class SpectralTracker:
         device: str = "auto",
         precision: str = "float32",
         log_layers: bool = True,
+        alignment: bool = False,
         extra_measures: Mapping[str, Callable[[nn.Module], Mapping[str, float]]] | None = None,
         accelerator: Any = None,
     ) -> None:
@@ -66,7 +67,7 @@ class SpectralTracker:
         self.max_steps = max_steps
         self.accelerator = accelerator
         options = AnalysisOptions(include=include, exclude=exclude, top_k=top_k, device=device,
-                                  precision=precision, progress=False)
+                                  precision=precision, alignment=alignment, progress=False)
         self.recorder = Recorder(options, log_layers=log_layers, extra_measures=extra_measures,
                                  producer="SpectralTracker")
         self.history: list[dict[str, Any]] = []  # what goes to log_history.json: spectral and user scalars

@@ -362,7 +362,7 @@ class ConvPath:
 
     def _walk(self, specs: list[MatrixSpec]) -> list[MatrixSpec]:
         """The matrices along the path: stage by stage, block index, member order, natural name order."""
-        from hf_spectral.views.plan import natural_key
+        from hf_spectral.views.registry import natural_key
 
         path: list[MatrixSpec] = []
         for stage in self.path:

@@ -4,7 +4,8 @@ Every stored tensor with 2 or more dimensions becomes a ``MatrixSpec`` or a ``Sk
 reason; 1-D tensors (biases, norms) are left out silently (paper-notes §1). Orientation comes from the
 owning module's class when known (``view="module"``), else from the registry's rules for the config's
 model type (``"registry"``), else from generic rules (``"default"``: 2-D as stored, a float tensor with
-3 or more dims is taken for a plain (not transposed) convolution).
+3 or more dims is taken for a plain (not transposed) convolution). The order is ``named_parameters()``
+order: the module info's when given, else the registry's order rules for the model type.
 """
 
 from __future__ import annotations
@@ -28,11 +29,6 @@ _LINEAR = {"Linear"}
 _EMBEDDING = {"Embedding", "EmbeddingBag"}
 _RNN_GATES = {"LSTM": "ifgo", "GRU": "rzn", "RNN": ""}
 _RNN_NAME = re.compile(r"(?:^|\.)weight_(?P<which>ih|hh|hr)_l(?P<layer>\d+)(?P<rev>_reverse)?$")
-
-
-def natural_key(name: str) -> tuple[Any, ...]:
-    """Sort key comparing digit runs as numbers: ``h.2`` before ``h.10``."""
-    return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name)))
 
 
 @dataclass(frozen=True)
@@ -59,8 +55,10 @@ def plan_matrices(
 
     ``module_types`` maps parameter names to their module's class (``module_types_from_model`` /
     ``module_types_from_config``); checkpoint keys are matched to it exactly or by dotted suffix, and its
-    key order is the output order (else a natural sort of names). ``prefix`` is prepended to every
-    produced name; ``include``/``exclude`` regexes (``re.search``) select on the prefixed names.
+    key order is the output order. Without it, the registry's rules for the config's model type give the
+    order (``named_parameters()`` order for the families it knows completely) and, for those families, the
+    classes (``rules_for(config).complete``). ``prefix`` is prepended to every produced name;
+    ``include``/``exclude`` regexes (``re.search``) select on the prefixed names.
     """
     rules = rules_for(config)
     types = dict(module_types or {})
@@ -71,7 +69,7 @@ def plan_matrices(
     skipped: list[tuple[tuple[Any, ...], SkippedTensor]] = []
     for item in _candidates(tensors):
         if isinstance(item, SkippedTensor):
-            key = _order_key(item.name, (), matcher)
+            key = _order_key(item.name, (), matcher, rules)
             skipped.append((key, _prefixed(item, prefix)))
             continue
         if item.main.ndim < 2:
@@ -80,7 +78,7 @@ def plan_matrices(
         cls = types.get(model_name) if model_name else None
         is_buffer = model_name in buffer_set if model_name else False
         result = _plan_one(item, cls, is_buffer, rules, shapes)
-        key = _order_key(item.name, [p.name for p in item.parts], matcher)
+        key = _order_key(item.name, [p.name for p in item.parts], matcher, rules)
         if isinstance(result, SkippedTensor):
             skipped.append((key, _prefixed(result, prefix)))
         else:
@@ -201,14 +199,16 @@ def _match(item: _Candidate, matcher: NameMatcher | None) -> str | None:
     return None
 
 
-def _order_key(name: str, parts: Sequence[str], matcher: NameMatcher | None) -> tuple[Any, ...]:
+def _order_key(name: str, parts: Sequence[str], matcher: NameMatcher | None, rules: Rules) -> tuple[Any, ...]:
+    """The model's ``named_parameters()`` order: from module info when known, else from the registry's
+    rules for the family (names the model does not know come after those it does)."""
     if matcher is not None:
         hits = [matcher.match(n) for n in (name, *parts)]
         idx = [matcher.index(h) for h in hits if h is not None]
         if idx:
-            return (0, min(idx), natural_key(name))
-        return (1, 0, natural_key(name))
-    return (0, 0, natural_key(name))
+            return (0, min(idx), rules.order_key(name))
+        return (1, 0, rules.order_key(name))
+    return (0, 0, rules.order_key(name))
 
 
 # ------------------------------------------------------------------------------------ one weight
@@ -281,6 +281,8 @@ def _by_rules(name: str, shape: tuple[int, ...], rules: Rules, shapes: Mapping[s
         return "conv1d_hf", (shape[1], shape[0]), "registry"
     if rules.is_embedding(name) and two_d:
         return "embedding", shape, "registry"
+    if rules.complete:  # the family's other weights are all Linear layers and plain convolutions
+        return ("linear", shape, "registry") if two_d else ("conv", _conv_shape(shape, extra), "registry")
     if two_d:
         return "matrix", shape, "default"
     return "conv", _conv_shape(shape, extra), "default"  # documented assumption: a plain, not transposed, conv

@@ -3,15 +3,21 @@
 
 An entry says which weights are HF ``Conv1D`` (stored in×out), which are fused Q/K/V and in what row
 layout, which stored tensors are buffers, which are bare parameter tensors, which are embeddings, how to
-count attention heads, and how matrices pair for alignment (a rule from ``hf_spectral.views.pairs``).
-Patterns are regexes matched with ``re.search`` against tensor names (checkpoint keys, unprefixed).
-Nothing outside this file may test a name for an architecture.
+count attention heads, in what order the model registers its modules (``named_parameters()`` order, the
+depth axis of the paper's heat maps), and how matrices pair for alignment (a rule from
+``hf_spectral.views.pairs``). Patterns are regexes matched with ``re.search`` against tensor names
+(checkpoint keys, unprefixed). Nothing outside this file may test a name for an architecture.
+
+A family marked ``complete`` names every weight that is not a ``Linear`` or a plain convolution, so a
+checkpoint of it is planned from its names alone; other checkpoints are planned with the module classes
+of the model built on the meta device (``views.modules.module_types_from_config``), which needs the
+model's code (transformers / diffusers imports of ~2.5 s).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Mapping
 
@@ -33,6 +39,17 @@ class Family:
     head_keys: tuple[str, ...] = ()  # config keys holding the number of attention heads
     head_dim_keys: tuple[str, ...] = ()  # config keys holding the head size (heads = rows // size)
     pairing: Rule | None = None  # None: the generic sequential rule
+    # named_parameters() order from names: a module lists its own parameters, then its children in the
+    # order its __init__ registers them. ``first`` / ``last``: child names registered before / after their
+    # siblings, in this order; other children keep a natural name order between them (``h.2`` < ``h.10``).
+    first: tuple[str, ...] = ()
+    last: tuple[str, ...] = ()
+    # complete: every other 2-D weight is a Linear and every ≥3-D one a plain (not transposed) conv, and the
+    # order above is named_parameters() order, for every config that passes ``complete_when`` (config key,
+    # regex every value must match; list values item by item; an absent key passes): checkpoints are then
+    # planned from names alone. Checked against the models built from their classes (tests/test_views.py).
+    complete: bool = False
+    complete_when: tuple[tuple[str, str], ...] = ()
 
 
 GENERIC = Family(
@@ -42,9 +59,14 @@ GENERIC = Family(
     buffers=(r"(^|\.)(position_ids|token_type_ids|causal_mask|masked_bias|inv_freq)$",),
     bare=(r"(^|\.)(cls_token|mask_token|dist_token|distillation_token|register_tokens)$",
           r"(^|\.)embeddings\.position_embeddings$"),
-    embeddings=(r"(^|\.)(embed_tokens|word_embeddings|wte|wpe|tokens_embed|positions_embed|embed_in|shared)\.weight$",
+    embeddings=((r"(^|\.)(embed_tokens|word_embeddings|wte|wpe|tokens_embed|positions_embed|embed_positions|embed_in|"
+                 r"shared)\.weight$"),
                 r"(^|\.)(position|token_type)_embeddings\.weight$"),
     head_keys=("num_attention_heads", "n_head", "num_heads", "n_heads", "encoder_attention_heads"),
+    # token embeddings, then positions, then token types, then the encoder of an encoder-decoder; heads last
+    first=("weight", "embed_tokens", "word_embeddings", "wte", "tokens_embed", "embed_in", "shared", "embeddings",
+           "embed_positions", "position_embeddings", "wpe", "positions_embed", "token_type_embeddings", "encoder"),
+    last=("pooler", "lm_head", "cls", "classifier", "score", "qa_outputs", "unembed", "embed_out", "head"),
 )
 
 
@@ -80,6 +102,40 @@ _BERT_HEADS = (
     (r"(^|\.)(cls\.predictions\.transform|lm_head)\.dense\.weight$", r"(^|\.)(cls\.predictions|lm_head)\.decoder\.weight$"),
 )
 
+# the model classes of the BERT-like families whose modules are checked (tests/test_views.py)
+_BERT_CLASSES = ("Model|ForPreTraining|LMHeadModel|ForCausalLM|ForMaskedLM|ForNextSentencePrediction|"
+                 "ForSequenceClassification|ForMultipleChoice|ForTokenClassification|ForQuestionAnswering")
+
+_BERT = Family(
+    name="bert",
+    keys=("bert", "electra"),
+    embeddings=(r"(^|\.)distance_embedding\.weight$",),  # relative position tables
+    pairing=Transformer(
+        layer=r"(^|\.)encoder\.layer\.(?P<i>\d+)\.",
+        roles={"q": r"^attention\.self\.query\.weight$", "k": r"^attention\.self\.key\.weight$",
+               "v": r"^attention\.self\.value\.weight$", "o": r"^attention\.output\.dense\.weight$",
+               "mlp_in": r"^intermediate\.dense\.weight$", "mlp_out": r"^output\.dense\.weight$"},
+        stem=(r"(^|\.)embeddings\.word_embeddings\.weight$", r"(^|\.)embeddings_project\.weight$"),
+        heads=_BERT_HEADS,
+    ),
+    # q, k, v; an LM head's transform (dense) before its decoder; ELECTRA's heads last
+    first=("word_embeddings", "position_embeddings", "token_type_embeddings", "embeddings", "embeddings_project",
+           "encoder", "self", "query", "key", "value", "transform", "dense"),
+    last=("discriminator_predictions", "generator_predictions", "generator_lm_head"),
+    complete=True,
+    complete_when=(("architectures", rf"(Bert|Electra)({_BERT_CLASSES})"),),
+)
+
+# diffusers' module registration order (UNets and VAEs alike): attentions before resnets, before the
+# down/upsampler; a resnet's time projection between its convs; up blocks before the mid block.
+_DIFFUSERS_FIRST = ("encoder", "decoder", "quant_conv", "post_quant_conv", "conv_in", "time_proj", "time_embedding",
+                    "class_embedding", "down_blocks", "up_blocks", "mid_block", "attentions", "resnets",
+                    "conv1", "time_emb_proj", "conv2", "proj_in", "transformer_blocks", "to_q", "to_k", "to_v", "to_out")
+_DIFFUSERS_EMBEDDINGS = (r"(^|\.)(class_embedding|time_proj)\.weight$",)  # nn.Embedding when 2-D
+# block types whose modules are checked (tests/test_views.py); other blocks are planned with module classes
+_DOWN_BLOCKS = r"(Attn|CrossAttn)?DownBlock2D|(Attn)?DownEncoderBlock2D"
+_UP_BLOCKS = r"(Attn|CrossAttn)?UpBlock2D|(Attn)?UpDecoderBlock2D"
+
 FAMILIES: tuple[Family, ...] = (
     Family(
         name="gpt2",
@@ -87,6 +143,7 @@ FAMILIES: tuple[Family, ...] = (
         conv1d=(r"(^|\.)(c_attn|q_attn|c_proj|c_fc)\.weight$",),
         fused_qkv=(r"(^|\.)attn\.c_attn\.weight$",),
         buffers=(r"(^|\.)attn\.(bias|masked_bias)$",),
+        embeddings=(r"(^|\.)embed_timestep\.weight$",),
         head_keys=("n_head",),
         pairing=Transformer(
             layer=r"(^|\.)h\.(?P<i>\d+)\.",
@@ -95,6 +152,13 @@ FAMILIES: tuple[Family, ...] = (
             stem=(r"(^|\.)(wte|tokens_embed)\.weight$",),
             heads=((r"(^|\.)lm_head\.weight$",), (r"(^|\.)score\.weight$",)),
         ),
+        # decision_transformer: the GPT-2 encoder, then the embeddings of its inputs, then its predictors
+        first=("encoder", "embed_timestep", "embed_return", "embed_state", "embed_action", "c_attn", "q_attn"),
+        last=("lm_head", "multiple_choice_head", "predict_state", "predict_action", "predict_return"),
+        complete=True,
+        complete_when=(("architectures", (r"(GPT2|OpenAIGPT|ImageGPT)(Model|LMHeadModel|DoubleHeadsModel|"
+                                          r"ForCausalImageModeling|ForImageClassification|ForSequenceClassification|"
+                                          r"ForTokenClassification|ForQuestionAnswering)|DecisionTransformerModel")),),
     ),
     Family(name="clvp", keys=("clvp", "clvp_decoder"), conv1d=(r"(^|\.)mlp\.(c_fc|c_proj)\.weight$",)),
     Family(
@@ -110,19 +174,20 @@ FAMILIES: tuple[Family, ...] = (
             stem=(r"(^|\.)(embed_in|word_embeddings)\.weight$",),
             heads=((r"(^|\.)(embed_out|lm_head)\.weight$",),),
         ),
+        first=("self_attention", "query_key_value", "dense_h_to_4h"),
+        complete=True,
+        complete_when=(("architectures", (r"(GPTNeoX|Bloom)(Model|ForCausalLM|ForSequenceClassification|"
+                                          r"ForTokenClassification|ForQuestionAnswering)")),),
     ),
-    Family(
-        name="bert",
-        keys=("bert", "roberta", "xlm-roberta", "camembert", "electra"),
-        pairing=Transformer(
-            layer=r"(^|\.)encoder\.layer\.(?P<i>\d+)\.",
-            roles={"q": r"^attention\.self\.query\.weight$", "k": r"^attention\.self\.key\.weight$",
-                   "v": r"^attention\.self\.value\.weight$", "o": r"^attention\.output\.dense\.weight$",
-                   "mlp_in": r"^intermediate\.dense\.weight$", "mlp_out": r"^output\.dense\.weight$"},
-            stem=(r"(^|\.)embeddings\.word_embeddings\.weight$", r"(^|\.)embeddings_project\.weight$"),
-            heads=_BERT_HEADS,
-        ),
-    ),
+    _BERT,
+    # RoBERTa registers token types before positions; XLM-R and CamemBERT also register their heads first
+    replace(_BERT, name="roberta", keys=("roberta",),
+            first=("word_embeddings", "token_type_embeddings", "position_embeddings") + _BERT.first, last=(),
+            complete_when=(("architectures", rf"Roberta({_BERT_CLASSES})"),)),
+    replace(_BERT, name="xlm_roberta", keys=("xlm-roberta", "camembert"),
+            first=("lm_head", "classifier", "qa_outputs", "word_embeddings", "token_type_embeddings",
+                   "position_embeddings") + _BERT.first, last=(),
+            complete_when=(("architectures", rf"(XLMRoberta|Camembert)({_BERT_CLASSES})"),)),
     Family(
         name="vit",
         keys=("vit",),
@@ -138,10 +203,15 @@ FAMILIES: tuple[Family, ...] = (
             stem=(r"(^|\.)patch_embeddings\.projection\.weight$",),
             heads=((r"(^|\.)pooler\.dense\.weight$", r"(^|\.)classifier\.weight$"),),
         ),
+        first=("query", "key", "value", "q_proj", "k_proj", "v_proj", "o_proj"),
+        last=("decoder",),  # ViTForMaskedImageModeling's pixel decoder
+        complete=True,
+        complete_when=(("architectures", r"ViT(Model|ForImageClassification|ForMaskedImageModeling)"),),
     ),
     Family(
         name="wav2vec2",
         keys=("wav2vec2", "hubert", "data2vec-audio"),
+        bare=(r"(^|\.)quantizer\.codevectors$",),
         pairing=Transformer(
             layer=r"(^|\.)encoder\.layers\.(?P<i>\d+)\.",
             roles={"q": r"^attention\.q_proj\.weight$", "k": r"^attention\.k_proj\.weight$",
@@ -153,6 +223,13 @@ FAMILIES: tuple[Family, ...] = (
                   r"(^|\.)feature_projection\.projection\.weight$"),
             heads=((r"(^|\.)lm_head\.weight$",), (r"(^|\.)projector\.weight$", r"(^|\.)classifier\.weight$")),
         ),
+        first=("feature_extractor", "feature_projection", "pos_conv_embed", "k_proj", "v_proj", "q_proj", "out_proj"),
+        last=("lm_head", "projector", "classifier", "quantizer", "project_hid", "project_q"),
+        complete=True,
+        # ForXVector (TDNN head, AM-softmax weight) and the adapters have their own module order
+        complete_when=(("architectures", (r"(Wav2Vec2|Hubert|Data2VecAudio)(Model|ForCTC|ForSequenceClassification|"
+                                          r"ForAudioFrameClassification|ForPreTraining)")),
+                       ("add_adapter", r"False|None"), ("adapter_attn_dim", r"None")),
     ),
     Family(
         # recipes/grokking.py: the authors' 1-layer grokking Transformer (separate q/k/v/o, untied unembed)
@@ -165,6 +242,8 @@ FAMILIES: tuple[Family, ...] = (
             stem=(r"(^|\.)embed_tokens\.weight$",),
             heads=((r"(^|\.)unembed\.weight$",),),
         ),
+        first=("q", "k", "v", "o"),
+        complete=True,
     ),
     Family(
         name="resnet",
@@ -174,16 +253,38 @@ FAMILIES: tuple[Family, ...] = (
             stages=(r"(^|\.)embedder\.", r"(^|\.)encoder\.", r"(^|\.)classifier\."),
             exclude=(r"\.shortcut\.",),
         ),
+        first=("embedder", "shortcut"),
+        complete=True,
+        complete_when=(("architectures", r"ResNet(Model|ForImageClassification|Backbone)"),),
     ),
     Family(
         name="unet",
         keys=("UNet2DModel",),
+        embeddings=_DIFFUSERS_EMBEDDINGS,
         head_dim_keys=("attention_head_dim",),
         pairing=_UNET_PAIRING,
+        first=_DIFFUSERS_FIRST,
+        complete=True,
+        complete_when=(("down_block_types", _DOWN_BLOCKS), ("up_block_types", _UP_BLOCKS),
+                       ("time_embedding_type", r"positional|fourier|learned"),
+                       ("class_embed_type", r"None|timestep|identity")),
     ),
     # same grammar; its legacy ``attention_head_dim`` holds the number of heads
-    Family(name="unet_conditional", keys=("UNet2DConditionModel",), head_keys=("attention_head_dim",),
-           pairing=_UNET_PAIRING),
+    Family(
+        name="unet_conditional",
+        keys=("UNet2DConditionModel",),
+        embeddings=_DIFFUSERS_EMBEDDINGS,
+        head_keys=("attention_head_dim",),
+        pairing=_UNET_PAIRING,
+        first=_DIFFUSERS_FIRST,
+        complete=True,
+        complete_when=(("down_block_types", _DOWN_BLOCKS), ("up_block_types", _UP_BLOCKS),
+                       ("mid_block_type", r"UNetMidBlock2DCrossAttn|UNetMidBlock2D|None"),
+                       ("time_embedding_type", r"positional|fourier"), ("class_embed_type", r"None|timestep|identity"),
+                       ("encoder_hid_dim_type", r"None"), ("addition_embed_type", r"None"),
+                       ("time_cond_proj_dim", r"None"), ("dual_cross_attention", r"False"),
+                       ("attention_type", r"default")),
+    ),
     Family(
         name="autoencoder_kl",
         keys=("AutoencoderKL",),
@@ -193,6 +294,9 @@ FAMILIES: tuple[Family, ...] = (
             + _diffusers_path("decoder."),
             attention=_DIFFUSERS_ATTENTION,
         ),
+        first=_DIFFUSERS_FIRST,
+        complete=True,
+        complete_when=(("down_block_types", _DOWN_BLOCKS), ("up_block_types", _UP_BLOCKS)),
     ),
 )
 
@@ -235,6 +339,27 @@ class Rules:
     def pairing(self) -> Rule:
         return self.family.pairing or Sequential()
 
+    @property
+    def complete(self) -> bool:
+        """Whether names alone plan this config's checkpoints exactly (no module classes needed)."""
+        if not self.family.complete:
+            return False
+        cfg = self.config or {}
+        for key, pattern in self.family.complete_when:
+            if key in cfg:
+                values = cfg[key] if isinstance(cfg[key], (list, tuple)) else [cfg[key]]
+                if not all(_compile(pattern).fullmatch(str(v)) for v in values):
+                    return False
+        return True
+
+    def order_key(self, name: str) -> tuple[Any, ...]:
+        """Sort key that puts names in ``named_parameters()`` order: depth first, a module's own parameters
+        before its children, children in the family's ``first`` / ``last`` order, else natural order."""
+        ranks = _ranks(self.family)
+        segments = name.split(".")
+        last = len(segments) - 1
+        return tuple((i < last, *ranks.get(seg, (1, 0, 0)), natural_key(seg)) for i, seg in enumerate(segments))
+
     def num_heads(self, rows: int | None = None) -> int | None:
         """Attention heads from the config; from the head size when only that is given (needs ``rows``)."""
         cfg = self.config or {}
@@ -262,6 +387,27 @@ def rules_for(config: Mapping[str, Any] | None) -> Rules:
     cfg = dict(config or {})
     key = cfg.get("model_type") or cfg.get("_class_name")
     return Rules(_BY_KEY.get(str(key), GENERIC) if key else GENERIC, cfg)
+
+
+def natural_key(name: str) -> tuple[Any, ...]:
+    """Sort key comparing digit runs as numbers: ``h.2`` before ``h.10``."""
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name)))
+
+
+_RANKS: dict[str, dict[str, tuple[int, int, int]]] = {}
+
+
+def _ranks(family: Family) -> dict[str, tuple[int, int, int]]:
+    """Child name -> (band, level, position): band 0 = registered first, 1 = the rest, 2 = registered last;
+    level 0 = the family's lists, 1 = the generic ones, which fill in what the family does not say."""
+    if family.name in _RANKS:
+        return _RANKS[family.name]
+    ranks = _RANKS[family.name] = {}
+    for level, fam in enumerate((family,) if family is GENERIC else (family, GENERIC)):
+        for band, names in ((0, fam.first), (2, fam.last)):
+            for position, name in enumerate(names):
+                ranks.setdefault(name, (band, level, position))
+    return ranks
 
 
 def _matches(patterns: tuple[str, ...], name: str) -> bool:
