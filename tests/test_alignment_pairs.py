@@ -20,7 +20,7 @@ from hf_spectral.views import (
     module_types_from_model,
     plan_matrices,
 )
-from tiny_models import TinyLSTM, TinyMLP, build_tiny, save_tiny
+from tiny_models import TinyLSTM, TinyMLP, build_tiny, load_recipe, save_tiny
 
 
 def infos_of(state):
@@ -325,15 +325,7 @@ def test_lstm_pairs_use_g_gate_and_direction_halves():
 
 
 def test_grokking_transformer_pairs():
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "recipes" / "grokking.py"
-    spec = importlib.util.spec_from_file_location("grokking_recipe_for_pairs", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_recipe("grokking")
     model = module.GrokkingTransformer(module.GrokkingConfig(p=11))
     specs = plan(model, config_of(model))
     pairs = alignment_pairs(specs, config=config_of(model))

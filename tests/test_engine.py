@@ -17,7 +17,15 @@ import hf_spectral
 from hf_spectral import engine
 from hf_spectral.analyzer import analyze_series
 from hf_spectral.engine import AnalysisOptions, analyze_model, deal_by_cost
-from tiny_models import BUILDERS, build_tiny, fake_hub_cache, private_module_cache_fixture, save_ddpm_pipeline, save_tiny
+from tiny_models import (
+    BUILDERS,
+    build_tiny,
+    fake_hub_cache,
+    load_recipe,
+    private_module_cache_fixture,
+    save_ddpm_pipeline,
+    save_tiny,
+)
 
 MODELS = list(BUILDERS)  # gpt2, bert, vit, resnet, wav2vec2, unet
 TOL = {"float32": 1e-4, "float64": 1e-9}  # × σ_max
@@ -182,14 +190,7 @@ def test_every_singular_value_matches_numpy(saved: dict, name: str) -> None:
 
 def grokking_checkpoint(folder: Path, positions: str) -> nn.Module:
     """The grokking recipe's model (model_type ``grokking_transformer``), saved with ``save_pretrained``."""
-    import importlib.util
-    import sys
-
-    path = Path(__file__).resolve().parents[1] / "recipes" / "grokking.py"
-    spec = importlib.util.spec_from_file_location("grokking_recipe_for_engine", path)
-    recipe = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = recipe
-    spec.loader.exec_module(recipe)
+    recipe = load_recipe("grokking")
     torch.manual_seed(0)
     model = recipe.GrokkingTransformer(recipe.GrokkingConfig(p=11, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                                                              position_embedding_type=positions)).eval()

@@ -3,18 +3,15 @@ tracking, then the report step — snapshots, log_history.json, the self-contain
 flagship PNG and the printed summary, with its numbers checked against float64 numpy."""
 
 import contextlib
-import importlib.util
 import io
 import json
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_models import load_recipe
 from safetensors.numpy import load_file
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "grokking.py"
 P, STEPS, EVAL, EVERY = 13, 48, 4, 8
 MATRICES = [
     "embed_tokens.weight",
@@ -27,11 +24,7 @@ MATRICES = [
 
 @pytest.fixture(scope="module")
 def gk():
-    spec = importlib.util.spec_from_file_location("grokking_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["grokking_recipe"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("grokking")
 
 
 @pytest.fixture(scope="module")

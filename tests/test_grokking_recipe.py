@@ -1,25 +1,18 @@
 """Tests of recipes/grokking.py: data, model (vs a float64 numpy reference), saving, a tiny run."""
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_models import load_recipe
 import torch
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "grokking.py"
 
 
 @pytest.fixture(scope="module")
 def gk():
-    spec = importlib.util.spec_from_file_location("grokking_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["grokking_recipe"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("grokking")
 
 
 # --- data -----------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from hf_spectral.views import (
 )
 from hf_spectral.views.modules import _cached_module_types
 from hf_spectral.views.registry import FAMILIES
-from tiny_models import TinyLSTM, TinyMLP, build_tiny, save_tiny
+from tiny_models import TinyLSTM, TinyMLP, build_tiny, load_recipe, save_tiny
 
 HF_MODELS = ["gpt2", "bert", "vit", "resnet", "wav2vec2", "unet"]
 _DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
@@ -233,21 +233,10 @@ def test_known_family_checkpoint_planned_from_names_alone(name, saved):
     assert_planned_from_names_alone(model, config, tensors, module_types_from_config(config))
 
 
-def load_grokking_recipe():
-    import importlib.util
-    import sys
-
-    path = Path(__file__).resolve().parents[1] / "recipes" / "grokking.py"
-    spec = importlib.util.spec_from_file_location("grokking_recipe_for_views", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.parametrize("positions", ["sinusoidal", "learned"])
 def test_grokking_checkpoint_planned_from_names_alone(positions, tmp_path):
-    recipe = load_grokking_recipe()
+    recipe = load_recipe("grokking")
     torch.manual_seed(0)
     model = recipe.GrokkingTransformer(recipe.GrokkingConfig(p=11, hidden_size=16, intermediate_size=32, layer_norm=True,
                                                              num_hidden_layers=2, position_embedding_type=positions))

@@ -7,7 +7,10 @@ Each builder returns a freshly initialised model with a fixed seed. ``save_tiny`
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
+import sys
+from types import ModuleType
 from pathlib import Path
 from typing import Callable
 
@@ -170,3 +173,18 @@ def private_module_cache_fixture():  # type: ignore[no-untyped-def]
             yield
 
     return private_module_cache
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def load_recipe(name: str = "grokking") -> ModuleType:
+    """``recipes/<name>.py`` imported as a module (recipes are scripts, not a package), once per session:
+    dataclasses resolve their module by name, and the grokking recipe registers its config with AutoConfig."""
+    module_name = f"{name}_recipe"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, RECIPES / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
