@@ -322,7 +322,7 @@ def main() -> None:
 
     if "hf_spectral" in args.methods and not rules_for(config).complete:  # warm runs find the module info cached
         os.environ["HF_SPECTRAL_CACHE"] = str(MODULE_CACHE)
-        from hf_spectral.engine import module_info_for
+        from hf_spectral.module_cache import module_info_for
 
         module_info_for(config)
     runs: list[dict] = []

@@ -7,12 +7,9 @@ The analyzer, the training callback and the experiments all come through here.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -23,13 +20,13 @@ from tqdm.auto import tqdm
 
 from hf_spectral import metrics
 from hf_spectral.errors import SpectralError
+from hf_spectral.module_cache import module_info_for
 from hf_spectral.sources.types import Checkpoint
 from hf_spectral.store import STATUS_FLAGGED, STATUS_OK, STATUS_SKIPPED, Snapshot, jsonable
 from hf_spectral.tensor_info import DTYPE_EPS, TensorInfo, dtype_code
 from hf_spectral.views import (
     alignment_pairs,
     config_from_model,
-    module_types_from_config,
     module_types_from_model,
     plan_matrices,
     rules_for,
@@ -95,76 +92,37 @@ class Plan:
 # Planning
 
 
+@dataclass
+class _Part:
+    """One model to plan: a checkpoint part, or a live model."""
+
+    component: str
+    config: dict[str, Any] | None
+    infos: list[TensorInfo]
+    read: Reader
+    module_types: dict[str, str] | None = None
+    buffers: set[str] = field(default_factory=set)
+    shares_storage: bool = False  # the same tensor may be stored under several names (torch .bin)
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.component}/" if self.component else ""
+
+
 def plan_checkpoint(checkpoint: Checkpoint, options: AnalysisOptions) -> Plan:
     """Plan from file headers only: no tensor data is read."""
-    plans = []
+    parts = []
     for part in checkpoint.parts:
-        infos = part.reader.tensors()
         # A family the registry knows completely is planned from its names: building the model on the meta
         # device would import its modeling code (~2.5 s for GPT-2) to learn what the registry already says.
         complete = rules_for(part.config).complete
         module_info = module_info_for(part.config) if part.config and not complete else None
-        module_types, buffers = (module_info[0], module_info[2]) if module_info else (None, set())
-        prefix = f"{part.component}/" if part.component else ""
-        plans.append((part.component, part.config, infos, module_types, buffers, part.reader.read, prefix))
-    return _plan_parts(plans, options, where=str(checkpoint.path))
-
-
-def module_info_for(config: dict[str, Any]) -> tuple[dict[str, str], list[str], set[str]] | None:
-    """``views.module_types_from_config``, remembered on disk across processes.
-
-    Only asked for families the registry does not know completely (the registry plans the others from
-    names). Building the model on the meta device is cheap, but importing its modeling code (transformers
-    or diffusers) costs ~2.5 s (GPT-2 small's analysis takes ~5 s); the answer depends only on the
-    config and the library versions, so it is cached per (config, versions) in
-    ``$HF_SPECTRAL_CACHE/module_types`` (default ``~/.cache/hf_spectral``; ``HF_SPECTRAL_CACHE=off``
-    disables it). Any cache problem falls back to computing.
-    """
-    path = _module_cache_path(config)
-    if path is not None:
-        try:
-            cached = json.loads(path.read_text())
-            if cached is None:
-                return None
-            return dict(cached["types"]), list(cached["order"]), set(cached["buffers"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # absent or unreadable: compute it
-    info = module_types_from_config(config)
-    if path is not None:
-        value = None if info is None else {"types": info[0], "order": info[1], "buffers": sorted(info[2])}
-        with contextlib.suppress(OSError, TypeError, ValueError):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(value))
-            os.replace(tmp, path)  # atomic: concurrent processes never read half a file
-    return info
-
-
-_MODULE_CACHE_VERSION = 1
-_VOLATILE_CONFIG_KEYS = ("_name_or_path", "_commit_hash", "transformers_version", "_diffusers_version")
-
-
-def _module_cache_path(config: dict[str, Any]) -> Path | None:
-    root = os.environ.get("HF_SPECTRAL_CACHE")
-    if root is not None and root.strip().lower() in ("", "0", "off", "false", "no"):
-        return None
-    base = Path(root).expanduser() if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hf_spectral"
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-    except ImportError:  # pragma: no cover
-        return None
-    versions = []
-    for package in ("transformers", "diffusers", "torch"):
-        try:
-            versions.append(f"{package}={version(package)}")
-        except PackageNotFoundError:
-            versions.append(f"{package}=none")
-    stable = {k: v for k, v in config.items() if k not in _VOLATILE_CONFIG_KEYS}
-    try:
-        text = json.dumps([_MODULE_CACHE_VERSION, _version(), versions, stable], sort_keys=True)
-    except (TypeError, ValueError):
-        return None
-    return base / "module_types" / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.json"
+        parts.append(_Part(
+            part.component, part.config, part.reader.tensors(), part.reader.read,
+            module_types=module_info[0] if module_info else None, buffers=module_info[2] if module_info else set(),
+            shares_storage=getattr(part.reader, "shares_storage", False),
+        ))
+    return _plan_parts(parts, options, where=str(checkpoint.path))
 
 
 def plan_model(model: torch.nn.Module, options: AnalysisOptions) -> Plan:
@@ -176,27 +134,30 @@ def plan_model(model: torch.nn.Module, options: AnalysisOptions) -> Plan:
     def read(name: str) -> torch.Tensor:
         return params[name].detach()
 
-    plans = [("", config_from_model(model), infos, module_types, buffers, read, "")]
-    return _plan_parts(plans, options, where=type(model).__name__)
+    # named_parameters() lists a tied parameter once: no tie detection needed
+    part = _Part("", config_from_model(model), infos, read, module_types=module_types, buffers=set(buffers))
+    return _plan_parts([part], options, where=type(model).__name__)
 
 
-def _plan_parts(plans: list[tuple], options: AnalysisOptions, where: str) -> Plan:
+def _plan_parts(parts: list[_Part], options: AnalysisOptions, where: str) -> Plan:
     specs: list[MatrixSpec] = []
     skipped: list[SkippedTensor] = []
     readers: dict[str, Reader] = {}
     components: dict[str, str] = {}
     model_types: dict[str, str] = {}
     part_specs: list[tuple[dict | None, list[MatrixSpec]]] = []
-    for component, config, infos, module_types, buffers, read, prefix in plans:
-        found, left_out = plan_matrices(infos, config=config, module_types=module_types, buffers=buffers, prefix=prefix)
+    for part in parts:
+        found, left_out = plan_matrices(part.infos, config=part.config, module_types=part.module_types,
+                                        buffers=part.buffers, prefix=part.prefix)
+        if part.shares_storage:
+            found, left_out = _drop_tied(found, left_out, part.read)
         specs += found
         skipped += left_out
-        part_specs.append((config, found))
+        part_specs.append((part.config, found))
         for spec in found:
-            readers[spec.name] = read
-            components[spec.name] = component
-        model_types[component] = _model_type(config)
-    specs, skipped = _drop_tied(specs, skipped, readers)
+            readers[spec.name] = part.read
+            components[spec.name] = part.component
+        model_types[part.component] = _model_type(part.config)
     if not specs:
         reasons = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:3])
         raise SpectralError(
@@ -222,7 +183,7 @@ def _plan_parts(plans: list[tuple], options: AnalysisOptions, where: str) -> Pla
 
 
 def _drop_tied(specs: list[MatrixSpec], skipped: list[SkippedTensor],
-               readers: dict[str, Reader]) -> tuple[list[MatrixSpec], list[SkippedTensor]]:
+               read: Reader) -> tuple[list[MatrixSpec], list[SkippedTensor]]:
     """Keep the first name of a tensor stored under several names (tied weights in a ``torch.save``
     state dict: an LM head sharing the embedding's storage); later names become skipped rows.
 
@@ -231,18 +192,19 @@ def _drop_tied(specs: list[MatrixSpec], skipped: list[SkippedTensor],
     """
     seen: dict[tuple, str] = {}
     kept: list[MatrixSpec] = []
+    alive: list[torch.Tensor] = []  # hold every tensor read: a freed storage's address could be reused
     for spec in specs:
         if spec.extra.get("composed") or len(spec.tensors) != 1:
             kept.append(spec)
             continue
         try:
-            t = readers[spec.name](spec.tensors[0])
-            key = (readers[spec.name], t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
-                   tuple(t.stride()), t.dtype)
+            t = read(spec.tensors[0])
+            alive.append(t)
+            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
         except Exception:  # an unreadable tensor fails later with its own one-line error
             kept.append(spec)
             continue
-        if key[1] and key in seen:
+        if key[0] and key in seen:
             skipped.append(SkippedTensor(spec.name, spec.tensor_shape, spec.dtype, f"tied to {seen[key]} (the same stored tensor)"))
             continue
         seen.setdefault(key, spec.name)

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from torch import nn
 
 import hf_spectral
-from hf_spectral import engine
+from hf_spectral import engine, module_cache
 from hf_spectral.analyzer import analyze_series
 from hf_spectral.engine import AnalysisOptions, analyze_model, deal_by_cost
 from tiny_models import (
@@ -208,7 +208,7 @@ def test_known_families_are_planned_without_building_the_model(saved: dict, name
         folder = tmp_path
     else:
         model, folder = saved[name]
-    monkeypatch.setattr(engine, "module_types_from_config", lambda config: pytest.fail("built the model"))
+    monkeypatch.setattr(module_cache, "module_types_from_config", lambda config: pytest.fail("built the model"))
     monkeypatch.setattr(engine, "module_info_for", lambda config: pytest.fail("asked for module classes"))
     snapshot = hf_spectral.analyze(str(folder), **quiet())
     reference, no_matrix = reference_matrices(model, folder=folder)
@@ -436,7 +436,7 @@ def test_module_info_cache_gives_the_same_plans(saved: dict, tmp_path: Path, mon
     names = [name for name, *_ in cold["llama"][0]]
     assert names == [n for n, p in llama.named_parameters() if p.dim() >= 2]
     assert all(view == "registry" for _, _, _, view, _ in cold["gpt2"][0])
-    monkeypatch.setattr(engine, "module_types_from_config", lambda config: pytest.fail("not read from the cache"))
+    monkeypatch.setattr(module_cache, "module_types_from_config", lambda config: pytest.fail("not read from the cache"))
     assert {name: plan_of(folder) for name, folder in folders.items()} == cold
     # a damaged entry is computed again, not trusted
     files[0].write_text("{half")
@@ -445,4 +445,4 @@ def test_module_info_cache_gives_the_same_plans(saved: dict, tmp_path: Path, mon
     assert {name: plan_of(folder) for name, folder in folders.items()} == cold
     assert json.loads(files[0].read_text())["types"]
     monkeypatch.setenv("HF_SPECTRAL_CACHE", "off")
-    assert engine._module_cache_path({"model_type": "gpt2"}) is None
+    assert module_cache._module_cache_path({"model_type": "gpt2"}) is None

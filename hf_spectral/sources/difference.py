@@ -33,28 +33,18 @@ class DifferenceReader:
             wide = dtype == torch.float64 or "F64" in (mine.dtype, other.dtype)
             self._infos.append(TensorInfo(mine.name, mine.shape, "F64" if wide else "F32"))
         self._wide = {t.name for t in self._infos if t.dtype == "F64"}
-        self._held: dict[str, torch.Tensor] = {}
 
     def tensors(self) -> list[TensorInfo]:
         """The tensors of the difference, in ``a``'s order (headers only: nothing is read)."""
         return list(self._infos)
 
     def read(self, name: str) -> torch.Tensor:
-        """W_A − W_B for tensor ``name``."""
-        # The engine reads every tensor once while planning (to find tied weights by storage address)
-        # and again to decompose it. A fresh tensor freed in between lets the next one reuse its
-        # address, which would read as "tied": so the first result is held until the second read.
-        held = self._held.pop(name, None)
-        if held is not None:
-            return held
+        """W_A − W_B for tensor ``name`` (computed on each read; nothing is held)."""
         dtype = torch.float64 if name in self._wide else torch.float32
-        difference = self.a.read(name).to(dtype) - self.b.read(name).to(dtype)
-        self._held[name] = difference
-        return difference
+        return self.a.read(name).to(dtype) - self.b.read(name).to(dtype)
 
     def close(self) -> None:
-        """Drop held differences; the two readers are closed with their own checkpoints."""
-        self._held.clear()
+        """Nothing to release: the two readers are closed with their own checkpoints."""
 
     def __enter__(self) -> "DifferenceReader":
         return self

@@ -192,6 +192,9 @@ class TorchBinReader:
     A corrupt file fails at ``tensors()`` (planning time, before any SVD).
     """
 
+    # torch.save keeps tied weights as one storage under several names (safetensors cannot).
+    shares_storage = True
+
     def __init__(self, files: Iterable[Path | str], index_json: Path | str | None = None) -> None:
         self.files: list[Path] = [Path(f) for f in files]
         self.index_json: Path | None = Path(index_json) if index_json is not None else None

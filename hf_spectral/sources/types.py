@@ -16,7 +16,9 @@ class TensorReader(Protocol):
 
     ``tensors()`` comes from file headers only (no tensor data is read). ``read(name)`` returns
     one tensor on the CPU, zero-copy where the format allows (safetensors mmap, torch mmap).
-    Readers are context managers; ``close()`` releases open file handles.
+    Readers are context managers; ``close()`` releases open file handles. A reader whose format can
+    store one tensor under several names (tied weights in ``torch.save`` files) sets
+    ``shares_storage = True`` so that the engine lists such a tensor once.
     """
 
     files: list[Path]
