@@ -76,8 +76,7 @@ def update_model_card(
 
 def new_card(dynamics: Dynamics) -> ModelCard:
     """A fresh card from ``model_cards/template.md`` with an empty spectral section to fill."""
-    source = dynamics.meta.get("source")
-    name = Path(str(source)).name if source else "Model card"
+    name = dynamics.source_name or "Model card"
     return ModelCard.from_template(ModelCardData(tags=list(TAGS)), template_path=str(_template_path("template.md")), model_name=name)
 
 

@@ -216,13 +216,8 @@ def _cell(key: str, value: object) -> str:
 
 
 def _default_title(dyn: Dynamics) -> str:
-    source = dyn.meta.get("source")
-    if not source:
-        return "Spectral dynamics of weights"
-    path = Path(str(source))
-    # a callback record sits in <run>/spectral: the run names it
-    name = path.parent.name if path.name == "spectral" and path.parent.name else path.name
-    return f"Spectral dynamics of {name or source}"
+    name = dyn.source_name
+    return f"Spectral dynamics of {name}" if name else "Spectral dynamics of weights"
 
 
 def _subtitle(dyn: Dynamics) -> str:

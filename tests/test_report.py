@@ -211,3 +211,10 @@ def test_report_command_errors_are_one_line(tmp_path, fake_dynamics, capsys):
     assert main(["report", "x", "--output", str(tmp_path), "--formats", "gif"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot save") and err.count("\n") == 1
+
+
+def test_default_title_names_the_run_of_a_callback_record(tmp_path):
+    dyn = make_dynamics()
+    dyn.meta["source"] = str(tmp_path / "my-run" / "spectral")
+    index = write_report(dyn, tmp_path / "report")
+    assert "<title>Spectral dynamics of my-run</title>" in index.read_text()

@@ -31,6 +31,7 @@ DataFrames with the columns above, never missing attributes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -66,6 +67,18 @@ class Dynamics:
     @property
     def steps(self) -> list[int]:
         return sorted(self.summary["step"].unique().tolist()) if len(self.summary) else []
+
+    @property
+    def source_name(self) -> str | None:
+        """A short name for what was analyzed: the source's last path part (for a callback record,
+        ``<run>/spectral``, the run's), or None when the source is unknown."""
+        source = self.meta.get("source")
+        if not source:
+            return None
+        path = Path(str(source))
+        if path.name == "spectral" and path.parent.name:
+            return path.parent.name
+        return path.name or str(source)
 
     @property
     def matrices(self) -> list[str]:
