@@ -40,6 +40,7 @@ META_FILE = "meta.json"
 STATUS_OK = "ok"
 STATUS_FLAGGED = "flagged"
 STATUS_SKIPPED = "skipped"
+FLAG_RANK_DEFICIENT = "rank_deficient"  # metrics.spectrum's flag; spelled here so the store needs no torch
 
 
 @dataclass
@@ -102,6 +103,8 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
         "matrices": int(len(decomposed)),
         "skipped": int((table["status"] == STATUS_SKIPPED).sum()),
         "flagged": int((decomposed["status"] == STATUS_FLAGGED).sum()),
+        # defined metrics, but σ_min below the numerical-rank tolerance: worth seeing, not an error
+        "rank_deficient": int((defined["flag"] == FLAG_RANK_DEFICIENT).sum()) if "flag" in defined else 0,
     }
     for column in ("normalized_effective_rank", "normalized_stable_rank", "normalized_mass90_rank", "spectral_norm"):
         if column in defined and len(defined):

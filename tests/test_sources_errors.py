@@ -132,6 +132,19 @@ def test_folder_without_weights_lists_found_and_expected(tmp_path: Path) -> None
     fails(tmp_path, str(d), "pass that file itself")
 
 
+def test_snapshots_are_not_taken_for_weights(model_dir: Path, tmp_path: Path) -> None:
+    """A snapshot's spectra.safetensors holds top-k U/V factors: read as weights they would give
+    plausible-looking garbage, so a snapshot, its arrays file and a record are refused by name."""
+    import hf_spectral
+
+    record = tmp_path / "record"
+    hf_spectral.analyze(str(model_dir), output=record / "step-000010", top_k=2, progress=False, device="cpu")
+    snapshot = record / "step-000010"
+    fails(tmp_path, str(snapshot), f"{snapshot} is an hf_spectral snapshot (spectra, not weights)", "read_snapshot")
+    fails(tmp_path, str(snapshot / "spectra.safetensors"), "is an hf_spectral snapshot")
+    fails(tmp_path, str(record), f"{record} holds hf_spectral snapshots", "hf-spectral dynamics")
+
+
 def test_folder_of_model_folders_points_at_them(model_dir: Path, tmp_path: Path) -> None:
     fails(tmp_path, str(tmp_path), "its subfolders m/ hold models")
 

@@ -152,3 +152,28 @@ def test_iter_snapshots_by_step_and_bad_folders(snapshot: Snapshot, tmp_path: Pa
     (tmp_path / "run" / "c" / "meta.json").write_text("{broken")
     with pytest.raises(SpectralError, match="damaged snapshot"):
         read_snapshot(tmp_path / "run" / "c")
+
+
+def test_summary_counts_rank_deficient_rows_apart_from_undefined_ones(tmp_path):
+    """A rank-deficient matrix has defined metrics: it is counted as such, averaged, and not 'flagged'."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    low_rank = (rng.standard_normal((16, 2)) @ rng.standard_normal((2, 12))).astype(np.float32)
+    full_rank = rng.standard_normal((8, 8)).astype(np.float32)
+    save_file({"a.weight": low_rank, "b.weight": full_rank,
+               "c.weight": np.zeros((4, 4), np.float32)}, str(tmp_path / "m.safetensors"))
+    import hf_spectral
+
+    summary = hf_spectral.analyze(str(tmp_path / "m.safetensors"), progress=False, device="cpu").summary()
+    assert summary["rank_deficient"] == 1 and summary["flagged"] == 1 and summary["matrices"] == 3
+
+    def erank(w: np.ndarray) -> float:  # exp(entropy of σ/Σσ) / R in float64, 0·log 0 = 0
+        sigma = np.linalg.svd(w.astype(np.float64), compute_uv=False)
+        p = sigma / sigma.sum()
+        p = p[p > 0]
+        return float(np.exp(-(p * np.log(p)).sum()) / len(sigma))
+
+    # the mean covers the two defined rows (a, b); the zero matrix c is counted, not averaged
+    expected = (erank(low_rank) + erank(np.asarray(full_rank))) / 2
+    assert summary["mean_normalized_effective_rank"] == pytest.approx(expected, abs=1e-4)

@@ -86,6 +86,10 @@ def format_table(snapshot: Snapshot, limit: int | None = 40) -> str:
 def format_summary(snapshot: Snapshot) -> str:
     s = snapshot.summary()
     text = f"{s['matrices']} matrices, {s['skipped']} skipped, {s['flagged']} flagged"
+    if s.get("flagged"):
+        text += " (metrics undefined: zero or non-finite weights)"
+    if s.get("rank_deficient"):
+        text += f", {s['rank_deficient']} rank-deficient (metrics defined)"
     if "mean_normalized_effective_rank" in s:
         text += f"; mean erank/R {s['mean_normalized_effective_rank']:.4f}, mean srank/R {s['mean_normalized_stable_rank']:.4f}"
     if snapshot.meta.get("seconds") is not None:

@@ -212,7 +212,7 @@ def expand_revisions(repo_id: str, revisions: str | Sequence[str], *,
 def list_revisions(repo_id: str, *, hub_cache_dir: str | os.PathLike | None = None) -> list[str]:
     """Branch and tag names of a Hub repo: asked of the Hub online, read from the local cache offline
     (or when the Hub cannot be reached)."""
-    from hf_spectral.sources.hub import is_offline
+    from hf_spectral.sources.hub import gated_error, is_offline
 
     if not is_offline():
         from huggingface_hub import list_repo_refs
@@ -222,9 +222,7 @@ def list_revisions(repo_id: str, *, hub_cache_dir: str | os.PathLike | None = No
             refs = list_repo_refs(repo_id)
             return [ref.name for ref in [*refs.branches, *refs.tags]]
         except GatedRepoError as exc:
-            raise SpectralError(
-                f"Hub model {repo_id} is gated: accept its terms on huggingface.co and log in with `hf auth login`"
-            ) from exc
+            raise gated_error(repo_id) from exc
         except RepositoryNotFoundError as exc:
             raise SpectralError(f"no Hub model {repo_id} (or it is private: `hf auth login`)") from exc
         except Exception as exc:  # network failures come as several exception types; the cache may still do

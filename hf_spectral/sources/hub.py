@@ -190,9 +190,7 @@ def _download(repo_id: str, rev: str, cache: Path, patterns: list[str], offline:
         # variant was downloaded); what is there may be enough, which open_checkpoint decides.
         return Path(e.snapshot_path)
     except GatedRepoError as e:
-        raise SpectralError(
-            f"Hub model {repo_id} is gated: accept its terms on huggingface.co and log in with `hf auth login`"
-        ) from e
+        raise gated_error(repo_id) from e
     except RepositoryNotFoundError as e:
         raise SpectralError(
             f"no such file or folder: {source} (nor a Hub model {repo_id}, or it is private: `hf auth login`)"
@@ -204,6 +202,13 @@ def _download(repo_id: str, rev: str, cache: Path, patterns: list[str], offline:
     except HfHubHTTPError as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SpectralError(f"the Hub refused {repo_id} (revision {rev}): {first}") from e
+
+
+def gated_error(repo_id: str) -> SpectralError:
+    """The error for a gated Hub model the user has not been granted."""
+    return SpectralError(
+        f"Hub model {repo_id} is gated: accept its terms on huggingface.co and log in with `hf auth login`"
+    )
 
 
 def _not_cached_message(repo_id: str, rev: str, cache: Path, offline: bool, source: str) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_spectral.errors import SpectralError
+from hf_spectral.store import is_snapshot, iter_snapshots
 
 SAFE_STEMS = ("model", "diffusion_pytorch_model")
 BIN_STEMS = ("pytorch_model", "diffusion_pytorch_model")
@@ -218,6 +219,8 @@ _TRAINING_EXTRAS = re.compile(r"^(optimizer|scheduler|scaler|rng_state.*|trainin
 def describe_missing(folder: Path, lead: str | None = None) -> str:
     """One line: what ``folder`` holds, what was expected."""
     folder = Path(folder)
+    if is_snapshot(folder) or (folder.is_dir() and any(iter_snapshots(folder))):
+        return snapshot_not_weights(folder)
     lead = lead or f"no weights in {folder}"
     entries = sorted(folder.iterdir(), key=lambda p: p.name) if folder.is_dir() else []
     shown = [p.name + ("/" if p.is_dir() else "") for p in entries[:10]]
@@ -237,6 +240,14 @@ def describe_missing(folder: Path, lead: str | None = None) -> str:
     if models:
         hint += f"; its subfolders {', '.join(models[:3])}{' ...' if len(models) > 3 else ''} hold models: pass one of them"
     return f"{lead} (found: {listing or 'nothing'}); expected {EXPECTED}{hint}"
+
+
+def snapshot_not_weights(path: Path) -> str:
+    """One line for a SOURCE that is an hf_spectral snapshot or record: spectra, not weights."""
+    what = "is an hf_spectral snapshot" if is_snapshot(path) else "holds hf_spectral snapshots"
+    return (f"{path} {what} (spectra, not weights): load one with "
+            "hf_spectral.read_snapshot, follow a record with `hf-spectral dynamics`; to analyze or compare "
+            "weights pass the checkpoint saved at that step (e.g. checkpoint-N/, --save_steps)")
 
 
 def _holds_model(folder: Path) -> bool:

@@ -35,10 +35,12 @@ from hf_spectral.sources.layout import (
     pipeline_components,
     read_config,
     read_json,
+    snapshot_not_weights,
     weight_sets,
 )
 from hf_spectral.sources.readers import SafetensorsReader, TorchBinReader
 from hf_spectral.sources.types import Checkpoint, ModelPart, TensorReader
+from hf_spectral.store import is_snapshot
 
 _TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 _RUN_DIR = re.compile(r"^checkpoint([-_])(\d+)$")
@@ -91,6 +93,8 @@ def open_checkpoint(
         raise SpectralError(f"no such file or folder: {path}")
     meta: dict[str, object] = {}
     if path.is_file():
+        if is_snapshot(path.parent):  # its spectra.safetensors holds U/V factors that would pass as matrices
+            raise SpectralError(snapshot_not_weights(path.parent))
         reader = _file_reader(path)
         parts = [ModelPart("", reader, read_config(path.parent))]
         meta["format"] = "safetensors" if isinstance(reader, SafetensorsReader) else "bin"
