@@ -57,13 +57,20 @@ def metric_series(dyn: Dynamics, metric: str) -> pd.Series:
         return pd.Series(dtype=float)
     if metric not in set(table["metric"]):
         raise SpectralError(
-            f"training log has no metric {metric!r}; logged metrics: {', '.join(training_metrics(dyn))}; pass one of them"
+            f"training log has no metric {metric!r}; logged metrics: {_listing(training_metrics(dyn))}; pass one of them"
         )
     rows = table[table["metric"] == metric]
     return rows.groupby("step")["value"].mean().astype(float).sort_index()
 
 
-def key_events(dyn: Dynamics, metric: str | None = "eval_accuracy", threshold: float = 0.9, *, scale: str = "auto",
+def _listing(metrics: list[str]) -> str:
+    """The user's own metrics by name; the callback's many spectral/* scalars as a count."""
+    own = [m for m in metrics if not m.startswith("spectral/")]
+    spectral = len(metrics) - len(own)
+    return ", ".join(own) + (f" (and {spectral} spectral/* scalars)" if spectral else "")
+
+
+def key_events(dyn: Dynamics, metric: str | None = "auto", threshold: float = 0.9, *, scale: str = "auto",
                after: int | None = None) -> dict[str, Any]:
     """When ``metric`` first reached ``threshold`` and when the mean effective rank fell fastest.
 
@@ -78,10 +85,15 @@ def key_events(dyn: Dynamics, metric: str | None = "eval_accuracy", threshold: f
       lag: rank_drop_step - metric_step (negative: rank fell before the metric crossed).
     ``after``: only drops between snapshots at or after this step count (e.g. the step where the
     training set was memorized, to look past the fast transient that follows the initialization).
-    A metric missing from a non-empty training log raises SpectralError (a typo should not read
-    as "never crossed"); without a training log, or with ``metric=None``, the metric fields are None.
+    ``metric="auto"`` takes the validation accuracy :func:`default_metric` finds (eval_accuracy,
+    else a validation split's eval_*accuracy, ...). A metric named but missing from a non-empty
+    training log raises SpectralError (a typo should not read as "never crossed"); without a
+    training log, with ``metric=None``, or "auto" finding no accuracy, the metric fields are None.
     """
     from hf_spectral.plots._common import StepAxis
+
+    if metric == "auto":
+        metric = default_metric(dyn)
 
     events: dict[str, Any] = {"metric": metric, "threshold": float(threshold), "metric_step": None, "metric_final": None}
     values = metric_series(dyn, metric) if metric else pd.Series(dtype=float)

@@ -148,7 +148,11 @@ class GrokkingArguments:
     report_to: str = field(default="none", metadata={"help": "Trainer loggers, e.g. tensorboard."})
     disable_tqdm: bool = False
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads per process (0: torch's default)."})
-    use_cpu: bool = field(default=False, metadata={"help": "Train on CPU (needed for multi-process CPU runs)."})
+    use_cpu: bool | None = field(
+        default=None,
+        metadata={"help": "Train on CPU. Default: when torch sees no GPU/accelerator, so that several CPU processes "
+                  "(torchrun, accelerate launch --multi_gpu) train as one DDP run over gloo."},
+    )
     # spectral tracking (hf_spectral.SpectralCallback)
     track_spectra: bool = True
     spectra_schedule: str | None = field(default=None, metadata={"help": '"log", N (every N steps) or "a,b,c".'})
@@ -496,7 +500,9 @@ def build_trainer(args: GrokkingArguments) -> Trainer:
         disable_tqdm=args.disable_tqdm,
         seed=args.seed,
         dataloader_pin_memory=False,
-        use_cpu=args.use_cpu,
+        # transformers joins the launcher's process group on CPU only with use_cpu; without it every
+        # rank of a CPU-only machine would train alone, duplicating the run into the same folder
+        use_cpu=args.use_cpu if args.use_cpu is not None else not torch.accelerator.is_available(),
     )
     world, rank = training_args.world_size, training_args.process_index
 

@@ -141,3 +141,12 @@ def test_output_over_a_previous_snapshot_is_replaced(gpt2_dir: Path, tmp_path: P
     assert len(hf_spectral.read_snapshot(tmp_path / "o").matrices) == 11
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
     shutil.rmtree(tmp_path / "o")
+
+
+def test_version_is_the_installed_distribution(capsys: pytest.CaptureFixture) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hf-spectral {version('hf-spectral')}"

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +18,11 @@ import pandas as pd
 import pytest
 
 import hf_spectral
-from tiny_models import private_module_cache_fixture, save_tiny
+from tiny_models import private_module_cache_fixture, save_tiny, two_cpu_processes
 
 SCRIPT = Path(__file__).parent / "scripts" / "analyze_two_processes.py"
 
 private_module_cache = private_module_cache_fixture()  # no ~/.cache/hf_spectral in tests
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -41,12 +33,7 @@ def test_two_processes_give_the_one_process_snapshot(tmp_path: Path) -> None:
     records.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()),
-        str(SCRIPT), str(source), str(tmp_path / "two"), str(records),
-    ]
+    command = two_cpu_processes(SCRIPT, str(source), str(tmp_path / "two"), str(records))
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr

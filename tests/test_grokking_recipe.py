@@ -291,3 +291,36 @@ def test_spectral_tracking_records_the_fourier_measure(gk, tmp_path):
     assert len(metas) >= 2
     last = json.loads(metas[-1].read_text())
     assert 0.0 < last["extra_measures"]["fourier"]["top5_fraction"] <= 1.0
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_one_ddp_run(gk, tmp_path):
+    """`accelerate launch` with 2 CPU processes trains ONE run (DDP over gloo: one summary, one record,
+    snapshots computed by both) with the single-process run's full-batch losses and accuracies."""
+    import os
+    import subprocess
+
+    from tiny_models import RECIPES, two_cpu_processes
+
+    import hf_spectral
+
+    flags = ["--p", "23", "--train_fraction", "0.5", "--max_steps", "20", "--eval_steps", "10",
+             "--spectra_schedule", "10", "--disable_tqdm", "true"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    command = two_cpu_processes(RECIPES / "grokking.py", *flags, "--output_dir", str(tmp_path / "two"))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("== grokking summary") == 1  # rank 1 trains its shard and stays quiet
+
+    gk.main([*flags, "--output_dir", str(tmp_path / "one")])
+    two, one = (json.loads((tmp_path / run / "training_log.json").read_text()) for run in ("two", "one"))
+    for key in ("loss", "eval_train_accuracy", "eval_val_accuracy"):
+        ours, theirs = ([row[key] for row in log if key in row] for log in (two, one))
+        assert len(ours) == len(theirs) >= 2
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4)  # the same full-batch gradient, summed in 2 parts
+
+    steps = sorted(p.name for p in (tmp_path / "two" / "spectral").glob("step-*"))
+    assert steps == ["step-000000", "step-000010", "step-000020"]
+    for step in steps:
+        snapshot = hf_spectral.read_snapshot(tmp_path / "two" / "spectral" / step)
+        assert snapshot.meta["num_processes"] == 2

@@ -7,6 +7,7 @@ final snapshot rises to 1, and the validation accuracy jumps late (grokking-like
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -354,6 +355,21 @@ def test_key_events_threshold_never_reached_and_unknown_metric(dyn):
     assert key_events(dyn, "eval_accuracy", 1.5)["metric_step"] is None
     with pytest.raises(SpectralError, match="eval_val_accuracy.*logged metrics: eval_accuracy"):
         key_events(dyn, "eval_val_accuracy")
+
+
+def test_key_events_auto_picks_the_validation_accuracy_and_lists_user_metrics(dyn):
+    renamed = dyn.training.copy()
+    renamed["metric"] = renamed["metric"].replace({"eval_accuracy": "eval_val_accuracy"})
+    extra = pd.DataFrame({"step": [0] * 2, "metric": ["eval_train_accuracy", "spectral/erank/h.0"], "value": [0.5, 0.9]})
+    logged = dataclasses.replace(dyn, training=pd.concat([renamed, extra], ignore_index=True))
+    auto = key_events(logged)  # eval_val_accuracy: the validation split, not train, not the spectral scalar
+    assert auto["metric"] == "eval_val_accuracy" and auto["metric_step"] == key_events(dyn)["metric_step"]
+    with pytest.raises(SpectralError) as info:
+        key_events(logged, "eval_accuracy")
+    assert "eval_val_accuracy" in str(info.value) and "(and 1 spectral/* scalars)" in str(info.value)
+    assert "spectral/erank" not in str(info.value)
+    no_accuracy = dataclasses.replace(dyn, training=dyn.training[dyn.training["metric"] == "eval_loss"])
+    assert key_events(no_accuracy)["metric"] is None and key_events(no_accuracy)["rank_drop_step"] is not None
 
 
 def test_training_figure_marks_the_events(dyn):

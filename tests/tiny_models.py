@@ -188,3 +188,18 @@ def load_recipe(name: str = "grokking") -> ModuleType:
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
     return sys.modules[module_name]
+
+
+def two_cpu_processes(script: Path | str, *script_args: str) -> list[str]:
+    """``accelerate launch`` of ``script`` as 2 CPU processes. Its ``--cpu`` launcher starts one process
+    unless MPI is installed; the torchrun launcher (``--multi_gpu``) starts two, which join a gloo group."""
+    import socket
+
+    with socket.socket() as s:  # a free port: parallel test workers must not share a rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(port), str(script), *script_args,
+    ]

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hf-spectral",
         description="Singular values and vectors of every weight matrix, across checkpoints and training.",
     )
+    from hf_spectral import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"hf_spectral.cli.{name}")
