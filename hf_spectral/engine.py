@@ -473,13 +473,13 @@ def process_state() -> Any:
     if PartialState._shared_state:  # already made: its settings stand
         return PartialState()
     cpu = parse_flag_from_env("ACCELERATE_USE_CPU")
-    if not cpu and _launched_processes() > 1:
+    if not cpu and launched_processes() > 1:
         accelerator = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
         cpu = accelerator is None or accelerator.type == "mps"  # accelerate distributes no MPS
     return PartialState(cpu=cpu)
 
 
-def _launched_processes() -> int:
+def launched_processes() -> int:
     for var in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
         value = os.environ.get(var, "")
         if value.isdigit():

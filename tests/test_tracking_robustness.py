@@ -114,6 +114,20 @@ def test_failures_mid_run_warn_skip_and_training_completes(tmp_path, monkeypatch
     assert spectral_steps(trainer.state.log_history) == [s for s in log_spaced_steps(12) if s != 6]
 
 
+def test_processes_the_trainer_does_not_join_are_named(tmp_path, monkeypatch, caplog):
+    """A CPU-only `torchrun`/`accelerate launch --multi_gpu` of a Trainer without use_cpu=True runs
+    every process alone; the callback says so instead of letting them overwrite each other's record."""
+    trainer = lm_trainer(tmp_path, [SpectralCallback(top_k=2, schedule=[0, 2])], max_steps=2, save_strategy="no")
+    assert trainer.args.world_size == 1
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what the launcher sets in each process
+    with caplog.at_level(logging.WARNING, logger="hf_spectral.tracking"):
+        trainer.train()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "hf_spectral.tracking"]
+    assert any("launched as 2 processes, but the Trainer runs each one alone" in w and "use_cpu=True" in w
+               for w in warnings)
+    assert trainer.state.global_step == 2 and record_steps(tmp_path / "spectral") == [0, 2]
+
+
 # ------------------------------------------------------------------------------------------------
 # resuming
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from hf_spectral.engine import AnalysisOptions, process_state
+from hf_spectral.engine import AnalysisOptions, launched_processes, process_state
 from hf_spectral.errors import SpectralError
 from hf_spectral.tracking.recorder import Recorder
 from hf_spectral.tracking.schedule import Schedule, ScheduleSpec
@@ -90,6 +90,10 @@ class SpectralCallback(TrainerCallback):
             logger.warning("hf_spectral: spectral scalars go to trainer.state.log_history only: this trainer does "
                            "not dispatch events through transformers' CallbackHandler, so report_to loggers miss them")
         self._max_steps = state.max_steps if state.max_steps and state.max_steps > 0 else None
+        if args.world_size == 1 and launched_processes() > 1:
+            logger.warning("hf_spectral: launched as %d processes, but the Trainer runs each one alone (on a machine "
+                           "without GPUs pass use_cpu=True to TrainingArguments to train one run over gloo); every "
+                           "process trains and writes the same output folder", launched_processes())
         kind = sharded_kind(model)
         self._live = kind is None
         if kind is not None:
