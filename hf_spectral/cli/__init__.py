@@ -7,6 +7,7 @@ import importlib
 import sys
 from typing import Sequence
 
+from hf_spectral import __version__
 from hf_spectral.errors import SpectralError
 
 COMMANDS = ("analyze", "dynamics", "report", "card", "compare")
@@ -33,8 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hf-spectral",
         description="Singular values and vectors of every weight matrix, across checkpoints and training.",
     )
-    from hf_spectral import __version__
-
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in COMMANDS:
