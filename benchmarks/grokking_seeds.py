@@ -5,7 +5,8 @@ Runs `recipes/grokking.py --preset demo` (the `make demo` setting) once per run,
 each in a fresh process, and writes a markdown table into docs/grokking.md between the markers
 `<!-- benchmarks/grokking_seeds.py: start -->` and `<!-- benchmarks/grokking_seeds.py: end -->`:
 (seed, weight decay, step where validation accuracy first reached 90%, fastest drop of the mean
-normalized effective rank, their lag, final validation accuracy, mean effective rank init → final,
+normalized effective rank, their lag, the rank change around the jump against the window before,
+final validation accuracy, mean effective rank init → final,
 Fourier top-5 share of the embedding, wall time). Paper finding: with weight decay the validation
 jump coincides with a sharp rank drop; without it neither happens within the same budget.
 
@@ -70,9 +71,10 @@ def table(results: list[dict]) -> str:
     lines = [
         (
             "| seed | weight decay | val acc ≥ 90% at step | fastest rank drop: steps (mean erank) | lag | "
+            "erank change around the jump vs the window before | "
             "final val acc | mean erank: init → at the jump → final | Fourier top-5: init → final | wall s (training) |"
         ),
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in results:
         e, a = s["events"], s["args"]
@@ -80,11 +82,15 @@ def table(results: list[dict]) -> str:
                 f"{e['rank_drop_interval'][0]:,}–{e['rank_drop_interval'][1]:,} "
                 f"({e['erank_before']:.3f} → {e['erank_after']:.3f})")
         lag = "—" if e["lag"] is None else f"{e['lag']:+,}"
+        around = e.get("around_metric")
+        around = "—" if around is None else (
+            f"{around['change']:+.3f} (steps {around['window'][0]:,}–{around['window'][1]:,}) vs "
+            f"{around['change_before']:+.3f}" + (f" ({around['ratio']:.1f}×)" if around["ratio"] else ""))
         grok = step(s["grok_step"])
         jump = "" if s["erank_at_grok"] is None else f"{s['erank_at_grok']:.3f} → "
         lines.append(
             f"| {a['seed']} | {a['weight_decay']:g} | {'**' + grok + '**' if s['grok_step'] is not None else grok} | "
-            f"{drop} | {lag} | {s['final_val_accuracy']:.3f} | {e['erank_initial']:.3f} → {jump}**{e['erank_final']:.3f}** | "
+            f"{drop} | {lag} | {around} | {s['final_val_accuracy']:.3f} | {e['erank_initial']:.3f} → {jump}**{e['erank_final']:.3f}** | "
             f"{s['fourier_initial']:.3f} → {s['fourier_final']:.3f} | {s['process_wall_s']:.0f} ({s['wall_time_s']:.0f}) |"
         )
     return "\n".join(lines)
@@ -95,6 +101,7 @@ def section(results: list[dict], threads: int) -> str:
 
     loads = [r["load_before"] for r in results] + [r["load_after"] for r in results]
     a = results[0]["args"]
+    h = round(0.05 * a["max_steps"])  # hf_spectral.highlights.AROUND
     return "\n".join([
         START,
         (
@@ -111,7 +118,9 @@ def section(results: list[dict], threads: int) -> str:
         "",
         (
             "Lag = end of the fastest-drop interval − the step validation accuracy first reached 90% "
-            "(`hf_spectral.highlights.key_events`). Wall s: the whole process (imports, training, report); in "
+            "(`hf_spectral.highlights.key_events`). Around the jump: the change of the mean effective rank from "
+            f"{h:,} steps before to {h:,} after that step (5% of the run each side), against the {2 * h:,} steps "
+            "before (`rank_change_around`), and their ratio. Wall s: the whole process (imports, training, report); in "
             "parentheses `trainer.train()` alone."
         ),
         END,

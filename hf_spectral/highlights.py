@@ -82,7 +82,9 @@ def key_events(dyn: Dynamics, metric: str | None = "auto", threshold: float = 0.
       slope, per unit of ``slope_axis``: "log10(1 + step)" (per decade) when the schedule is
       log-spaced (``scale="auto"``) or ``scale="log"``, else "step"; None when rank never fell;
       erank_before / erank_after: the mean at a and b; erank_initial / erank_final;
-      lag: rank_drop_step - metric_step (negative: rank fell before the metric crossed).
+      lag: rank_drop_step - metric_step (negative: rank fell before the metric crossed);
+      around_metric: :func:`rank_change_around` the metric_step (the rank change in a window
+      around the crossing against the window before it), or None.
     ``after``: only drops between snapshots at or after this step count (e.g. the step where the
     training set was memorized, to look past the fast transient that follows the initialization).
     ``metric="auto"`` takes the validation accuracy :func:`default_metric` finds (eval_accuracy,
@@ -126,7 +128,40 @@ def key_events(dyn: Dynamics, metric: str | None = "auto", threshold: float = 0.
         events["rank_drop_step"] - events["metric_step"]
         if events["rank_drop_step"] is not None and events["metric_step"] is not None else None
     )
+    events["around_metric"] = (
+        rank_change_around(erank, events["metric_step"]) if events["metric_step"] is not None else None
+    )
     return events
+
+
+AROUND = 0.05  # half-width of the window around an event, as a share of the run's steps
+
+
+def rank_change_around(erank: pd.Series, step: int, half_window: int | None = None) -> dict[str, Any] | None:
+    """How much the mean effective rank changed around ``step`` against the equally long window
+    just before: does rank fall *at* the event, or did it fall as fast before it?
+
+    ``erank``: mean normalized effective rank by step (:func:`mean_erank`). ``half_window``
+    (default: 5% of the last step) sets the window [step − h, step + h] and the window before it,
+    [step − 3h, step − h]; each edge is the snapshot nearest to it. Returns ``window``,
+    ``window_before`` (step pairs), ``change``, ``change_before`` (erank at the end − at the start)
+    and ``ratio`` = change / change_before (None when change_before is 0); None when the
+    edges do not fall on three distinct snapshots.
+    """
+    erank = erank.dropna()
+    if len(erank) < 3:
+        return None
+    steps = erank.index.to_numpy(dtype=float)
+    h = half_window if half_window is not None else max(1, round(AROUND * steps[-1]))
+    edges = [int(erank.index[int(np.argmin(np.abs(steps - s)))]) for s in (step - 3 * h, step - h, step + h)]
+    if len(set(edges)) < 3:
+        return None
+    a, b, c = (float(erank.loc[e]) for e in edges)
+    change, before = c - b, b - a
+    return {
+        "window": (edges[1], edges[2]), "window_before": (edges[0], edges[1]),
+        "change": change, "change_before": before, "ratio": change / before if before else None,
+    }
 
 
 def settled_steps(dyn: Dynamics, level: float = SETTLED) -> pd.Series:
@@ -257,6 +292,14 @@ def summary_lines(dyn: Dynamics, metric: str | None = None, threshold: float = 0
             else:
                 gap = crossed - b if b < crossed else a - crossed
                 text += f", {_n(gap)} steps {'before' if b < crossed else 'after'} {metric} crossed {threshold:g}"
+        lines.append(text + ".")
+    around = events.get("around_metric")
+    if around is not None:
+        (a, b), (c, _) = around["window"], around["window_before"]
+        text = (f"Around that crossing (steps {_n(a)}–{_n(b)}) the mean effective rank changed by {around['change']:+.3f}, "
+                f"against {around['change_before']:+.3f} in the {_n(a - c)} steps before")
+        if around["change"] < 0 and around["change_before"] < 0:
+            text += f" ({around['ratio']:.1f}× as fast at the crossing)"
         lines.append(text + ".")
     return lines
 

@@ -746,6 +746,8 @@ def print_summary(args: GrokkingArguments, result: dict, threshold: float) -> No
             where = f", {_when(after['lag'])} the validation jump" if grok is not None else ""
             lines.append(f"after memorization (step {result['memorized_step']:,}) it fell fastest at steps {a:,}-{b:,} "
                          f"({after['erank_before']:.3f} -> {after['erank_after']:.3f}){where}")
+        if events.get("around_metric") is not None:
+            lines.append(around_text(events["around_metric"]))
         middle = f" -> {num(result['erank_at_grok'])} at step {grok:,}" if result["erank_at_grok"] is not None else ""
         lines.append(f"mean normalized effective rank: {num(events['erank_initial'])} at init{middle} -> "
                      f"{num(events['erank_final'])} at the end")
@@ -759,6 +761,17 @@ def print_summary(args: GrokkingArguments, result: dict, threshold: float) -> No
         lines += [f"report: {result['report']}", f"figure: {result['figure']}"]
     lines.append(f"training log: {result['training_log']}")
     print("\n".join(["", f"== grokking summary ({setting_text(args)}) ==", *lines]), flush=True)
+
+
+def around_text(around: dict) -> str:
+    """`around the jump (steps a-b) the mean rank fell 0.120; in the 4,000 steps before, 0.012: 10.0x as fast`."""
+    (a, b), (c, _) = around["window"], around["window_before"]
+    moved = lambda change: f"fell {-change:.3f}" if change < 0 else f"rose {change:.3f}"  # noqa: E731
+    text = (f"around the jump (steps {a:,}-{b:,}) the mean rank {moved(around['change'])}; "
+            f"in the {a - c:,} steps before, it {moved(around['change_before'])}")
+    if around["change"] < 0 and around["change_before"] < 0:
+        text += f": {around['ratio']:.1f}x as fast at the jump"
+    return text
 
 
 def _when(lag: int) -> str:

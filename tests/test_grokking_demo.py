@@ -167,3 +167,8 @@ def test_summary_sets_the_two_steps_side_by_side(gk, capsys):
     events.update(rank_drop_interval=(25, 50), lag=-1100)
     gk.print_summary(args, result, 0.9)
     assert "ends at step 50, 1,100 steps before the validation jump (step 1,150)" in capsys.readouterr().out
+    events["around_metric"] = {"window": (11900, 15900), "window_before": (7900, 11900),
+                               "change": -0.12, "change_before": -0.012, "ratio": 10.0}
+    gk.print_summary(args, result, 0.9)
+    assert ("around the jump (steps 11,900-15,900) the mean rank fell 0.120; in the 4,000 steps before, "
+            "it fell 0.012: 10.0x as fast at the jump") in capsys.readouterr().out

@@ -372,6 +372,34 @@ def test_key_events_auto_picks_the_validation_accuracy_and_lists_user_metrics(dy
     assert key_events(no_accuracy)["metric"] is None and key_events(no_accuracy)["rank_drop_step"] is not None
 
 
+def test_rank_change_around_an_event_against_the_window_before():
+    from hf_spectral.highlights import rank_change_around
+
+    steps = np.arange(0, 101, 10)
+    plateau_then_drop = pd.Series(np.interp(steps, [0, 40, 60, 100], [0.5, 0.5, 0.3, 0.3]), index=steps)
+    around = rank_change_around(plateau_then_drop, 50, half_window=10)
+    assert around["window"] == (40, 60) and around["window_before"] == (20, 40)
+    assert around["change"] == pytest.approx(-0.2) and around["change_before"] == 0 and around["ratio"] is None
+
+    steady = pd.Series(1.0 - 0.004 * steps, index=steps)  # a constant fall: the ratio is the windows' length ratio
+    around = rank_change_around(steady, 53, half_window=9)  # edges 26, 44, 62 snap to the snapshots 30, 40, 60
+    assert (around["window_before"], around["window"]) == ((30, 40), (40, 60))
+    assert around["change"] == pytest.approx(-0.08) and around["ratio"] == pytest.approx(2.0)
+    assert rank_change_around(steady, 52)["window"] == (50, 60)  # default half window: 5% of 100 steps: edges 37, 47, 57
+    assert rank_change_around(steady, 50, half_window=1) is None  # all edges on one snapshot
+
+
+def test_key_events_report_the_change_around_the_crossing(dyn):
+    from hf_spectral.highlights import mean_erank
+
+    events = key_events(dyn)
+    around = events["around_metric"]
+    erank = mean_erank(dyn)
+    (a, b), (_, c) = around["window_before"], around["window"]
+    assert around["change"] == pytest.approx(erank[c] - erank[b]) and around["change_before"] == pytest.approx(erank[b] - erank[a])
+    assert b <= events["metric_step"] <= c
+
+
 def test_training_figure_marks_the_events(dyn):
     fig = plots.plot_training_and_rank(dyn, "eval_accuracy", threshold=0.9)
     ax = fig.axes[0]

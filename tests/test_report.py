@@ -98,6 +98,13 @@ def test_summary_and_table_match_numpy(report):
     np.testing.assert_allclose(table["erank_change"].to_numpy(), [change[m] for m in table["matrix"]], rtol=1e-12)
     assert table.loc[2, "flagged"] and not table.loc[0, "flagged"]
     assert "eval_accuracy first reached 0.9 at step" in page_text
+    # the rank change around the crossing against the window before it (edges: the nearest snapshots)
+    accuracy = dyn.training[dyn.training["metric"] == "eval_accuracy"].sort_values("step")
+    crossed = int(accuracy[accuracy["value"] >= 0.9]["step"].iloc[0])
+    h = round(0.05 * steps[-1])
+    a, b, c = (int(np.argmin(np.abs(np.array(steps) - e))) for e in (crossed - 3 * h, crossed - h, crossed + h))
+    assert (f"Around that crossing (steps {steps[b]:,}–{steps[c]:,}) the mean effective rank changed by "
+            f"{means[c] - means[b]:+.3f}, against {means[b] - means[a]:+.3f} in the {steps[b] - steps[a]:,} steps before") in page_text
 
 
 def test_single_snapshot_without_optional_tables(tmp_path):
