@@ -11,7 +11,6 @@ from __future__ import annotations
 import html
 import math
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from hf_spectral.dynamics.types import Dynamics
 from hf_spectral.errors import SpectralError
+from hf_spectral.store import atomic_file
 from hf_spectral.highlights import default_metric, mean_erank, metric_series, summary_lines
 
 START = "<!-- hf-spectral:start -->"
@@ -188,12 +188,10 @@ def _template_path(name: str) -> Path:
 
 def _save_atomic(card: ModelCard, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        card.save(tmp)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            card.save(tmp)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise SpectralError(f"cannot write model card {path}: {exc.strerror or exc}; choose a writable --model-card path") from exc
 
 

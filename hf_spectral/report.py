@@ -7,7 +7,6 @@ import base64
 import html
 import math
 import os
-import uuid
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -19,6 +18,7 @@ from matplotlib.figure import Figure
 
 from hf_spectral.dynamics.types import Dynamics
 from hf_spectral.errors import SpectralError
+from hf_spectral.store import atomic_file
 from hf_spectral.highlights import default_metric, layer_changes, summary_lines, training_metrics
 
 FIGURES_DIR = "figures"
@@ -247,10 +247,8 @@ def _version() -> str:
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise SpectralError(f"cannot write {path}: {exc.strerror or exc}; choose a writable --output folder") from exc

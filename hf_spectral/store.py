@@ -129,8 +129,8 @@ def write_snapshot(snapshot: Snapshot, path: str | os.PathLike) -> Path:
             snapshot.alignment.to_parquet(tmp / ALIGNMENT_FILE, index=False)
         save_file(_arrays(snapshot), str(tmp / ARRAYS_FILE))
         meta = {"format_version": FORMAT_VERSION, **snapshot.meta, "summary": snapshot.summary()}
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
-        _replace_folder(tmp, final)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=json_default))
+        replace_folder(tmp, final)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         for folder in created:  # deepest first; only folders this call made, and only if still empty
@@ -257,7 +257,20 @@ def _missing_parents(final: Path) -> list[Path]:
     return missing
 
 
-def _replace_folder(tmp: Path, final: Path) -> None:
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A hidden temporary sibling of ``path`` to write to: renamed over ``path`` when the block
+    succeeds, removed when it fails, so ``path`` never holds a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def replace_folder(tmp: Path, final: Path) -> None:
+    """Put the complete folder ``tmp`` at ``final``, replacing what is there."""
     # A directory cannot be renamed over a non-empty one: move the old one aside first, so that at
     # every moment either the old or the new complete snapshot is at ``final`` (or, for an instant,
     # the old one beside it, put back if the second rename fails).
@@ -278,20 +291,24 @@ def _replace_folder(tmp: Path, final: Path) -> None:
 def jsonable(value: Any) -> Any:
     """``value`` as ``meta.json`` stores and reads it back (tuples become lists, numpy numbers
     python numbers, paths strings)."""
-    return json.loads(json.dumps(value, default=_json_default))
+    return json.loads(json.dumps(value, default=json_default))
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for what metadata and logs hold: numpy/torch numbers and arrays,
+    paths, sets and tuples; anything else as its repr."""
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.floating,)):
         return float(value)
-    if isinstance(value, (Path,)):
+    if isinstance(value, (Path, os.PathLike)):
         return str(value)
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=str)
     if isinstance(value, tuple):
         return list(value)
+    if hasattr(value, "numel") and value.numel() == 1:  # a torch scalar (a logged loss)
+        return value.item()
     if hasattr(value, "tolist"):  # numpy arrays, torch tensors
         return value.tolist()
     # Metadata must never cost a snapshot (the callback passes what the training loop gives it).

@@ -10,12 +10,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from hf_spectral.dynamics.compute import empty_table
 from hf_spectral.dynamics.types import TABLES, Dynamics
 from hf_spectral.errors import SpectralError
+from hf_spectral.store import json_default, replace_folder
 
 FORMAT_VERSION = 1
 META_FILE = "dynamics.json"
@@ -52,8 +52,8 @@ def write_tables(tables: dict[str, pd.DataFrame], meta: dict[str, Any], folder: 
         tmp.mkdir()
         for name, table in tables.items():
             table.to_parquet(tmp / f"{name}.parquet", index=False)
-        (tmp / meta_file).write_text(json.dumps(meta, indent=2, default=_json_default))
-        _replace_folder(tmp, final)
+        (tmp / meta_file).write_text(json.dumps(meta, indent=2, default=json_default))
+        replace_folder(tmp, final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise SpectralError(f"cannot write to {final}: {exc.strerror or exc}; choose a writable --output") from exc
@@ -75,29 +75,3 @@ def _check_replaceable(final: Path, meta_file: str) -> None:
 def _read_table(folder: Path, name: str) -> pd.DataFrame:
     file = folder / f"{name}.parquet"
     return pd.read_parquet(file) if file.is_file() else empty_table(name)
-
-
-def _replace_folder(tmp: Path, final: Path) -> None:
-    # A folder cannot be renamed over a non-empty one: the old one is moved aside first, so that at
-    # every moment a complete result is at ``final``.
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (Path, os.PathLike)):
-        return str(value)
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    return str(value)

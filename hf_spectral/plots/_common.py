@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
@@ -19,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
 from hf_spectral.errors import SpectralError
+from hf_spectral.store import atomic_file
 
 FORMATS = ("png", "svg", "pdf")
 
@@ -75,14 +75,12 @@ def save_figure(
     with rc_context(STYLE):
         for fmt in formats:
             final = stem.with_name(f"{stem.name}.{fmt}")
-            tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+            # Fixed metadata: the same figure gives the same bytes (no creation date).
+            metadata = {"Date": None} if fmt == "svg" else {"CreationDate": None} if fmt == "pdf" else {}
             try:
-                # Fixed metadata: the same figure gives the same bytes (no creation date).
-                metadata = {"Date": None} if fmt == "svg" else {"CreationDate": None} if fmt == "pdf" else {}
-                fig.savefig(tmp, format=fmt, metadata=metadata, **({"dpi": dpi} if dpi else {}))
-                os.replace(tmp, final)
+                with atomic_file(final) as tmp:
+                    fig.savefig(tmp, format=fmt, metadata=metadata, **({"dpi": dpi} if dpi else {}))
             except OSError as exc:
-                tmp.unlink(missing_ok=True)
                 raise SpectralError(f"cannot write {final}: {exc.strerror or exc}; choose a writable output folder") from exc
             written.append(final)
     return written

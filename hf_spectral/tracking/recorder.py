@@ -31,7 +31,7 @@ from torch import nn
 
 from hf_spectral.engine import AnalysisOptions, analyze_checkpoint, analyze_model, plan_model, process_state
 from hf_spectral.errors import SpectralError
-from hf_spectral.store import META_FILE, Snapshot, is_snapshot, read_snapshot, write_snapshot
+from hf_spectral.store import META_FILE, Snapshot, atomic_file, is_snapshot, json_default, read_snapshot, write_snapshot
 from hf_spectral.tracking.scalars import LAYER_FAMILIES, PREFIX, live_scalars, measure_scalars
 
 logger = logging.getLogger("hf_spectral.tracking")
@@ -117,44 +117,46 @@ class Recorder:
         Returns the live scalars on the main process; None elsewhere, when ``step`` is already in
         the record, or when the snapshot failed (a warning says why).
         """
-        if step in self.recorded:
-            return None
-        started = time.perf_counter()
-        try:
+        def snapshot() -> Snapshot:
             with preserved_random_state():
-                snapshot = analyze_model(model, self.options, step=step, meta=self._meta(step, meta))
-        except Exception as exc:  # never let tracking kill training
-            logger.warning("hf_spectral: spectral snapshot at step %d skipped: %s: %s", step, type(exc).__name__, exc)
-            return None
-        self.recorded.add(step)
-        if not _is_main():
-            return None
-        return self._finish(snapshot, model, step, started)
+                return analyze_model(model, self.options, step=step, meta=self._meta(step, meta))
+
+        return self._record(step, snapshot, model, f"at step {step}")
 
     def record_checkpoint(self, checkpoint: str | os.PathLike, step: int,
                           meta: Mapping[str, Any] | None = None) -> dict[str, float] | None:
         """Snapshot a saved checkpoint folder at ``step`` (for sharded models, whose live
         parameters are slices). Same returns as ``record``."""
-        if step in self.recorded:
-            return None
         from hf_spectral.sources import resolve
 
-        started = time.perf_counter()
-        try:
+        def snapshot() -> Snapshot:
             resolved = resolve(str(checkpoint))
             try:
-                snapshot = analyze_checkpoint(resolved[0], self.options)
+                result = analyze_checkpoint(resolved[0], self.options)
             finally:
                 for item in resolved:
                     item.close()
-            snapshot.meta.update(self._meta(step, {"checkpoint": str(checkpoint), **(meta or {})}))
+            result.meta.update(self._meta(step, {"checkpoint": str(checkpoint), **(meta or {})}))
+            return result
+
+        return self._record(step, snapshot, None, f"of {checkpoint}")
+
+    def _record(self, step: int, snapshot: Callable[[], Snapshot], model: nn.Module | None,
+                what: str) -> dict[str, float] | None:
+        """Compute ``snapshot()`` once per step; a failure is a warning, never an exception (tracking
+        must not kill training). The main process writes it and gets the live scalars."""
+        if step in self.recorded:
+            return None
+        started = time.perf_counter()
+        try:
+            taken = snapshot()
         except Exception as exc:
-            logger.warning("hf_spectral: spectral snapshot of %s skipped: %s: %s", checkpoint, type(exc).__name__, exc)
+            logger.warning("hf_spectral: spectral snapshot %s skipped: %s: %s", what, type(exc).__name__, exc)
             return None
         self.recorded.add(step)
         if not _is_main():
             return None
-        return self._finish(snapshot, None, step, started)
+        return self._finish(taken, model, step, started)
 
     def _meta(self, step: int, meta: Mapping[str, Any] | None) -> dict[str, Any]:
         return {"step": int(step), "label": snapshot_name(step), "producer": self.producer, **(meta or {})}
@@ -281,13 +283,8 @@ def ensure_writable(folder: Path) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` via a temporary sibling and a rename."""
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.write_text(json.dumps(data, indent=1, default=_json_default))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, default=json_default))
 
 
 @contextlib.contextmanager
@@ -340,13 +337,3 @@ def _broadcast(value: Any) -> Any:
     box = [value]
     broadcast_object_list(box, from_process=0)
     return box[0]
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.item()
-    return str(value)
