@@ -18,11 +18,8 @@ reported; revisions that cannot be read are reported and skipped.
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
 import json
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,17 +31,15 @@ from hf_spectral.dynamics.types import Dynamics
 from hf_spectral.engine import AnalysisOptions
 from hf_spectral.errors import SpectralError
 from hf_spectral.sources import resolve
+from hf_spectral.sources.fingerprint import identity_keys
+from hf_spectral.sources.hub import expand_revisions, step_from_name
 from hf_spectral.sources.resolve import run_checkpoints
 from hf_spectral.sources.types import Checkpoint
 from hf_spectral.store import Snapshot, is_snapshot, iter_snapshots, read_snapshot
-from hf_spectral.views import natural_key
 
 LOG_HISTORY_FILE = "log_history.json"
 TRAINER_STATE_FILE = "trainer_state.json"
 DEFAULT_CACHE = "spectral_cache"  # inside a Trainer run folder
-_GLOB = re.compile(r"[*?\[]")
-# Pythia-style revision names carry the step: "step1000", "step-1000", "checkpoint_500".
-_STEP_IN_NAME = re.compile(r"(?:^|[-_/])(?:step|checkpoint|ckpt)[-_]?(\d+)$", re.IGNORECASE)
 
 Source = str | os.PathLike
 Revisions = str | Sequence[str] | None
@@ -183,70 +178,6 @@ def _hub_revisions(text: str, revisions: Revisions, user_cache: Path | None, var
     return pending
 
 
-def expand_revisions(repo_id: str, revisions: str | Sequence[str], *,
-                     hub_cache_dir: str | os.PathLike | None = None) -> list[str]:
-    """Revision names: a comma-separated string or a list; globs (``step*``) are matched against
-    the repo's branches and tags (online) or the refs cached locally (offline). Order: as given,
-    each glob's matches in natural order (``step2`` before ``step10``)."""
-    items = revisions.split(",") if isinstance(revisions, str) else [str(r) for r in revisions]
-    requested = [r.strip() for r in items if r.strip()]
-    if not requested:
-        raise SpectralError(
-            f"--revisions for {repo_id} is empty: pass names such as step1000,step2000 or a glob 'step*'")
-    available: list[str] | None = None
-    names: list[str] = []
-    for pattern in requested:
-        if not _GLOB.search(pattern):
-            names.append(pattern)
-            continue
-        if available is None:
-            available = list_revisions(repo_id, hub_cache_dir=hub_cache_dir)
-        matched = sorted((r for r in available if fnmatch.fnmatchcase(r, pattern)), key=natural_key)
-        if not matched:
-            shown = ", ".join(sorted(available, key=natural_key)[:8]) or "none"
-            raise SpectralError(f"no revision of {repo_id} matches {pattern!r} (refs: {shown}); fix the pattern")
-        names += matched
-    return list(dict.fromkeys(names))
-
-
-def list_revisions(repo_id: str, *, hub_cache_dir: str | os.PathLike | None = None) -> list[str]:
-    """Branch and tag names of a Hub repo: asked of the Hub online, read from the local cache offline
-    (or when the Hub cannot be reached)."""
-    from hf_spectral.sources.hub import gated_error, is_offline
-
-    if not is_offline():
-        from huggingface_hub import list_repo_refs
-        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
-        try:
-            refs = list_repo_refs(repo_id)
-            return [ref.name for ref in [*refs.branches, *refs.tags]]
-        except GatedRepoError as exc:
-            raise gated_error(repo_id) from exc
-        except RepositoryNotFoundError as exc:
-            raise SpectralError(f"no Hub model {repo_id} (or it is private: `hf auth login`)") from exc
-        except Exception as exc:  # network failures come as several exception types; the cache may still do
-            warnings.warn(f"cannot list the revisions of {repo_id} on the Hub ({type(exc).__name__}); "
-                          "using the refs cached locally", stacklevel=3)
-    return cached_revisions(repo_id, hub_cache_dir=hub_cache_dir)
-
-
-def cached_revisions(repo_id: str, *, hub_cache_dir: str | os.PathLike | None = None) -> list[str]:
-    """Branch and tag names cached under ``models--org--name/refs/`` of the Hub cache."""
-    from hf_spectral.sources.hub import hub_cache_dir as default_cache
-
-    cache = Path(hub_cache_dir).expanduser() if hub_cache_dir is not None else default_cache()
-    refs = cache / f"models--{repo_id.replace('/', '--')}" / "refs"
-    if not refs.is_dir():
-        raise SpectralError(
-            f"no revision of Hub model {repo_id} is in the cache {cache}, so its revisions cannot be listed: "
-            f"unset HF_HUB_OFFLINE (and check the connection), or run `hf download {repo_id} --revision REV` "
-            "for each revision"
-        )
-    # Ref names may hold slashes ("refs/pr/1" is stored as refs/refs/pr/1): a file per ref, nested.
-    return sorted((p.relative_to(refs).as_posix() for p in refs.rglob("*") if p.is_file()), key=natural_key)
-
-
 # --------------------------------------------------------------------------------------------------
 # Analysis, deduplication
 
@@ -287,50 +218,6 @@ def _analyze(entries: list[Snapshot | _Pending], options: dict[str, Any], series
     return out
 
 
-def identity_keys(checkpoints: Sequence[Checkpoint]) -> list[str]:
-    """A key per checkpoint, equal exactly when their weight files are identical.
-
-    ``Checkpoint.fingerprint()`` hashes every byte of files outside the Hub cache, which for a long
-    run of a large model costs minutes on every call. Identical files have identical sizes and
-    sampled blocks, so only checkpoints that agree on those are fingerprinted in full.
-    """
-    quick = [_sampled_signature(c) for c in checkpoints]
-    counts: dict[str, int] = {}
-    for signature in quick:
-        counts[signature] = counts.get(signature, 0) + 1
-    keys = []
-    for checkpoint, signature in zip(checkpoints, quick):
-        if counts[signature] > 1:
-            checkpoint.meta["fingerprint"] = checkpoint.fingerprint()
-            keys.append(checkpoint.meta["fingerprint"])
-        else:
-            keys.append(f"sampled:{signature}")
-    return keys
-
-
-_SAMPLES, _BLOCK = 16, 1 << 16
-
-
-def _sampled_signature(checkpoint: Checkpoint) -> str:
-    """sha256 over each part's files: size and 16 blocks of 64 KiB spread over the file."""
-    digest = hashlib.sha256()
-    for part in sorted(checkpoint.parts, key=lambda p: p.component):
-        files = []
-        for file in part.reader.files:
-            size = os.path.getsize(file)
-            h = hashlib.sha256(str(size).encode())
-            with open(file, "rb") as handle:
-                if size <= _SAMPLES * _BLOCK:
-                    h.update(handle.read())
-                else:
-                    for i in range(_SAMPLES):
-                        handle.seek(i * (size - _BLOCK) // (_SAMPLES - 1))
-                        h.update(handle.read(_BLOCK))
-            files.append(h.hexdigest())
-        digest.update(json.dumps([part.component, sorted(files)]).encode())
-    return digest.hexdigest()
-
-
 def _run(entries: list[_Pending], options: AnalysisOptions) -> None:
     """Snapshots for ``entries``, one analyzer call per cache folder (it names the cached snapshots
     by label, telling apart labels that repeat, and reuses those whose files and options match)."""
@@ -363,12 +250,6 @@ def _checkpoint_meta(checkpoint: Checkpoint) -> dict[str, Any]:
         "label": checkpoint.label, "step": step, "source": checkpoint.source, "checkpoint": str(checkpoint.path),
         "revision": checkpoint.revision, "commit": checkpoint.commit, "fingerprint": checkpoint.meta.get("fingerprint"),
     }
-
-
-def step_from_name(name: str) -> int | None:
-    """The step a revision or folder name carries (``step1000`` → 1000), else None."""
-    match = _STEP_IN_NAME.search(name)
-    return int(match.group(1)) if match else None
 
 
 def _warn_about(series: _Series) -> None:

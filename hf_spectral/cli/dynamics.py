@@ -28,7 +28,8 @@ def add_command(commands: argparse._SubParsersAction) -> None:
 
 def run_dynamics(args: argparse.Namespace) -> int:
     from hf_spectral.analyzer import default_output
-    from hf_spectral.dynamics import compute_dynamics, load_series, save_dynamics
+    from hf_spectral.dynamics import compute_dynamics, save_dynamics
+    from hf_spectral.series import load_series
     from hf_spectral.sources.resolve import run_checkpoints
 
     output = args.output or default_output(args.sources[0]) / "dynamics"
