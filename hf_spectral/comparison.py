@@ -15,7 +15,7 @@ import torch
 
 from hf_spectral.dynamics.comparison import Comparison, comparison_tables, match_matrices
 from hf_spectral.dynamics.compute import DEFAULT_TOP
-from hf_spectral.engine import AnalysisOptions, analyze_checkpoint
+from hf_spectral.engine import AnalysisOptions, analyze_checkpoint, checkpoint_meta
 from hf_spectral.errors import SpectralError
 from hf_spectral.sources import resolve
 from hf_spectral.sources.difference import difference_checkpoint
@@ -84,5 +84,4 @@ def _one_checkpoint(source: str | os.PathLike, revision: str | None, variant: st
 
 
 def _describe(checkpoint: Checkpoint) -> dict[str, Any]:
-    return {"source": checkpoint.source, "label": checkpoint.label, "path": str(checkpoint.path),
-            "revision": checkpoint.revision, "commit": checkpoint.commit, "step": checkpoint.step}
+    return {**checkpoint_meta(checkpoint), "path": str(checkpoint.path)}

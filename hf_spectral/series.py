@@ -28,21 +28,18 @@ from typing import Any, Sequence
 from hf_spectral.analyzer import analyze_resolved_series
 from hf_spectral.dynamics.compute import compute_dynamics
 from hf_spectral.dynamics.types import Dynamics
-from hf_spectral.engine import AnalysisOptions
+from hf_spectral.engine import AnalysisOptions, checkpoint_meta
 from hf_spectral.errors import SpectralError
-from hf_spectral.sources import resolve
+from hf_spectral.sources.classify import ClassifiedSource, Revisions, SourceKind, SourceLike, classify
 from hf_spectral.sources.fingerprint import identity_keys
-from hf_spectral.sources.hub import expand_revisions, step_from_name
-from hf_spectral.sources.resolve import run_checkpoints
+from hf_spectral.sources.hub import expand_revisions, resolve_hub, step_from_name
+from hf_spectral.sources.resolve import open_source
 from hf_spectral.sources.types import Checkpoint
-from hf_spectral.store import Snapshot, is_snapshot, iter_snapshots, read_snapshot
+from hf_spectral.store import LOG_HISTORY_FILE, Snapshot, read_snapshot
 
-LOG_HISTORY_FILE = "log_history.json"
 TRAINER_STATE_FILE = "trainer_state.json"
 DEFAULT_CACHE = "spectral_cache"  # inside a Trainer run folder
 
-Source = str | os.PathLike
-Revisions = str | Sequence[str] | None
 
 
 @dataclass
@@ -69,7 +66,7 @@ class _Series:
 
 
 def load_series(
-    source: Source | Sequence[Source],
+    source: SourceLike | Sequence[SourceLike],
     *,
     revisions: Revisions = None,
     cache_dir: str | os.PathLike | None = None,
@@ -88,16 +85,13 @@ def load_series(
     """
     options = {"top_k": top_k, "alignment": alignment, **analysis_options}
     AnalysisOptions(**options)  # bad options fail before anything is resolved
-    items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
-    if not items:
-        raise SpectralError("empty series: pass a callback record, a Trainer run, checkpoints or a Hub model id")
-    if revisions is not None and len(items) != 1:
-        raise SpectralError("--revisions applies to one Hub model id; pass a single SOURCE with --revisions")
-    series = _Series(sources=[str(item) for item in items])
+    found = classify(source, revisions=revisions)
+    items = found.items if found.kind is SourceKind.CHECKPOINTS else (found,)
+    series = _Series(sources=[item.source for item in items])
     user_cache = Path(cache_dir) if cache_dir is not None else None
     entries: list[Snapshot | _Pending] = []
     for item in items:
-        entries += _entries(item, revisions, user_cache, variant, hub_cache_dir, series)
+        entries += _entries(item, user_cache, variant, hub_cache_dir, series)
     if not entries:
         raise SpectralError(f"{', '.join(series.sources)}: no snapshot or checkpoint found")
     snapshots = _analyze(entries, options, series)
@@ -112,26 +106,20 @@ def load_series(
 # What each SOURCE holds
 
 
-def _entries(item: Source, revisions: Revisions, user_cache: Path | None, variant: str | None,
+def _entries(found: ClassifiedSource, user_cache: Path | None, variant: str | None,
              hub_cache_dir: str | os.PathLike | None, series: _Series) -> list[Snapshot | _Pending]:
-    text = str(item)
-    path = Path(text).expanduser()
-    if path.exists():
-        if revisions is not None:
-            raise SpectralError(
-                f"--revisions applies to Hub model ids only, but {text} is a local path: drop --revisions")
-        if is_snapshot(path):
-            return [_labelled(read_snapshot(path), path.name)]
-        # Snapshot folders first: `hf-spectral analyze run/` writes checkpoint-N/ snapshots, a record.
-        record = list(iter_snapshots(path)) if path.is_dir() else []
-        if record:
-            return _record(path, record)
-        if path.is_dir() and run_checkpoints(path):
-            return _trainer_run(path, text, user_cache, variant)
-        return [_Pending(c, user_cache) for c in resolve(text, variant=variant)]
-    if revisions is None:
-        return [_Pending(c, user_cache) for c in resolve(text, variant=variant, cache_dir=hub_cache_dir)]
-    return _hub_revisions(text, revisions, user_cache, variant, hub_cache_dir, series)
+    """Snapshots read as they are (a snapshot, a record) or checkpoints to analyze."""
+    if found.kind is SourceKind.SNAPSHOT:
+        assert found.path is not None
+        return [_labelled(read_snapshot(found.path), found.path.name)]
+    if found.kind is SourceKind.RECORD:
+        assert found.path is not None
+        return _record(found.path, list(found.folders))
+    if found.kind is SourceKind.TRAINER_RUN:
+        return _trainer_run(found, user_cache, variant)
+    if found.kind is SourceKind.HUB_REVISIONS:
+        return _hub_revisions(found, user_cache, variant, hub_cache_dir, series)
+    return [_Pending(c, user_cache) for c in open_source(found, variant=variant, cache_dir=hub_cache_dir)]
 
 
 def _record(folder: Path, snapshot_folders: list[Path]) -> list[Snapshot | _Pending]:
@@ -145,29 +133,26 @@ def _record(folder: Path, snapshot_folders: list[Path]) -> list[Snapshot | _Pend
     return snapshots
 
 
-def _trainer_run(run: Path, text: str, user_cache: Path | None, variant: str | None) -> list[Snapshot | _Pending]:
-    checkpoints = resolve(text, variant=variant)
-    cache = user_cache if user_cache is not None else run / DEFAULT_CACHE
+def _trainer_run(found: ClassifiedSource, user_cache: Path | None, variant: str | None) -> list[Snapshot | _Pending]:
+    assert found.path is not None
+    checkpoints = open_source(found, variant=variant)
+    cache = user_cache if user_cache is not None else found.path / DEFAULT_CACHE
     last_state = checkpoints[-1].path / TRAINER_STATE_FILE if checkpoints else None
     history = _log_history_file(last_state) if last_state is not None else None
     return [_Pending(c, cache, history) for c in checkpoints]
 
 
-def _hub_revisions(text: str, revisions: Revisions, user_cache: Path | None, variant: str | None,
+def _hub_revisions(found: ClassifiedSource, user_cache: Path | None, variant: str | None,
                    hub_cache_dir: str | os.PathLike | None, series: _Series) -> list[Snapshot | _Pending]:
-    from hf_spectral.sources.hub import looks_like_hub_id, split_revision
-
-    repo_id, at_revision = split_revision(text)
-    if not looks_like_hub_id(text):
-        raise SpectralError(f"no such file or folder: {text}")
-    if at_revision is not None:
-        raise SpectralError(f"{text} names revision {at_revision} and --revisions is given too: give one of them")
+    """Every revision that can be read; the others are reported in ``series.missing``."""
+    repo_id, revisions = found.repo_id, found.revisions
+    assert repo_id is not None and revisions is not None
     names = expand_revisions(repo_id, revisions, hub_cache_dir=hub_cache_dir)
     pending: list[Snapshot | _Pending] = []
     failures: list[str] = []
     for name in names:
         try:
-            checkpoints = resolve(repo_id, revision=name, variant=variant, cache_dir=hub_cache_dir)
+            checkpoints = resolve_hub(repo_id, revision=name, variant=variant, cache_dir=hub_cache_dir)
         except SpectralError as exc:
             series.missing.append({"label": name, "reason": str(exc)})
             failures.append(str(exc))
@@ -243,13 +228,12 @@ def _copy_of(first: _Pending, entry: _Pending) -> Snapshot:
 
 
 def _checkpoint_meta(checkpoint: Checkpoint) -> dict[str, Any]:
-    step = checkpoint.step
-    if step is None and checkpoint.revision:
-        step = step_from_name(checkpoint.revision)
-    return {
-        "label": checkpoint.label, "step": step, "source": checkpoint.source, "checkpoint": str(checkpoint.path),
-        "revision": checkpoint.revision, "commit": checkpoint.commit, "fingerprint": checkpoint.meta.get("fingerprint"),
-    }
+    """The engine's ``checkpoint_meta``, with the step a Hub revision's name carries and the fingerprint."""
+    meta = checkpoint_meta(checkpoint)
+    if meta["step"] is None and checkpoint.revision:
+        meta["step"] = step_from_name(checkpoint.revision)
+    meta["fingerprint"] = checkpoint.meta.get("fingerprint")
+    return meta
 
 
 def _warn_about(series: _Series) -> None:
@@ -298,7 +282,7 @@ def _log_history_file(path: Path) -> list[dict[str, Any]] | None:
 
 
 def dynamics_from_source(
-    source: Source | Sequence[Source],
+    source: SourceLike | Sequence[SourceLike],
     *,
     revisions: Revisions = None,
     reference: str | int = "final",

@@ -47,7 +47,7 @@ from hf_spectral.sources.layout import (
     pipeline_components,
     weight_sets,
 )
-from hf_spectral.sources.resolve import open_checkpoint
+from hf_spectral.sources.local import open_checkpoint
 from hf_spectral.sources.types import Checkpoint
 from hf_spectral.views import natural_key
 

@@ -1,6 +1,8 @@
-"""A SOURCE string -> checkpoints: local files and folders, diffusers pipelines, Trainer runs, Hub ids.
+"""Local checkpoints: files and folders, diffusers pipelines, the checkpoint folders of Trainer runs.
 
-SOURCE kinds, tried in this order:
+(What a SOURCE string is — a snapshot, a record, a run, a checkpoint, a Hub id — is decided once, in
+``classify.py``; Hub ids are fetched by ``hub.py``, which opens the downloaded folder with
+``open_checkpoint``.) Local SOURCEs:
 
 1. an existing file: ``*.safetensors``; ``*.bin`` / ``*.pt`` / ``*.pth`` / ``*.ckpt`` (torch.save);
    or a ``*.index*.json`` naming shards. Its ``config.json`` is the one beside it, if any.
@@ -17,7 +19,6 @@ SOURCE kinds, tried in this order:
    - with weights at its root (``model.safetensors``, shards + index, diffusers
      ``diffusion_pytorch_model*``, legacy ``pytorch_model.bin``, each possibly a variant such
      as ``model.fp16.safetensors``): one checkpoint.
-3. otherwise, a Hub model id (``org/name``, ``name``, optionally ``org/name@revision``): see ``hub.py``.
 """
 
 from __future__ import annotations
@@ -44,37 +45,6 @@ from hf_spectral.store import is_snapshot
 
 _TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 _RUN_DIR = re.compile(r"^checkpoint([-_])(\d+)$")
-
-
-def resolve(
-    source: str | Path,
-    *,
-    revision: str | None = None,
-    variant: str | None = None,
-    cache_dir: str | Path | None = None,
-) -> list[Checkpoint]:
-    """The checkpoints a SOURCE names, ordered in time for a training run.
-
-    revision and cache_dir apply to Hub ids only (cache_dir defaults to ``HF_HUB_CACHE`` /
-    ``HF_HOME/hub`` as huggingface_hub resolves it); variant selects ``fp16``-style weight files.
-    """
-    text = str(source)
-    if not text.strip():
-        raise SpectralError("empty SOURCE: pass a weights file, a model or run folder, or a Hub model id")
-    path = Path(text).expanduser()
-    if path.exists():
-        if revision is not None:
-            raise SpectralError(f"--revision applies to Hub model ids only, but {text} is a local path: drop --revision")
-        runs = run_checkpoints(path) if path.is_dir() else []
-        if runs:
-            return [open_checkpoint(p, variant=variant, source=text, label=p.name, step=_step_of(p)) for p in runs]
-        return [open_checkpoint(path, variant=variant, source=text)]
-
-    from hf_spectral.sources.hub import looks_like_hub_id, resolve_hub
-
-    if looks_like_hub_id(text):
-        return resolve_hub(text, revision=revision, variant=variant, cache_dir=cache_dir)
-    raise SpectralError(f"no such file or folder: {text}")
 
 
 def open_checkpoint(

@@ -127,10 +127,14 @@ class Recorder:
                           meta: Mapping[str, Any] | None = None) -> dict[str, float] | None:
         """Snapshot a saved checkpoint folder at ``step`` (for sharded models, whose live
         parameters are slices). Same returns as ``record``."""
-        from hf_spectral.sources import resolve
+        from hf_spectral.sources import SourceKind, classify, open_source
 
         def snapshot() -> Snapshot:
-            resolved = resolve(str(checkpoint))
+            found = classify(checkpoint)
+            if found.kind is not SourceKind.CHECKPOINT:
+                raise SpectralError(f"{checkpoint} is a {found.kind.value}, not one checkpoint: pass the folder "
+                                    "that save_pretrained / Trainer wrote for this step")
+            resolved = open_source(found)
             try:
                 result = analyze_checkpoint(resolved[0], self.options)
             finally:
