@@ -31,12 +31,11 @@ from torch import nn
 
 from hf_spectral.engine import AnalysisOptions, analyze_checkpoint, analyze_model, plan_model, process_state
 from hf_spectral.errors import SpectralError
-from hf_spectral.store import META_FILE, Snapshot, atomic_file, is_snapshot, json_default, read_snapshot, write_snapshot
+from hf_spectral.store import LOG_HISTORY_FILE, META_FILE, Snapshot, atomic_file, is_snapshot, json_default, read_snapshot, write_snapshot
 from hf_spectral.tracking.scalars import LAYER_FAMILIES, PREFIX, live_scalars, measure_scalars
 
 logger = logging.getLogger("hf_spectral.tracking")
 
-LOG_HISTORY_FILE = "log_history.json"
 CHECKPOINT_SUMMARY = "spectral"  # <checkpoint-N>/spectral/: the checkpoint's own spectra (no vectors)
 _SNAPSHOT_NAME = re.compile(r"^step-(\d+)$")
 _LEFTOVER = re.compile(r"^\.step-\d+\.(tmp|old)-[0-9a-f]+$")  # write_snapshot's temporaries after a crash
