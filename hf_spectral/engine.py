@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from hf_spectral import metrics
+from hf_spectral._version import __version__
 from hf_spectral.errors import SpectralError
 from hf_spectral.module_cache import module_info_for
 from hf_spectral.sources.types import Checkpoint
@@ -282,7 +283,7 @@ def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None =
         "num_processes": state.num_processes,
         "seconds": round(elapsed, 3),
         "model_types": plan.model_types,
-        "hf_spectral_version": _version(),
+        "hf_spectral_version": __version__,
     }
     # JSON types from the start, so that a snapshot read back from disk equals the one computed.
     return _assemble(plan, matrix_results, pair_results, jsonable(snapshot_meta))
@@ -526,12 +527,6 @@ def _cpu_threads_for(state: Any, device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _version() -> str:
-    from hf_spectral import __version__
-
-    return __version__
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hf_spectral.dynamics.steps import StepScale
 from hf_spectral.dynamics.types import Dynamics
 from hf_spectral.errors import SpectralError
 
@@ -92,8 +93,6 @@ def key_events(dyn: Dynamics, metric: str | None = "auto", threshold: float = 0.
     training log raises SpectralError (a typo should not read as "never crossed"); without a
     training log, with ``metric=None``, or "auto" finding no accuracy, the metric fields are None.
     """
-    from hf_spectral.plots._common import StepAxis
-
     if metric == "auto":
         metric = default_metric(dyn)
 
@@ -105,7 +104,7 @@ def key_events(dyn: Dynamics, metric: str | None = "auto", threshold: float = 0.
         events["metric_final"] = float(values.iloc[-1])
 
     erank = mean_erank(dyn).dropna()
-    axis = StepAxis.for_steps(erank.index, scale)
+    axis = StepScale.for_steps(erank.index, scale)
     events.update(
         slope_axis=axis.name, rank_drop_interval=None, rank_drop_step=None, rank_drop_slope=None,
         erank_before=None, erank_after=None,
