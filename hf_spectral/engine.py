@@ -23,10 +23,13 @@ from hf_spectral._version import __version__
 from hf_spectral.errors import SpectralError
 from hf_spectral.module_cache import module_info_for
 from hf_spectral.sources.types import Checkpoint
-from hf_spectral.store import STATUS_FLAGGED, STATUS_OK, STATUS_SKIPPED, Snapshot, jsonable
+from hf_spectral.metrics import PRECISIONS
+from hf_spectral.status import STATUS_FLAGGED, STATUS_OK, STATUS_SKIPPED, UNDEFINED_FLAGS
+from hf_spectral.store import Snapshot, jsonable
 from hf_spectral.tensor_info import DTYPE_EPS, TensorInfo, dtype_code
 from hf_spectral.views import (
     alignment_pairs,
+    compile_patterns,
     config_from_model,
     module_types_from_model,
     plan_matrices,
@@ -35,8 +38,6 @@ from hf_spectral.views import (
 )
 from hf_spectral.views.types import AlignmentPair, MatrixSlice, MatrixSpec, Reader, SkippedTensor
 
-PRECISIONS = ("float32", "float64")
-UNDEFINED_FLAGS = {"zero_matrix", "non_finite"}  # metrics not defined: the row is flagged
 
 
 @dataclass
@@ -62,6 +63,8 @@ class AnalysisOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        compile_patterns(self.include, "include")
+        compile_patterns(self.exclude, "exclude")
         if self.precision not in PRECISIONS:
             raise SpectralError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if self.top_k < 0:

@@ -103,8 +103,8 @@ def select(
     ``strict``: raise ``SpectralError`` when patterns were given and no matrix is left (the engine can
     pass False per model part and check the union itself).
     """
-    inc = _compile_all(include, "include")
-    exc = _compile_all(exclude, "exclude")
+    inc = compile_patterns(include, "include")
+    exc = compile_patterns(exclude, "exclude")
     if not inc and not exc:
         return list(specs), list(skipped)
 
@@ -119,7 +119,10 @@ def select(
     return kept, [s for s in skipped if keep(s.name)]
 
 
-def _compile_all(patterns: Patterns, what: str) -> list[re.Pattern[str]]:
+def compile_patterns(patterns: Patterns, what: str) -> list[re.Pattern[str]]:
+    """The ``include`` / ``exclude`` regexes compiled; one that does not compile is a one-line
+    ``SpectralError`` (``AnalysisOptions`` calls this at construction, so the callback, the tracker
+    and the CLI all fail before any work)."""
     if patterns is None:
         return []
     if isinstance(patterns, str):
@@ -128,8 +131,9 @@ def _compile_all(patterns: Patterns, what: str) -> list[re.Pattern[str]]:
     for p in patterns:
         try:
             out.append(re.compile(p))
-        except re.error as err:
-            raise SpectralError(f"--{what} {p!r} is not a valid regular expression ({err}); fix the pattern") from None
+        except (re.error, TypeError) as err:
+            raise SpectralError(f"--{what} / {what}= {p!r} is not a valid regular expression ({err}); "
+                                "fix the pattern") from None
     return out
 
 
