@@ -20,6 +20,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "register", None):
+            from hf_spectral.cli.common import load_registrations
+
+            load_registrations(args.register)
         return int(args.run(args) or 0)
     except SpectralError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -379,3 +379,10 @@ class ConvPath:
         if prev is not None:
             _add(out, connect(prev, spec, next_cols=(0, hidden * k), next_tag="[hidden]"))
         _add(out, connect(skip, spec, next_cols=(hidden * k, in_ch * k), next_tag="[skip]"))
+
+
+# The public names of the rules (``hf_spectral.TransformerPairing`` ...), for ``register_architecture``.
+TransformerPairing = Transformer
+SequentialPairing = Sequential
+ConvPathPairing = ConvPath
+PathStage = Stage
