@@ -1,4 +1,4 @@
-"""Alignment pairs (paper-notes §2): which matrices pair, with which slices, and that every pair's shared
+"""Alignment pairs (docs/definitions.md §4): which matrices pair, with which slices, and that every pair's shared
 dimension agrees."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Agreement of two decompositions and alignment of consecutive layers (paper-notes §2).
+"""Agreement of two decompositions and alignment of consecutive layers (docs/definitions.md §3, §4).
 
 Vectors are the *columns* of the tensors passed in (U (m×k), V (n×k), as returned by
 :func:`hf_spectral.metrics.top_singular_vectors`). Every result is float64 on the first
