@@ -28,19 +28,28 @@ class LiveMatrix:
 def live_matrices(model: nn.Module, *, exclude_last: bool = False, what: str = "this intervention") -> list[LiveMatrix]:
     """The model's weight matrices in model order; ``exclude_last`` drops the last one (the classifier or
     unembedding, which the authors leave untouched). Composed weights (pruning, weight norm) are refused:
-    their stored tensors are not the matrix."""
+    their stored parts are not the matrix."""
+    composed = _composed_weights(model)
+    if composed:
+        raise SpectralError(
+            f"{composed[0]}: the weight is composed (pruning or weight norm), so {what} cannot write it back; "
+            "remove the parametrization first (torch.nn.utils.prune.remove / parametrize.remove_parametrizations)"
+        )
     plan = plan_model(model, AnalysisOptions(progress=False))
     params = dict(model.named_parameters())
     specs = plan.specs[:-1] if exclude_last else plan.specs
-    found = []
-    for spec in specs:
-        if len(spec.tensors) != 1 or spec.tensors[0] not in params:
-            raise SpectralError(
-                f"{spec.name}: its weight is composed of {', '.join(spec.tensors)} (pruning or weight norm), so "
-                f"{what} cannot write it back; remove the parametrization first (torch.nn.utils.prune.remove)"
-            )
-        found.append(LiveMatrix(spec, params[spec.tensors[0]]))
+    # a live model's plan reads named_parameters(): every spec is one parameter (tied ones listed once)
+    found = [LiveMatrix(spec, params[spec.tensors[0]]) for spec in specs]
     return found
+
+
+def _composed_weights(model: nn.Module) -> list[str]:
+    """Names of weights held as parts: ``X_orig`` × ``X_mask`` (prune), ``weight_g``/``weight_v`` or
+    ``parametrizations.*`` (weight norm and other parametrizations)."""
+    names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    pruned = [n[: -len("_orig")] for n in names if n.endswith("_orig") and n[: -len("_orig")] + "_mask" in names]
+    normed = [n for n in names if ".parametrizations." in f".{n}" or n.endswith(".weight_g") or n == "weight_g"]
+    return sorted(pruned + normed)
 
 
 def as_matrix(entry: LiveMatrix) -> torch.Tensor:
