@@ -216,3 +216,39 @@ def test_composed_weights_are_refused_with_one_line() -> None:
     prune.l1_unstructured(model.net[0], "weight", amount=0.5)
     with pytest.raises(Exception, match=r"net\.0\.weight.*prune\.remove"):
         experiments.truncate(model, 0.5)
+
+
+def test_a_two_run_sweep_writes_the_combined_report_and_resumes(tmp_path, capsys) -> None:
+    from pathlib import Path
+
+    import pandas as pd
+
+    from hf_spectral.cli import main
+
+    script = Path(__file__).parent / "scripts" / "sweep_recipe.py"
+    out = tmp_path / "sweep"
+    argv = ["sweep", str(script), "--weight_decay", "0", "1", "--output", str(out), "--",
+            "--max_steps", "8", "--learning_rate", "0.05", "--per_device_train_batch_size", "16"]
+    assert main(argv) == 0
+    report = out / "report"
+    runs = pd.read_parquet(report / "runs.parquet")
+    over_time = pd.read_parquet(report / "over_time.parquet")
+    assert sorted(runs["weight_decay"]) == [0.0, 1.0] and (report / "sweep.png").stat().st_size > 0
+    assert set(runs["metric"]) == {"eval_accuracy"} and runs["metric_final"].between(0, 1).all()
+    # the table's norm is the sum of the record's Frobenius norms at the last step, recomputed here
+    from safetensors.numpy import load_file  # noqa: F401  (the record is read through the public API)
+    import hf_spectral
+
+    last = hf_spectral.load_series(out / "wd-1-seed-0" / "spectral")[-1]
+    expected = float(last.table.loc[last.table["status"] == "ok", "frobenius_norm"].sum())
+    assert runs.loc[runs["weight_decay"] == 1.0, "norm_final"].item() == pytest.approx(expected, rel=1e-9)
+    assert len(over_time[over_time["weight_decay"] == 0.0]) >= 3
+    # weight decay 1 leaves a smaller norm than no weight decay over the same steps
+    final = runs.set_index("weight_decay")["norm_final"]
+    assert final[1.0] < final[0.0]
+    assert "| 0 | 0 |" in (report / "sweep.md").read_text()
+    # a second call skips the finished runs (nothing is trained again: the markers stay untouched)
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/sweep_run.json")}
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/sweep_run.json")} == stamps
