@@ -252,3 +252,36 @@ def test_a_two_run_sweep_writes_the_combined_report_and_resumes(tmp_path, capsys
     capsys.readouterr()
     assert main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/sweep_run.json")} == stamps
+
+
+def test_a_live_pruned_model_is_analyzed_as_its_masked_weight() -> None:
+    from torch.nn.utils import prune
+
+    from hf_spectral import AnalysisOptions, analyze_model
+
+    model = TinyMLP()
+    prune.l1_unstructured(model.net[0], "weight", amount=0.6)
+    snapshot = analyze_model(model, AnalysisOptions(progress=False))
+    masked = (model.net[0].weight_orig * model.net[0].weight_mask).detach().double().numpy()
+    np.testing.assert_allclose(snapshot.singular_values("net.0.weight"), np.linalg.svd(masked, compute_uv=False),
+                               atol=1e-6)
+
+
+def test_mask_agreement_magnitude_keeps_top_vectors_random_does_not() -> None:
+    torch.manual_seed(0)
+    model = TinyMLP((40, 48, 40, 5))
+    with torch.no_grad():  # a strong low-rank structure on top of noise, as training leaves
+        for layer in (model.net[0], model.net[2]):
+            out, inp = layer.weight.shape
+            layer.weight.copy_(3 * torch.randn(out, 2) @ torch.randn(2, inp) / inp**0.5 + 0.05 * torch.randn(out, inp))
+    mask = experiments.magnitude_mask(model, density=0.3)
+    table = experiments.mask_agreement(model, mask, top=2)
+    control = experiments.mask_agreement(model, experiments.random_mask(model, mask, seed=0), top=2)
+    assert (table["agreement"] > control["agreement"]).all()
+    # the score is the mean of S_ii = |u_iᵀu'_i||v_iᵀv'_i| over the top 2, recomputed with numpy
+    w = model.net[0].weight.detach().double().numpy()
+    u, _, vh = np.linalg.svd(w)
+    um, _, vhm = np.linalg.svd(w * mask["net.0.weight"].numpy())
+    expected = np.mean([abs(u[:, i] @ um[:, i]) * abs(vh[i] @ vhm[i]) for i in range(2)])
+    assert table.loc[0, "agreement"] == pytest.approx(expected, abs=1e-9)
+    assert table.loc[0, "density"] == pytest.approx(float(mask["net.0.weight"].float().mean()))

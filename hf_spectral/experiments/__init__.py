@@ -18,6 +18,7 @@ _PUBLIC = {
     "random_mask": "hf_spectral.experiments.masks",
     "apply_mask": "hf_spectral.experiments.masks",
     "density": "hf_spectral.experiments.masks",
+    "mask_agreement": "hf_spectral.experiments.masks",
     "MaskCallback": "hf_spectral.experiments.masks",
     "interpolate": "hf_spectral.experiments.lmc",
     "linear_path": "hf_spectral.experiments.lmc",
@@ -31,5 +32,12 @@ __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)
 
 if TYPE_CHECKING:  # pragma: no cover
     from hf_spectral.experiments.lmc import barrier, interpolate, linear_path, perturb
-    from hf_spectral.experiments.masks import MaskCallback, apply_mask, density, magnitude_mask, random_mask
+    from hf_spectral.experiments.masks import (
+        MaskCallback,
+        apply_mask,
+        density,
+        magnitude_mask,
+        mask_agreement,
+        random_mask,
+    )
     from hf_spectral.experiments.truncation import low_rank, recompute_batchnorm, truncate

@@ -12,11 +12,13 @@ from __future__ import annotations
 import copy
 from typing import Mapping
 
+import pandas as pd
 import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from hf_spectral.experiments._matrices import live_matrices
+from hf_spectral import metrics
+from hf_spectral.experiments._matrices import as_matrix, live_matrices
 
 Mask = dict[str, torch.Tensor]
 
@@ -86,6 +88,29 @@ def mask_in_place(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> nn.Modu
 def apply_mask(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> nn.Module:
     """A copy of ``model`` with ``mask`` applied (mask ⊙ W)."""
     return mask_in_place(copy.deepcopy(model), mask)
+
+
+def mask_agreement(model: nn.Module, mask: Mapping[str, torch.Tensor], top: int = 10) -> pd.DataFrame:
+    """How well ``mask`` ⊙ W keeps W's top singular vectors (paper finding 9: a magnitude mask keeps them, a
+    random one does not): one row per masked matrix — ``matrix``, ``density`` (its kept fraction),
+    ``agreement`` (mean of the top-``top`` S_ii between the SVDs of mask ⊙ W and W, paper Eq. 5) and
+    ``subspace`` (top-``top`` subspace overlap)."""
+    rows = []
+    for entry in live_matrices(model, what="a mask comparison"):
+        name = entry.spec.tensors[0]
+        if name not in mask:
+            continue
+        dense = as_matrix(entry)
+        kept = mask[name].to(entry.parameter.device)
+        masked = entry.spec.materialize(lambda _n: entry.parameter.detach() * kept).to(torch.float64)
+        u_a, _, vh_a = torch.linalg.svd(masked, full_matrices=False)
+        u_b, _, vh_b = torch.linalg.svd(dense, full_matrices=False)
+        k = min(top, u_a.shape[1])
+        diagonal = metrics.agreement_diagonal(u_a[:, :k], vh_a[:k].mT, u_b[:, :k], vh_b[:k].mT)
+        rows.append({"matrix": entry.spec.name, "density": float(kept.float().mean()),
+                     "agreement": metrics.top_score(diagonal, top),
+                     "subspace": metrics.agreement_subspace(u_a, vh_a.mT, u_b, vh_b.mT, k=k)})
+    return pd.DataFrame(rows, columns=["matrix", "density", "agreement", "subspace"])
 
 
 class MaskCallback(TrainerCallback):
