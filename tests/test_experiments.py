@@ -285,3 +285,39 @@ def test_mask_agreement_magnitude_keeps_top_vectors_random_does_not() -> None:
     expected = np.mean([abs(u[:, i] @ um[:, i]) * abs(vh[i] @ vhm[i]) for i in range(2)])
     assert table.loc[0, "agreement"] == pytest.approx(expected, abs=1e-9)
     assert table.loc[0, "density"] == pytest.approx(float(mask["net.0.weight"].float().mean()))
+
+
+def test_evaluate_truncated_through_the_trainer_and_restore(tmp_path) -> None:
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    class Regressor(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mlp = TinyMLP((12, 16, 16, 1))
+
+        def forward(self, x, labels=None):
+            out = self.mlp(x).squeeze(-1)
+            return {"loss": nn.functional.mse_loss(out, labels), "logits": out}
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 12)
+    data = Dataset.from_dict({"x": x.tolist(), "labels": (x[:, :2].sum(1)).tolist()})
+    args = TrainingArguments(tmp_path, max_steps=40, per_device_train_batch_size=16, learning_rate=1e-2,
+                             report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True)
+    trainer = Trainer(Regressor(), args, train_dataset=data, eval_dataset=data)
+    trainer.train()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    full = trainer.evaluate()["eval_loss"]
+    same = experiments.evaluate_truncated(trainer, fraction=1.0, keeps=("top",))
+    assert same["eval_top100_loss"] == pytest.approx(full, rel=1e-5)
+    halves = experiments.evaluate_truncated(trainer, fraction=0.5)
+    # the bottom half of each SVD loses the learned directions; the top half keeps most of them
+    assert halves["eval_top50_loss"] < halves["eval_bottom50_loss"]
+    # the numbers are the loss of independently truncated weights (numpy), and the model is restored
+    truncated = experiments.truncate(trainer.model, 0.5, "top")
+    with torch.no_grad():
+        expected = float(nn.functional.mse_loss(truncated.mlp(x).squeeze(-1), x[:, :2].sum(1)))
+    assert halves["eval_top50_loss"] == pytest.approx(expected, rel=1e-4)
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert any(e.get("eval_bottom50_loss") is not None for e in trainer.state.log_history)

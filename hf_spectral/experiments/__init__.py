@@ -14,6 +14,7 @@ _PUBLIC = {
     "truncate": "hf_spectral.experiments.truncation",
     "low_rank": "hf_spectral.experiments.truncation",
     "recompute_batchnorm": "hf_spectral.experiments.truncation",
+    "evaluate_truncated": "hf_spectral.experiments.truncation",
     "magnitude_mask": "hf_spectral.experiments.masks",
     "random_mask": "hf_spectral.experiments.masks",
     "apply_mask": "hf_spectral.experiments.masks",
@@ -40,4 +41,4 @@ if TYPE_CHECKING:  # pragma: no cover
         mask_agreement,
         random_mask,
     )
-    from hf_spectral.experiments.truncation import low_rank, recompute_batchnorm, truncate
+    from hf_spectral.experiments.truncation import evaluate_truncated, low_rank, recompute_batchnorm, truncate

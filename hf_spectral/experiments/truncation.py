@@ -83,3 +83,38 @@ def recompute_batchnorm(model: nn.Module, dataloader: Iterable, num_batches: int
             m.momentum = momentum
         model.train(was_training)
     return model
+
+
+def truncation_prefix(keep: Keep, fraction: float, prefix: str = "eval") -> str:
+    """The metric prefix of a truncated evaluation: ``eval_top50`` for the top half."""
+    return f"{prefix}_{keep}{round(100 * fraction):d}"
+
+
+@torch.no_grad()
+def evaluate_truncated(trainer, fraction: float = 0.5, keeps: tuple[Keep, ...] = ("top", "bottom"),
+                       exclude_last: bool = True, dataloader: Iterable | None = None) -> dict[str, float]:
+    """``trainer.evaluate`` of the model with every weight matrix truncated to its top (and bottom)
+    ⌈fraction·R⌉ singular directions, without retraining: metrics ``eval_top50_loss``, ``eval_bottom50_loss``...
+    logged like any evaluation. The weights are swapped in place and restored exactly afterwards; BatchNorm
+    statistics are re-estimated from ``dataloader`` when given and restored too."""
+    model = trainer.model
+    entries = live_matrices(model, exclude_last=exclude_last, what="truncated evaluation")
+    saved = [entry.parameter.detach().clone() for entry in entries]
+    norms = _batchnorms(model)
+    saved_stats = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms] if dataloader is not None else []
+    results: dict[str, float] = {}
+    try:
+        for keep in keeps:
+            for entry, original in zip(entries, saved):
+                w = entry.spec.materialize(lambda _name, t=original: t).to(torch.float64)
+                write_matrix(entry, low_rank(w, fraction, keep))
+            if dataloader is not None:
+                recompute_batchnorm(model, dataloader)
+            with torch.enable_grad():  # evaluate() manages its own grad mode
+                results.update(trainer.evaluate(metric_key_prefix=truncation_prefix(keep, fraction)))
+    finally:
+        for entry, original in zip(entries, saved):
+            entry.parameter.copy_(original)
+        for m, stats in zip(norms, saved_stats):
+            m.load_state_dict(stats)
+    return results
