@@ -133,10 +133,14 @@ def plan_model(model: torch.nn.Module, options: AnalysisOptions) -> Plan:
     """Plan the live parameters of ``model`` (unwrapped); reading is a no-copy ``detach``."""
     module_types, _order, buffers = module_types_from_model(model)
     params = dict(model.named_parameters())
-    infos = [TensorInfo(name, tuple(p.shape), dtype_code(p.dtype)) for name, p in params.items()]
+    # torch.nn.utils.prune keeps the weight as ``X_orig`` (a parameter) × ``X_mask`` (a buffer): both are
+    # planned, so the live model is analyzed as the masked weight its forward pass uses.
+    masks = {n: b for n, b in model.named_buffers() if n.endswith("_mask") and f"{n[:-len('_mask')]}_orig" in params}
+    tensors = {**params, **masks}
+    infos = [TensorInfo(name, tuple(p.shape), dtype_code(p.dtype)) for name, p in tensors.items()]
 
     def read(name: str) -> torch.Tensor:
-        return params[name].detach()
+        return tensors[name].detach()
 
     # named_parameters() lists a tied parameter once: no tie detection needed
     part = _Part("", config_from_model(model), infos, read, module_types=module_types, buffers=set(buffers))

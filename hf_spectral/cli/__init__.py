@@ -10,12 +10,20 @@ from typing import Sequence
 from hf_spectral._version import __version__
 from hf_spectral.errors import SpectralError
 
-COMMANDS = ("analyze", "dynamics", "report", "card", "compare")
+COMMANDS = ("analyze", "dynamics", "report", "card", "compare", "sweep")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    # Flags after "--" belong to a program the command starts (``sweep``'s recipe), not to the command.
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if "--" in argv:
+        argv, passthrough = argv[: argv.index("--")], argv[argv.index("--") + 1:]
     args = parser.parse_args(argv)
+    if passthrough and not getattr(args, "takes_passthrough", False):
+        parser.error(f"unexpected arguments after --: {' '.join(passthrough)}")
+    args.passthrough = passthrough
     if not hasattr(args, "run"):
         parser.print_help()
         return 2

@@ -1,0 +1,134 @@
+"""Weight-decay sweeps (paper finding 5): one recipe run per (weight decay, seed), each its own process, into
+``<output>/wd-<v>-seed-<s>/``; then one table over the runs — effective rank and the norm over time, the final
+norm and eval metric per weight decay, and norm collapse flagged.
+
+A run counts as finished when its folder holds ``sweep_run.json`` (written after the recipe exits 0), so
+an interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from hf_spectral.errors import SpectralError
+from hf_spectral.store import atomic_file
+
+logger = logging.getLogger(__name__)
+
+DONE_FILE = "sweep_run.json"
+RECORD = "spectral"  # the folder SpectralCallback / SpectralTracker write inside a run's output_dir
+COLLAPSE_FACTOR = 10.0  # a norm that fell by more than this, with a loss that did not fall, has collapsed
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One run of a sweep: its weight decay, seed and output folder."""
+
+    weight_decay: float
+    seed: int
+    folder: Path
+
+    @property
+    def done(self) -> bool:
+        return (self.folder / DONE_FILE).is_file()
+
+
+def plan_sweep(output: str | Path, weight_decays: Sequence[float], seeds: Sequence[int] = (0,)) -> list[SweepRun]:
+    """The runs of a sweep, weight decay outermost: ``<output>/wd-<v>-seed-<s>``."""
+    if not weight_decays:
+        raise SpectralError("a sweep needs at least one --weight_decay value")
+    root = Path(output)
+    return [SweepRun(float(v), int(s), root / f"wd-{float(v):g}-seed-{int(s)}") for v in weight_decays for s in seeds]
+
+
+def run_sweep(recipe: str | Path, output: str | Path, weight_decays: Sequence[float], seeds: Sequence[int] = (0,),
+              recipe_args: Sequence[str] = (), launcher: str | None = None) -> list[SweepRun]:
+    """Run ``recipe`` (a script taking ``--output_dir --weight_decay --seed``, as every hf_spectral recipe
+    does) once per run not finished yet; ``launcher`` prefixes the command (e.g. ``"accelerate launch
+    --multi_gpu --num_processes 2"``; default: this Python). Stops at the first failing run, with its folder."""
+    script = Path(recipe)
+    if not script.is_file():
+        raise SpectralError(f"no recipe script {recipe}: pass the path of a recipe, e.g. recipes/grokking.py")
+    prefix = shlex.split(launcher) if launcher else [sys.executable]
+    runs = plan_sweep(output, weight_decays, seeds)
+    for i, run in enumerate(runs, 1):
+        if run.done:
+            logger.warning("sweep %d/%d: %s is finished, skipped", i, len(runs), run.folder)
+            continue
+        command = [*prefix, str(script), "--output_dir", str(run.folder), "--weight_decay", f"{run.weight_decay:g}",
+                   "--seed", str(run.seed), *recipe_args]
+        logger.warning("sweep %d/%d: weight decay %g, seed %d → %s", i, len(runs), run.weight_decay, run.seed, run.folder)
+        start = time.perf_counter()
+        code = subprocess.run(command, check=False).returncode
+        if code != 0:
+            raise SpectralError(f"{run.folder}: the recipe exited with status {code} (command: {shlex.join(command)}); "
+                                "fix it and run the sweep again: finished runs are skipped")
+        run.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_file(run.folder / DONE_FILE) as tmp:
+            tmp.write_text(json.dumps({"command": command, "wall_seconds": time.perf_counter() - start,
+                                       "weight_decay": run.weight_decay, "seed": run.seed}, indent=1))
+    return runs
+
+
+def sweep_tables(runs: Sequence[SweepRun], metric: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two tables over the finished runs' spectral records:
+
+    ``over_time``: weight_decay, seed, step, mean_normalized_effective_rank, total_frobenius (Σ over matrices
+    of ‖W‖_F).
+    ``runs``: one row per run: weight_decay, seed, erank_init/final, norm_init/final, norm_ratio
+    (init / final), loss_init/final (training loss), metric, metric_final, collapsed (norm fell by more than
+    10× while the loss did not fall).
+    """
+    from hf_spectral import compute_dynamics, load_series
+
+    over_time, rows = [], []
+    for run in runs:
+        record = run.folder / RECORD
+        if not record.is_dir():
+            raise SpectralError(f"{run.folder}: no {RECORD}/ record; run the recipe with spectral tracking on")
+        dyn = compute_dynamics(load_series(record), top=10)
+        norms = dyn.trajectories.groupby("step")["frobenius_norm"].sum()
+        erank = dyn.summary.set_index("step")["mean_normalized_effective_rank"]
+        frame = pd.DataFrame({"mean_normalized_effective_rank": erank, "total_frobenius": norms}).reset_index()
+        over_time.append(frame.assign(weight_decay=run.weight_decay, seed=run.seed))
+        losses = _series(dyn.training, "loss")
+        chosen = metric or _default_metric(dyn.training)
+        final_metric = _series(dyn.training, chosen) if chosen else pd.Series(dtype=float)
+        norm_init, norm_final = float(norms.iloc[0]), float(norms.iloc[-1])
+        loss_init = float(losses.iloc[0]) if len(losses) else float("nan")
+        loss_final = float(losses.iloc[-1]) if len(losses) else float("nan")
+        ratio = norm_init / norm_final if norm_final > 0 else float("inf")
+        rows.append({
+            "weight_decay": run.weight_decay, "seed": run.seed,
+            "erank_init": float(erank.iloc[0]), "erank_final": float(erank.iloc[-1]),
+            "norm_init": norm_init, "norm_final": norm_final, "norm_ratio": ratio,
+            "loss_init": loss_init, "loss_final": loss_final,
+            "metric": chosen, "metric_final": float(final_metric.iloc[-1]) if len(final_metric) else float("nan"),
+            "collapsed": bool(ratio > COLLAPSE_FACTOR and not loss_final < loss_init),
+        })
+    columns = ["weight_decay", "seed", "step", "mean_normalized_effective_rank", "total_frobenius"]
+    return pd.concat(over_time, ignore_index=True)[columns], pd.DataFrame(rows)
+
+
+def _series(training: pd.DataFrame, metric: str) -> pd.Series:
+    rows = training[training["metric"] == metric].sort_values("step") if len(training) else training
+    return rows["value"].astype(float).reset_index(drop=True) if len(rows) else pd.Series(dtype=float)
+
+
+def _default_metric(training: pd.DataFrame) -> str | None:
+    """The run's eval accuracy when logged, else its eval loss, else none."""
+    names = set(training["metric"]) if len(training) else set()
+    for preferred in sorted(n for n in names if n.startswith("eval_") and n.endswith("accuracy")) + ["eval_loss"]:
+        if preferred in names:
+            return preferred
+    return None
