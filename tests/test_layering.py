@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
     "hf_spectral.dynamics": 5,  # beside the engine: it reads snapshots (see DYNAMICS_MAY_IMPORT)
     "hf_spectral.module_cache": 5, "hf_spectral.engine": 5,
     "hf_spectral.analyzer": 6, "hf_spectral.series": 6, "hf_spectral.comparison": 6,
-    "hf_spectral.tracking": 7,
+    "hf_spectral.tracking": 7, "hf_spectral.experiments": 7,
     "hf_spectral.highlights": 8, "hf_spectral.plots": 8, "hf_spectral.report": 8, "hf_spectral.cards": 8,
     "hf_spectral.cli": 8, "hf_spectral.__main__": 8,
     "hf_spectral": 9,  # the package root: the public API, loaded lazily

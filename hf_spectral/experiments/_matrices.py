@@ -14,7 +14,7 @@ from torch import nn
 
 from hf_spectral.engine import AnalysisOptions, plan_model
 from hf_spectral.errors import SpectralError
-from hf_spectral.views.types import MatrixSpec
+from hf_spectral.views import MatrixSpec, build_matrix, restore_weight
 
 
 @dataclass(frozen=True)
@@ -54,13 +54,11 @@ def _composed_weights(model: nn.Module) -> list[str]:
 
 def as_matrix(entry: LiveMatrix) -> torch.Tensor:
     """The (rows = output, cols = input) matrix of ``entry`` in float64, a copy."""
-    return entry.spec.materialize(lambda _name: entry.parameter.detach()).to(torch.float64)
+    return build_matrix(entry.spec, lambda _name: entry.parameter.detach()).to(torch.float64)
 
 
 def write_matrix(entry: LiveMatrix, matrix: torch.Tensor) -> None:
     """Store ``matrix`` (in the matrix view) back into the parameter, in its stored shape and dtype."""
-    from hf_spectral.views.build import restore_weight
-
     stored = restore_weight(entry.spec, matrix)
     with torch.no_grad():
         entry.parameter.copy_(stored.to(entry.parameter.dtype))

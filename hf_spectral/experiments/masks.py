@@ -18,6 +18,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from hf_spectral import metrics
+from hf_spectral.views import build_matrix
 from hf_spectral.experiments._matrices import as_matrix, live_matrices
 
 Mask = dict[str, torch.Tensor]
@@ -102,7 +103,7 @@ def mask_agreement(model: nn.Module, mask: Mapping[str, torch.Tensor], top: int 
             continue
         dense = as_matrix(entry)
         kept = mask[name].to(entry.parameter.device)
-        masked = entry.spec.materialize(lambda _n: entry.parameter.detach() * kept).to(torch.float64)
+        masked = build_matrix(entry.spec, lambda _n: entry.parameter.detach() * kept).to(torch.float64)
         u_a, _, vh_a = torch.linalg.svd(masked, full_matrices=False)
         u_b, _, vh_b = torch.linalg.svd(dense, full_matrices=False)
         k = min(top, u_a.shape[1])

@@ -89,7 +89,8 @@ def sweep_tables(runs: Sequence[SweepRun], metric: str | None = None) -> tuple[p
     (init / final), loss_init/final (training loss), metric, metric_final, collapsed (norm fell by more than
     10× while the loss did not fall).
     """
-    from hf_spectral import compute_dynamics, load_series
+    from hf_spectral.dynamics import compute_dynamics
+    from hf_spectral.series import load_series
 
     over_time, rows = [], []
     for run in runs:

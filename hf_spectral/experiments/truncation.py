@@ -12,6 +12,7 @@ from typing import Iterable, Literal
 import torch
 from torch import nn
 
+from hf_spectral.views import build_matrix
 from hf_spectral.experiments._matrices import as_matrix, live_matrices, write_matrix
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def evaluate_truncated(trainer, fraction: float = 0.5, keeps: tuple[Keep, ...] =
     try:
         for keep in keeps:
             for entry, original in zip(entries, saved):
-                w = entry.spec.materialize(lambda _name, t=original: t).to(torch.float64)
+                w = build_matrix(entry.spec, lambda _name, t=original: t).to(torch.float64)
                 write_matrix(entry, low_rank(w, fraction, keep))
             if dataloader is not None:
                 recompute_batchnorm(model, dataloader)

@@ -1,6 +1,6 @@
 """Views: named tensors (+ config, module classes) → matrices to decompose, skipped tensors, alignment pairs."""
 
-from hf_spectral.views.build import build_matrix
+from hf_spectral.views.build import build_matrix, restore_weight
 from hf_spectral.views.modules import config_from_model, module_types_from_config, module_types_from_model
 from hf_spectral.views.alignment import alignment_pairs
 from hf_spectral.views.naming import natural_key
@@ -23,6 +23,7 @@ __all__ = [
     "module_types_from_model",
     "natural_key",
     "plan_matrices",
+    "restore_weight",
     "rules_for",
     "select",
 ]

@@ -50,11 +50,11 @@ def restore_weight(spec: MatrixSpec, matrix: torch.Tensor) -> torch.Tensor:
     """The inverse of ``build_matrix`` for a single stored tensor: ``matrix`` (rows = output, cols = input)
     back in the stored layout and shape (``Conv1D`` transposed back, a conv unflattened, a transposed conv's
     first two axes swapped back). Composed weights have no single stored tensor to restore."""
-    if spec.extra.get("composed") or len(spec.tensors) != 1:
+    if spec.composed or len(spec.tensors) != 1:
         raise SpectralError(f"{spec.name}: a composed weight ({', '.join(spec.tensors)}) has no single stored tensor")
     if tuple(matrix.shape) != tuple(spec.shape):
         raise SpectralError(f"{spec.name}: a {tuple(matrix.shape)} matrix cannot replace its {spec.shape} view")
-    if spec.kind == "conv1d_hf" or spec.extra.get("transposed"):
+    if spec.kind == "conv1d_hf" or spec.transposed:
         return matrix.t().reshape(spec.tensor_shape)
     if spec.kind == "conv_transpose":
         swapped = (spec.tensor_shape[1], spec.tensor_shape[0], *spec.tensor_shape[2:])
