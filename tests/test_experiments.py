@@ -321,3 +321,6 @@ def test_evaluate_truncated_through_the_trainer_and_restore(tmp_path) -> None:
     assert halves["eval_top50_loss"] == pytest.approx(expected, rel=1e-4)
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     assert any(e.get("eval_bottom50_loss") is not None for e in trainer.state.log_history)
+    with_full = experiments.evaluate_truncated(trainer, fraction=0.5, keeps=("top",), full=True, log=False)
+    assert with_full["eval_loss"] == pytest.approx(full, rel=1e-6)
+    assert with_full["eval_top50_loss"] == pytest.approx(halves["eval_top50_loss"], rel=1e-6)

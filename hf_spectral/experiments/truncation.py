@@ -12,8 +12,9 @@ from typing import Iterable, Literal
 import torch
 from torch import nn
 
-from hf_spectral.views import build_matrix
+from hf_spectral.errors import SpectralError
 from hf_spectral.experiments._matrices import as_matrix, live_matrices, write_matrix
+from hf_spectral.views import build_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -91,31 +92,48 @@ def truncation_prefix(keep: Keep, fraction: float, prefix: str = "eval") -> str:
     return f"{prefix}_{keep}{round(100 * fraction):d}"
 
 
-@torch.no_grad()
 def evaluate_truncated(trainer, fraction: float = 0.5, keeps: tuple[Keep, ...] = ("top", "bottom"),
-                       exclude_last: bool = True, dataloader: Iterable | None = None) -> dict[str, float]:
-    """``trainer.evaluate`` of the model with every weight matrix truncated to its top (and bottom)
-    ⌈fraction·R⌉ singular directions, without retraining: metrics ``eval_top50_loss``, ``eval_bottom50_loss``...
-    logged like any evaluation. The weights are swapped in place and restored exactly afterwards; BatchNorm
-    statistics are re-estimated from ``dataloader`` when given and restored too."""
+                       exclude_last: bool = True, dataloader: Iterable | None = None, full: bool = False,
+                       log: bool = True) -> dict[str, float]:
+    """Evaluate the Trainer's model with every weight matrix truncated to its top (and bottom) ⌈fraction·R⌉
+    singular directions, without retraining: metrics ``eval_top50_loss``, ``eval_bottom50_loss``... (and the
+    full model's ``eval_*`` with ``full``), logged through ``trainer.log`` unless ``log=False``.
+
+    The Trainer's own evaluation loop computes them (``compute_metrics`` included) without firing
+    ``on_evaluate``: early stopping and best-model tracking see only the Trainer's regular evaluations.
+    The weights are swapped in place and restored exactly; BatchNorm statistics are re-estimated from
+    ``dataloader`` when given, and restored too."""
+    if trainer.eval_dataset is None:
+        raise SpectralError("truncated evaluation needs an eval_dataset in the Trainer")
     model = trainer.model
     entries = live_matrices(model, exclude_last=exclude_last, what="truncated evaluation")
-    saved = [entry.parameter.detach().clone() for entry in entries]
+    with torch.no_grad():
+        saved = [entry.parameter.detach().clone() for entry in entries]
     norms = _batchnorms(model)
     saved_stats = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms] if dataloader is not None else []
-    results: dict[str, float] = {}
+    results: dict[str, float] = _evaluation(trainer, "eval") if full else {}
     try:
         for keep in keeps:
-            for entry, original in zip(entries, saved):
-                w = build_matrix(entry.spec, lambda _name, t=original: t).to(torch.float64)
-                write_matrix(entry, low_rank(w, fraction, keep))
+            with torch.no_grad():
+                for entry, original in zip(entries, saved):
+                    w = build_matrix(entry.spec, lambda _name, t=original: t).to(torch.float64)
+                    write_matrix(entry, low_rank(w, fraction, keep))
             if dataloader is not None:
                 recompute_batchnorm(model, dataloader)
-            with torch.enable_grad():  # evaluate() manages its own grad mode
-                results.update(trainer.evaluate(metric_key_prefix=truncation_prefix(keep, fraction)))
+            results.update(_evaluation(trainer, truncation_prefix(keep, fraction)))
     finally:
-        for entry, original in zip(entries, saved):
-            entry.parameter.copy_(original)
+        with torch.no_grad():
+            for entry, original in zip(entries, saved):
+                entry.parameter.copy_(original)
         for m, stats in zip(norms, saved_stats):
             m.load_state_dict(stats)
+    if log:
+        trainer.log(dict(results))
     return results
+
+
+def _evaluation(trainer, prefix: str) -> dict[str, float]:
+    output = trainer.evaluation_loop(trainer.get_eval_dataloader(), description=f"Evaluation ({prefix})",
+                                     prediction_loss_only=True if trainer.compute_metrics is None else None,
+                                     metric_key_prefix=prefix)
+    return {k: float(v) for k, v in output.metrics.items() if isinstance(v, (int, float))}
