@@ -19,7 +19,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from hf_spectral.dynamics.types import Dynamics
 from hf_spectral.errors import SpectralError
-from hf_spectral.store import atomic_file
+from hf_spectral.atomic import atomic_file
 from hf_spectral.highlights import default_metric, mean_erank, metric_series, summary_lines
 
 START = "<!-- hf-spectral:start -->"

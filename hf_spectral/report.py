@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from hf_spectral.dynamics.types import Dynamics
 from hf_spectral.errors import SpectralError
-from hf_spectral.store import atomic_file
+from hf_spectral.atomic import atomic_file
 from hf_spectral.highlights import default_metric, layer_changes, summary_lines, training_metrics
 
 FIGURES_DIR = "figures"
