@@ -155,23 +155,22 @@ def write_error(target: str | os.PathLike, exc: BaseException, fix: str) -> Spec
     return SpectralError(f"cannot write {target}: {reason}; {fix}")
 
 
-def check_writable(path: str | os.PathLike, fix: str) -> None:
+def check_writable(path: str | os.PathLike, fix: str, *, what: str = "") -> None:
     """Fail now, before any work, unless ``path`` (a file or folder to create or replace) can be
-    written: its nearest existing ancestor must be a writable folder (checked by creating a file)."""
+    written: its nearest existing ancestor must be a folder where a file can be created. ``what``
+    starts the message (``"snapshot to "``)."""
     target = Path(path).absolute()
     existing = next((p for p in (target, *target.parents) if p.exists()), None)
     if existing is not None and existing == target and not target.is_dir():
         existing = target.parent  # a file to replace: its folder must take the new one
     if existing is None or not existing.is_dir():
-        raise SpectralError(f"cannot write {path}: {existing} is not a folder; {fix}")
+        raise SpectralError(f"cannot write {what}{path}: {existing} is not a folder; {fix}")
     probe = existing / f".write-test-{uuid.uuid4().hex[:8]}"
     try:
-        probe.touch()
+        probe.touch()  # os.access says yes to root on a read-only mount's chmod'ed folder: try it
         probe.unlink()
     except OSError as exc:
-        raise write_error(Path(path), exc, fix) from None
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise SpectralError(f"cannot write {path}: {existing} is not writable; {fix}")
+        raise write_error(f"{what}{path}", exc, fix) from None
 
 
 # ------------------------------------------------------------------------------------------------

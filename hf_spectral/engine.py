@@ -35,7 +35,8 @@ from hf_spectral.views import (
 from hf_spectral.views.types import AlignmentPair, MatrixSlice, MatrixSpec, Reader, SkippedTensor
 
 PRECISIONS = ("float32", "float64")
-UNDEFINED_FLAGS = {"zero_matrix", "non_finite"}  # metrics not defined: the row is flagged
+FLAG_SVD_FAILED = "svd_failed"  # the flag is "svd_failed: <reason>"
+UNDEFINED_FLAGS = {"zero_matrix", "non_finite", FLAG_SVD_FAILED}  # metrics not defined: the row is flagged
 
 
 @dataclass
@@ -303,8 +304,9 @@ def decompose(spec: MatrixSpec, read: Reader, options: AnalysisOptions, device: 
             vectors = (result.u.cpu().numpy().astype(dtype), result.v.cpu().numpy().astype(dtype))
         else:
             sigma, vectors = metrics.singular_values(matrix, precision=options.precision), None
-    except metrics.DecompositionError as exc:
-        failed = dict(metrics.non_finite_metrics(shape), flag=f"svd_failed: {exc}")
+    except RuntimeError as exc:  # DecompositionError, LinAlgError, out of memory...: this matrix only
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        failed = dict(metrics.non_finite_metrics(shape), flag=f"{FLAG_SVD_FAILED}: {reason}")
         return {"metrics": failed, "sigma": None, "vectors": None}
     # The noise floor is the stored dtype's precision (a bf16 weight cannot resolve σ below ~1e-2·σ₁).
     eps = max(DTYPE_EPS.get(spec.dtype, DTYPE_EPS["F32"]), DTYPE_EPS["F64" if options.precision == "float64" else "F32"])
@@ -409,7 +411,7 @@ def _assemble(plan: Plan, matrix_results: list[dict], pair_results: list[dict], 
         rows.append({
             **_describe(spec.name, plan.components.get(spec.name, ""), spec.tensor_shape, spec.dtype),
             "index": index, "kind": spec.kind, "view": spec.view, "rows": spec.shape[0], "cols": spec.shape[1],
-            "status": STATUS_FLAGGED if flag in UNDEFINED_FLAGS else STATUS_OK, "flag": flag, **values,
+            "status": STATUS_FLAGGED if flag.split(":")[0] in UNDEFINED_FLAGS else STATUS_OK, "flag": flag, **values,
         })
         if result["sigma"] is not None:
             spectra[spec.name] = result["sigma"]

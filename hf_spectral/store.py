@@ -255,7 +255,7 @@ def check_output(path: str | os.PathLike, *, folder_of_snapshots: bool = False) 
             raise SpectralError(f"{final} exists and is not a folder: choose another --output or remove it")
     else:
         _check_replaceable(final)
-    check_writable(final, "choose a writable --output")
+    check_writable(final, "choose a writable --output", what="snapshot to ")
 
 
 def _check_replaceable(final: Path) -> None:

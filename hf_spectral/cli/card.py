@@ -24,13 +24,15 @@ def add_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_card(args: argparse.Namespace) -> int:
-    from hf_spectral.cards import update_model_card
+    from hf_spectral.cards import check_card_output, update_model_card
 
     card = args.model_card
     if card is None:
         if len(args.sources) != 1 or not Path(args.sources[0]).is_dir():
             raise SpectralError(f"{' '.join(args.sources)} is not one local folder; pass --model-card PATH for the card to write")
         card = Path(args.sources[0]) / "README.md"
+    if is_main_process():
+        check_card_output(card, args.images_dir)  # before the analysis, not after it
     dynamics = load_dynamics_for(args)
     if not is_main_process():
         return 0

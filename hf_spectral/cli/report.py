@@ -24,12 +24,14 @@ def add_command(commands: argparse._SubParsersAction) -> None:
 
 def run_report(args: argparse.Namespace) -> int:
     from hf_spectral.analyzer import default_output
-    from hf_spectral.report import write_report
+    from hf_spectral.report import check_report_output, write_report
 
+    output = args.output or default_output(args.sources[0]) / "report"
+    if is_main_process():
+        check_report_output(output)  # before the analysis, not after it
     dynamics = load_dynamics_for(args)
     if not is_main_process():
         return 0
-    output = args.output or default_output(args.sources[0]) / "report"
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     index = write_report(dynamics, output, title=args.title, formats=formats, metric=args.metric, threshold=args.threshold)
     print(f"report written to {index}")

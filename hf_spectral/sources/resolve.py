@@ -22,6 +22,8 @@ SOURCE kinds, tried in this order:
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from pathlib import Path
 
@@ -70,6 +72,7 @@ def resolve(
             return [open_checkpoint(p, variant=variant, source=text, label=p.name, step=_step_of(p)) for p in runs]
         return [open_checkpoint(path, variant=variant, source=text)]
 
+    broken_link(path)
     from hf_spectral.sources.hub import looks_like_hub_id, resolve_hub
 
     if looks_like_hub_id(text):
@@ -90,6 +93,7 @@ def open_checkpoint(
     """One local checkpoint: a weights file, a model folder or a diffusers pipeline folder."""
     path = Path(path).expanduser()
     if not path.exists():
+        broken_link(path)
         raise SpectralError(f"no such file or folder: {path}")
     meta: dict[str, object] = {}
     if path.is_file():
@@ -121,6 +125,18 @@ def open_checkpoint(
         commit=commit,
         meta=meta,
     )
+
+
+def broken_link(path: Path) -> None:
+    """A one-line ``SpectralError`` when ``path`` (or a folder above it) is a symbolic link that
+    loops or leads nowhere: it exists, so "no such file" would mislead."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SpectralError(f"{path} is a symbolic link loop (a link that points back to itself): fix the link") from None
+    if os.path.islink(path) and not path.exists():
+        raise SpectralError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist: fix the link") from None
 
 
 def run_checkpoints(folder: Path) -> list[Path]:
