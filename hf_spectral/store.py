@@ -35,6 +35,9 @@ MATRICES_FILE = "matrices.parquet"
 ALIGNMENT_FILE = "alignment.parquet"
 ARRAYS_FILE = "spectra.safetensors"
 META_FILE = "meta.json"
+# A callback record: snapshot folders (step-N/) and the training metrics beside them.
+LOG_HISTORY_FILE = "log_history.json"
+RECORD_FOLDER = "spectral"  # the callback's default record: <TrainingArguments.output_dir>/spectral
 
 STATUS_OK = "ok"
 STATUS_FLAGGED = "flagged"

@@ -25,13 +25,13 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from hf_spectral.engine import AnalysisOptions, launched_processes, process_state
 from hf_spectral.errors import SpectralError
+from hf_spectral.store import RECORD_FOLDER
 from hf_spectral.tracking.recorder import Recorder
 from hf_spectral.tracking.schedule import Schedule, ScheduleSpec
 from hf_spectral.tracking.sharding import sharded_kind
 
 logger = logging.getLogger("hf_spectral.tracking")
 
-RECORD_FOLDER = "spectral"  # default record: <TrainingArguments.output_dir>/spectral
 
 
 class SpectralCallback(TrainerCallback):

@@ -23,7 +23,8 @@ from torch import nn
 
 from hf_spectral.engine import AnalysisOptions
 from hf_spectral.errors import SpectralError
-from hf_spectral.tracking.recorder import LOG_HISTORY_FILE, Recorder
+from hf_spectral.store import LOG_HISTORY_FILE
+from hf_spectral.tracking.recorder import Recorder
 from hf_spectral.tracking.schedule import Schedule, ScheduleSpec
 from hf_spectral.tracking.sharding import sharded_kind
 
