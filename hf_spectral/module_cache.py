@@ -49,10 +49,11 @@ _VOLATILE_CONFIG_KEYS = ("_name_or_path", "_commit_hash", "transformers_version"
 
 
 def _module_cache_path(config: dict[str, Any]) -> Path | None:
-    root = os.environ.get("HF_SPECTRAL_CACHE")
-    if root is not None and root.strip().lower() in ("", "0", "off", "false", "no"):
+    from hf_spectral.snapshot_cache import cache_root
+
+    base = cache_root()
+    if base is None:
         return None
-    base = Path(root).expanduser() if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hf_spectral"
     try:
         from importlib.metadata import PackageNotFoundError, version
     except ImportError:  # pragma: no cover

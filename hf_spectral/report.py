@@ -256,7 +256,10 @@ def _subtitle(dyn: Dynamics) -> str:
     parts = []
     if dyn.meta.get("source"):
         parts.append(f"source {dyn.meta['source']}")
-    if steps:
+    if steps and dyn.meta.get("step_is_position"):  # positions in the series, not training steps: never call them steps
+        parts.append(f"{len(steps)} snapshots in series order (training steps unknown)" if len(steps) > 1
+                     else "1 snapshot (training step unknown)")
+    elif steps:
         parts.append(f"{len(steps)} snapshot{'s' if len(steps) != 1 else ''}, steps {steps[0]:,}–{steps[-1]:,}" if len(steps) > 1
                      else f"1 snapshot at step {steps[0]:,}")
     parts.append(f"{len(dyn.matrices)} weight matrices")

@@ -38,6 +38,7 @@ META_FILE = "meta.json"
 # A callback record: snapshot folders (step-N/) and the training metrics beside them.
 LOG_HISTORY_FILE = "log_history.json"
 RECORD_FOLDER = "spectral"  # the callback's default record: <TrainingArguments.output_dir>/spectral
+CHECKPOINT_SUMMARY = "spectral"  # <checkpoint-N>/spectral/: the spectra the callback saves with a checkpoint (no vectors)
 
 STATUS_OK = "ok"
 STATUS_FLAGGED = "flagged"
@@ -214,14 +215,18 @@ def snapshot_problem(folder: str | os.PathLike) -> str | None:
 
 def iter_snapshots(folder: str | os.PathLike) -> Iterator[Path]:
     """Snapshot folders directly inside ``folder`` (a callback record), sorted by step then name.
-    A torn ``meta.json`` or a step that is not a whole number is a one-line ``SpectralError``."""
+    Folders whose ``meta.json`` is torn or whose step is not a number come last (by name): readers
+    find out what is wrong with them (``snapshot_problem``, ``read_snapshot``)."""
     root = Path(folder)
     if not root.is_dir():
         raise SpectralError(f"no such folder of snapshots: {root}; pass a folder written by hf-spectral or the callback")
     found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and is_snapshot(p)]
 
     def key(p: Path) -> tuple[float, str]:
-        step = read_meta(p).get("step")
+        try:
+            step = read_meta(p).get("step")
+        except SpectralError:
+            return (math.inf, p.name)
         return (math.inf if step is None else float(step), p.name)
 
     yield from sorted(found, key=key)

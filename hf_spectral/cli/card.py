@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf_spectral.cli.common import add_series_arguments, is_main_process, load_dynamics_for
+from hf_spectral.cli.common import add_series_arguments, is_main_process, load_dynamics_for, print_notes
 from hf_spectral.errors import SpectralError
 
 
@@ -36,6 +36,7 @@ def run_card(args: argparse.Namespace) -> int:
     dynamics = load_dynamics_for(args)
     if not is_main_process():
         return 0
+    print_notes(dynamics)
     update_model_card(card, dynamics, images_dir=args.images_dir, repo_relative_images=not args.absolute_image_paths,
                       metric=args.metric, threshold=args.threshold)
     print(f"spectral analysis section written to {card}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf_spectral.cli.common import add_series_arguments, is_main_process, load_dynamics_for
+from hf_spectral.cli.common import add_series_arguments, is_main_process, load_dynamics_for, print_notes
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:
@@ -32,6 +32,7 @@ def run_report(args: argparse.Namespace) -> int:
     dynamics = load_dynamics_for(args)
     if not is_main_process():
         return 0
+    print_notes(dynamics)
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     index = write_report(dynamics, output, title=args.title, formats=formats, metric=args.metric, threshold=args.threshold)
     print(f"report written to {index}")

@@ -83,7 +83,7 @@ def open_checkpoint(
             parts = [ModelPart("", _reader(weights), read_config(path))]
             meta = {"format": weights.format, "variant": weights.variant}
     if step is None and path.is_dir():
-        step = _step_of(path)
+        step = step_of(path)
     return Checkpoint(
         label=label or path.name,
         path=path,
@@ -122,7 +122,7 @@ def _model_subfolders(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and expects_weights(p) and weight_sets(p))
 
 
-def _step_of(folder: Path) -> int | None:
+def step_of(folder: Path) -> int | None:
     """``global_step`` from ``trainer_state.json``, else N of a ``checkpoint-N`` folder name."""
     state_path = folder / "trainer_state.json"
     if state_path.is_file():

@@ -33,13 +33,13 @@ from hf_spectral.atomic import atomic_file, recover_all
 from hf_spectral.engine import AnalysisOptions, analyze_checkpoint, analyze_model, plan_model, process_state
 from hf_spectral.errors import SpectralError
 from hf_spectral.store import (
-    LOG_HISTORY_FILE, Snapshot, is_snapshot, json_default, read_meta, read_snapshot, snapshot_problem, write_snapshot,
+    CHECKPOINT_SUMMARY, LOG_HISTORY_FILE, Snapshot, is_snapshot, json_default, read_meta, read_snapshot,
+    snapshot_problem, write_snapshot,
 )
 from hf_spectral.tracking.scalars import LAYER_FAMILIES, PREFIX, live_scalars, measure_scalars
 
 logger = logging.getLogger("hf_spectral.tracking")
 
-CHECKPOINT_SUMMARY = "spectral"  # <checkpoint-N>/spectral/: the checkpoint's own spectra (no vectors)
 _SNAPSHOT_NAME = re.compile(r"^step-(\d+)$")
 DAMAGED_DIR = ".damaged"  # <record>/.damaged/step-N: snapshots found damaged on resume, set aside
 _MEASURE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
