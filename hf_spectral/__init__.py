@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hf_spectral._lazy import lazy_exports
+from hf_spectral._version import __version__
 
-__version__ = "0.1.0"
 
 _PUBLIC = {
     # analyzer

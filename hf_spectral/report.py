@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import pandas as pd
 from matplotlib.figure import Figure
 
+from hf_spectral._version import __version__
 from hf_spectral.atomic import atomic_folder, check_writable, write_error
 from hf_spectral.dynamics.types import Dynamics
 from hf_spectral.errors import SpectralError
@@ -177,7 +178,7 @@ def _write_pages(dynamics: Dynamics, out: Path, *, title: str | None, formats: t
         figures="\n".join(sections),
         notes=_notes_html(skipped),
         table=_table_html(changes),
-        version=html.escape(_version()),
+        version=html.escape(__version__),
     )
     (out / INDEX_FILE).write_text(page, encoding="utf-8")
 
@@ -273,7 +274,3 @@ def _template() -> Template:
     return Template(resources.files("hf_spectral").joinpath("templates/report.html").read_text(encoding="utf-8"))
 
 
-def _version() -> str:
-    from hf_spectral import __version__
-
-    return __version__

@@ -29,6 +29,7 @@ from safetensors.numpy import load_file, save_file
 
 from hf_spectral.atomic import atomic_folder, check_writable, write_error
 from hf_spectral.errors import SpectralError
+from hf_spectral.status import FLAG_RANK_DEFICIENT, STATUS_FLAGGED, STATUS_OK, STATUS_SKIPPED  # noqa: F401 (re-exported)
 
 FORMAT_VERSION = 1
 MATRICES_FILE = "matrices.parquet"
@@ -40,10 +41,6 @@ LOG_HISTORY_FILE = "log_history.json"
 RECORD_FOLDER = "spectral"  # the callback's default record: <TrainingArguments.output_dir>/spectral
 CHECKPOINT_SUMMARY = "spectral"  # <checkpoint-N>/spectral/: the spectra the callback saves with a checkpoint (no vectors)
 
-STATUS_OK = "ok"
-STATUS_FLAGGED = "flagged"
-STATUS_SKIPPED = "skipped"
-FLAG_RANK_DEFICIENT = "rank_deficient"  # metrics.spectrum's flag; spelled here so the store needs no torch
 
 
 @dataclass

@@ -3,9 +3,10 @@
 from hf_spectral.sources.classify import ClassifiedSource, SourceKind, classify, series_source
 from hf_spectral.sources.fingerprint import checkpoint_fingerprint, file_digest
 from hf_spectral.sources.local import open_checkpoint
-from hf_spectral.sources.readers import SafetensorsReader, TorchBinReader, dtype_code
+from hf_spectral.sources.readers import SafetensorsReader, TorchBinReader
 from hf_spectral.sources.resolve import open_source, resolve
 from hf_spectral.sources.types import Checkpoint, ModelPart, TensorReader
+from hf_spectral.tensor_info import dtype_code
 
 __all__ = [
     "Checkpoint",

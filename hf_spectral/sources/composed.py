@@ -43,8 +43,7 @@ class ComposedReader:
             return self.reader.read(name)
         # build_matrix composes then reshapes to ``shape``: asking for the stored shape, with no
         # transposition, gives the composed weight as it would be stored.
-        stored = dataclasses.replace(spec, kind="matrix", shape=tuple(spec.tensor_shape),
-                                     extra={"composed": spec.extra["composed"]})
+        stored = dataclasses.replace(spec, kind="matrix", shape=tuple(spec.tensor_shape), transposed=False)
         return build_matrix(stored, self.reader.read)
 
     def close(self) -> None:
@@ -63,4 +62,4 @@ def composed_reader(part: ModelPart) -> TensorReader:
     if not any(composed_name(t.name) for t in infos):
         return part.reader
     specs, _ = plan_matrices(infos, config=part.config)
-    return ComposedReader(part.reader, [s for s in specs if s.extra.get("composed")])
+    return ComposedReader(part.reader, [s for s in specs if s.composed])

@@ -49,7 +49,7 @@ from hf_spectral.sources.layout import (
 )
 from hf_spectral.sources.local import open_checkpoint
 from hf_spectral.sources.types import Checkpoint
-from hf_spectral.views import natural_key
+from hf_spectral.views.naming import natural_key
 
 ANY = "*"  # stage marker: every variant
 _FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".h5", ".msgpack", ".gguf", ".onnx")

@@ -59,11 +59,7 @@ class SpectralTracker:
         extra_measures: Mapping[str, Callable[[nn.Module], Mapping[str, float]]] | None = None,
         accelerator: Any = None,
     ) -> None:
-        from hf_spectral.tracking.callback import check_patterns
-
         self.schedule = Schedule.parse(schedule)
-        check_patterns(include, "include")
-        check_patterns(exclude, "exclude")
         self.output_dir = Path(output_dir)
         self.max_steps = max_steps
         self.accelerator = accelerator
