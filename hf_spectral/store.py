@@ -140,9 +140,10 @@ def read_snapshot(path: str | os.PathLike) -> Snapshot:
         raise SpectralError(
             f"{folder} is not an hf_spectral snapshot (no {META_FILE}/{MATRICES_FILE}); pass a folder written by hf-spectral"
         )
+    problem = snapshot_problem(folder)  # torn meta, a missing or cut-short arrays file: named, one line
+    if problem is not None:
+        raise SpectralError(problem)
     meta = read_meta(folder)
-    if not (folder / ARRAYS_FILE).is_file():  # write_snapshot always writes it: a lost file, not an empty snapshot
-        raise SpectralError(f"{folder} is an incomplete snapshot ({ARRAYS_FILE} is missing): compute it again")
     try:
         version = meta.pop("format_version", FORMAT_VERSION)
         if not isinstance(version, int) or version > FORMAT_VERSION:
