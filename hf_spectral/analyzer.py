@@ -196,7 +196,12 @@ def _write_on_main(snapshot: Snapshot, folder: Path, *, required: bool = True) -
             write_snapshot(snapshot, folder)
         except SpectralError as exc:
             failed = exc  # raised after the barrier: the other processes must not wait forever
-    state.wait_for_everyone()
+    if state.num_processes > 1:  # every process learns of the failure (and fails alike, not on a closed gloo link)
+        from accelerate.utils import broadcast_object_list
+
+        box = [None if failed is None else str(failed)]
+        broadcast_object_list(box, from_process=0)
+        failed = None if box[0] is None else SpectralError(box[0])
     if failed is not None:
         if required:
             raise failed

@@ -291,3 +291,23 @@ def test_report_and_card_check_a_read_only_output_before_computing(command: str,
     code = main([command, str(tmp_path / "run"), *target, "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "Read-only file system" in err[0] and str(read_only) in err[0]
+
+
+@pytest.mark.slow
+def test_two_processes_on_a_full_disk_fail_with_one_line(tmp_path: Path) -> None:
+    from tiny_models import two_cpu_processes
+
+    save_tiny("gpt2", tmp_path / "model", max_shard_size="10MB")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    command = two_cpu_processes(REPO / "tests" / "scripts" / "analyze_full_disk.py", str(tmp_path / "model"),
+                                str(tmp_path / "snap"))
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    # torchrun itself prints a traceback (ChildFailedError) for any child that exits non-zero; ours exit 2
+    # with one line, and none fails on a closed gloo connection
+    assert done.returncode != 0 and "exitcode: 2" in done.stderr, done.stderr[-3000:]
+    assert 'File "/' not in done.stderr.split("ChildFailedError")[0].split("Traceback")[0]
+    assert "hf_spectral/" not in done.stderr and "Connection closed" not in done.stderr
+    assert len(errors) == 1 and "No space left on device" in errors[0]
+    assert sorted(os.listdir(tmp_path)) == ["model"]
