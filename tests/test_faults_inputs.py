@@ -151,3 +151,25 @@ def test_empty_matrix_is_skipped_with_a_reason(tmp_path: Path) -> None:
     assert skipped.loc["thin.weight", "flag"] == "empty 8x0 matrix: no singular values"
     expected = np.linalg.svd(tensors["b.weight"].double().numpy(), compute_uv=False)
     np.testing.assert_allclose(snapshot.spectra["b.weight"], expected, rtol=1e-5)
+
+
+class _Planted:
+    """Unpickling this runs code: it creates ``marker`` (a stand-in for anything an attacker runs)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_malicious_pickle_is_refused_and_never_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "code-ran"
+    torch.save({"w.weight": torch.ones(3, 3), "payload": _Planted(marker)}, tmp_path / "pytorch_model.bin")
+    assert not marker.exists()
+    assert main(["analyze", str(tmp_path / "pytorch_model.bin"), "--output", str(tmp_path / "out"),
+                 "--no-progress"]) == 2
+    assert "not loaded for safety" in capsys.readouterr().err
+    assert not marker.exists()
+    torch.load(tmp_path / "pytorch_model.bin", weights_only=False)  # what an unsafe reader would do
+    assert marker.exists()  # the payload is real
