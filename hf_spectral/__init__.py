@@ -35,6 +35,12 @@ _PUBLIC = {
     "load_dynamics": "hf_spectral.dynamics",
     "compare": "hf_spectral.comparison",
     "Comparison": "hf_spectral.dynamics",
+    # your own architectures
+    "register_architecture": "hf_spectral.views.registry",
+    "TransformerPairing": "hf_spectral.views.pairs",
+    "SequentialPairing": "hf_spectral.views.pairs",
+    "ConvPathPairing": "hf_spectral.views.pairs",
+    "PathStage": "hf_spectral.views.pairs",
     # faces
     "write_report": "hf_spectral.report",
     "key_events": "hf_spectral.highlights",
@@ -61,3 +67,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from hf_spectral.series import dynamics_from_source, load_series
     from hf_spectral.store import Snapshot, read_snapshot, write_snapshot
     from hf_spectral.tracking import SpectralCallback, SpectralTracker
+    from hf_spectral.views.pairs import ConvPathPairing, PathStage, SequentialPairing, TransformerPairing
+    from hf_spectral.views.registry import register_architecture

@@ -21,6 +21,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "register", None):
+            from hf_spectral.cli.common import load_registrations
+
+            load_registrations(args.register)
         return int(args.run(args) or 0)
     except SpectralError as exc:
         if os.environ.get("RANK", "0") == "0":  # launched processes all fail alike: the main one says it once

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 DEFAULT_SERIES_TOP_K = 20  # singular vectors kept per matrix where agreement is computed
 DYNAMICS_META = "dynamics.json"  # marks a folder written by save_dynamics
@@ -21,6 +21,45 @@ def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="compute precision (default float32)")
     parser.add_argument("--alignment", action="store_true", help="also compute consecutive-layer alignment")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--register", action="append", metavar="MODULE|FILE.py", default=[],
+                        help="import this module or file first: its hf_spectral.register_architecture calls tell the "
+                        "analyzer about your own model family (e.g. --register recipes/grokking.py); repeatable")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, output_help: str, *, rows: str | None = "matrix") -> None:
+    """``--output`` (a folder) and, for commands that print a table of ``rows``, ``--all``."""
+    parser.add_argument("--output", type=Path, help=output_help)
+    if rows is not None:
+        parser.add_argument("--all", action="store_true", help=f"print every {rows} (default: up to 40)")
+
+
+def load_registrations(items: Sequence[str]) -> None:
+    """Import each ``--register`` module (dotted name) or Python file, for its ``register_architecture``
+    calls. A file is imported under its stem, as ``python FILE`` would not run its ``main``."""
+    import importlib
+    import importlib.util
+    import sys
+
+    from hf_spectral.errors import SpectralError
+
+    for item in items:
+        path = Path(item)
+        try:
+            if item.endswith(".py") or path.is_file():
+                if not path.is_file():
+                    raise SpectralError(f"--register {item}: no such file; pass a .py file or an importable module")
+                name = f"hf_spectral_registered_{path.stem}"
+                spec = importlib.util.spec_from_file_location(name, path)
+                assert spec is not None and spec.loader is not None
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module  # dataclasses of the file resolve their module by name
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(item)
+        except SpectralError:
+            raise
+        except Exception as exc:  # the user's code: any error, named in one line
+            raise SpectralError(f"--register {item} failed: {type(exc).__name__}: {exc}; fix that module") from exc
 
 
 def analysis_options(args: argparse.Namespace) -> dict[str, Any]:

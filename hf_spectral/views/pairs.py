@@ -1,4 +1,4 @@
-"""Which planned matrices pair for alignment (paper-notes §2, Eqs. 3-4): generic, pattern-driven rules.
+"""Which planned matrices pair for alignment (docs/definitions.md §4, the paper's Eqs. 3-4): generic, pattern-driven rules.
 
 The rules here know shapes and data flow, never architecture names: the registry instantiates them with
 the regexes of each family. A pair is emitted only when both matrices are planned and their shared
@@ -379,3 +379,10 @@ class ConvPath:
         if prev is not None:
             _add(out, connect(prev, spec, next_cols=(0, hidden * k), next_tag="[hidden]"))
         _add(out, connect(skip, spec, next_cols=(hidden * k, in_ch * k), next_tag="[skip]"))
+
+
+# The public names of the rules (``hf_spectral.TransformerPairing`` ...), for ``register_architecture``.
+TransformerPairing = Transformer
+SequentialPairing = Sequential
+ConvPathPairing = ConvPath
+PathStage = Stage
