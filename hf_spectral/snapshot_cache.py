@@ -22,6 +22,7 @@ import json
 import os
 from pathlib import Path
 
+from hf_spectral._version import __version__
 from hf_spectral.atomic import atomic_file
 from hf_spectral.sources.types import Checkpoint
 from hf_spectral.store import FORMAT_VERSION
@@ -63,8 +64,6 @@ def snapshot_folder(checkpoint: Checkpoint, options_meta: dict) -> tuple[Path, s
 
 
 def _key(checkpoint: Checkpoint, options: str) -> str:
-    from hf_spectral import __version__
-
     text = json.dumps([FORMAT_VERSION, __version__, checkpoint.fingerprint(), options])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
