@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hf_spectral.atomic import atomic_file, recover_all
+from hf_spectral.atomic import atomic_file, check_writable, recover_all, write_error
 from hf_spectral.engine import AnalysisOptions, analyze_checkpoint, analyze_model, plan_model, process_state
 from hf_spectral.errors import SpectralError
 from hf_spectral.store import (
@@ -286,13 +286,9 @@ def ensure_writable(folder: Path) -> None:
     """Create ``folder`` and check a file can be written there; else a one-line ``SpectralError``."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{uuid.uuid4().hex[:8]}"
-        probe.write_bytes(b"")
-        probe.unlink()
     except OSError as exc:
-        raise SpectralError(
-            f"{folder}: cannot write spectral snapshots there ({exc.strerror or exc}); pass a writable output_dir"
-        ) from None
+        raise write_error(f"spectral snapshots to {folder}", exc, "pass a writable output_dir") from None
+    check_writable(folder, "pass a writable output_dir", what="spectral snapshots to ")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
