@@ -36,15 +36,12 @@ from hf_spectral.errors import SpectralError
 from hf_spectral.sources.classify import ClassifiedSource, Revisions, SourceKind, SourceLike, classify, series_source
 from hf_spectral.sources.fingerprint import identity_keys
 from hf_spectral.sources.hub import expand_revisions, resolve_hub, step_from_name
-from hf_spectral.sources.local import step_of
+from hf_spectral.sources.local import TRAINER_STATE_FILE, step_of
 from hf_spectral.sources.resolve import open_source
 from hf_spectral.sources.types import Checkpoint
 from hf_spectral.store import CHECKPOINT_SUMMARY, LOG_HISTORY_FILE, Snapshot, is_snapshot, read_snapshot, snapshot_problem
 
 logger = logging.getLogger("hf_spectral")
-
-TRAINER_STATE_FILE = "trainer_state.json"
-
 
 
 @dataclass
