@@ -205,7 +205,10 @@ def _locked(folder: Path) -> Iterator[None]:
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a filesystem without flock (some network or FUSE mounts): still atomic, unlocked
+            pass
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -218,9 +221,14 @@ _held: dict[tuple[int, int], int] = {}
 def _hold(path: Path) -> int | None:
     """Lock ``path`` for as long as this writer lives (released by ``_release`` or by its death)."""
     fd = _open(path)
-    if fd is not None:
+    if fd is None:
+        return None
+    try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        _held[_identity(fd)] = fd
+    except OSError:  # no flock here: the temporary is simply never reclaimed while this writer may live
+        os.close(fd)
+        return None
+    _held[_identity(fd)] = fd
     return fd
 
 

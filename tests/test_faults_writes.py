@@ -311,3 +311,21 @@ def test_two_processes_on_a_full_disk_fail_with_one_line(tmp_path: Path) -> None
     assert "hf_spectral/" not in done.stderr and "Connection closed" not in done.stderr
     assert len(errors) == 1 and "No space left on device" in errors[0]
     assert sorted(os.listdir(tmp_path)) == ["model"]
+
+
+def test_a_crashed_file_write_is_cleaned_up_by_the_next(tmp_path: Path) -> None:
+    """The crash state of ``atomic_file`` (a temporary file nobody holds), simulated directly."""
+    target = tmp_path / "log_history.json"
+    target.write_text("[1]")
+    (tmp_path / ".log_history.json.tmp-0123abcd").write_text("[1, 2")  # what a kill mid-write leaves
+    with atomic.atomic_file(target) as tmp:
+        tmp.write_text("[1, 2, 3]")
+    assert target.read_text() == "[1, 2, 3]" and debris(tmp_path) == []
+
+
+def test_debris_of_other_names_is_left_to_their_writers(tmp_path: Path) -> None:
+    (tmp_path / ".other.tmp-0123abcd").mkdir()
+    write_snapshot(small_snapshot(1.0), tmp_path / "snap")
+    assert debris(tmp_path) == [".other.tmp-0123abcd"]
+    atomic.recover_all(tmp_path)  # what the recorder runs over its record folder on resume
+    assert debris(tmp_path) == []
