@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections import Counter
@@ -15,6 +16,8 @@ from hf_spectral.errors import SpectralError
 from hf_spectral.sources import resolve
 from hf_spectral.sources.types import Checkpoint
 from hf_spectral.store import META_FILE, Snapshot, check_output, is_snapshot, read_snapshot, write_snapshot
+
+logger = logging.getLogger("hf_spectral")
 
 
 def analyze(
@@ -90,7 +93,8 @@ def analyze_resolved(
 def analyze_resolved_series(
     checkpoints: list[Checkpoint], options: AnalysisOptions, *, cache_dir: str | os.PathLike | None = None
 ) -> list[Snapshot]:
-    """``analyze_series`` for checkpoints already resolved; closes them.
+    """``analyze_series`` for checkpoints already resolved; closes them. Without ``cache_dir``,
+    snapshots are kept in the cache every command shares (``hf_spectral.snapshot_cache``).
 
     Every checkpoint not found in the cache is planned (headers only) before any is computed, so bad
     input (a filter that selects nothing, a broken file) fails before anything is written.
@@ -99,8 +103,10 @@ def analyze_resolved_series(
     try:
         if cache is not None:
             check_output(cache, folder_of_snapshots=True)
-        folders = cache_folders(checkpoints, cache) if cache is not None else [None] * len(checkpoints)
-        keys = [cache_key(c, options) for c in checkpoints]
+            folders: list[Path | None] = list(cache_folders(checkpoints, cache))
+            keys = [cache_key(c, options) for c in checkpoints]
+        else:
+            folders, keys = _shared_cache(checkpoints, options)
         cached = [_cached(folder, key) for folder, key in zip(folders, keys)]
         plans: list[Plan | None] = []
         for checkpoint, hit in zip(checkpoints, cached):
@@ -109,17 +115,32 @@ def analyze_resolved_series(
         snapshots = []
         for checkpoint, folder, key, hit, plan in zip(checkpoints, folders, keys, cached, plans):
             if hit:
-                snapshots.append(read_snapshot(folder))
+                snapshot = read_snapshot(folder)
+                snapshot.meta.update(checkpoint_meta(checkpoint))  # the same weights may lie elsewhere now
+                snapshots.append(snapshot)
                 continue
             assert plan is not None
             snapshot = run_plan(plan, options, {**checkpoint_meta(checkpoint), "cache_key": key})
             checkpoint.close()  # release each checkpoint's mappings as soon as it is done
             if folder is not None:
-                _write_on_main(snapshot, folder)
+                _write_on_main(snapshot, folder, required=cache is not None)
             snapshots.append(snapshot)
     finally:
         _close(checkpoints)
     return snapshots
+
+
+def _shared_cache(checkpoints: Sequence[Checkpoint], options: AnalysisOptions) -> tuple[list[Path | None], list[str]]:
+    """Folders and keys in the snapshot cache shared by every command (none when it is off)."""
+    from hf_spectral.snapshot_cache import snapshot_folder
+
+    folders: list[Path | None] = []
+    keys: list[str] = []
+    for checkpoint in checkpoints:
+        found = snapshot_folder(checkpoint, options.to_meta())
+        folders.append(None if found is None else found[0])
+        keys.append("" if found is None else found[1])
+    return folders, keys
 
 
 def _cached(folder: Path | None, key: str) -> bool:
@@ -165,7 +186,9 @@ def cache_key(checkpoint: Checkpoint, options: AnalysisOptions) -> str:
     return digest.hexdigest()[:16]
 
 
-def _write_on_main(snapshot: Snapshot, folder: Path) -> None:
+def _write_on_main(snapshot: Snapshot, folder: Path, *, required: bool = True) -> None:
+    """Write on the main process; a failure is raised on every process after the barrier, or, when
+    not ``required`` (the shared cache), only warned about."""
     state = process_state()
     failed: SpectralError | None = None
     if state.is_main_process:
@@ -173,9 +196,16 @@ def _write_on_main(snapshot: Snapshot, folder: Path) -> None:
             write_snapshot(snapshot, folder)
         except SpectralError as exc:
             failed = exc  # raised after the barrier: the other processes must not wait forever
-    state.wait_for_everyone()
+    if state.num_processes > 1:  # every process learns of the failure (and fails alike, not on a closed gloo link)
+        from accelerate.utils import broadcast_object_list
+
+        box = [None if failed is None else str(failed)]
+        broadcast_object_list(box, from_process=0)
+        failed = None if box[0] is None else SpectralError(box[0])
     if failed is not None:
-        raise failed
+        if required:
+            raise failed
+        logger.warning("hf_spectral: snapshot not cached (%s)", failed)
 
 
 def _close(checkpoints: Sequence[Checkpoint]) -> None:

@@ -18,9 +18,9 @@ import jinja2
 from huggingface_hub import ModelCard, ModelCardData
 
 from hf_spectral._version import __version__
+from hf_spectral.atomic import atomic_file, check_writable
 from hf_spectral.dynamics.types import Dynamics
 from hf_spectral.errors import SpectralError
-from hf_spectral.store import atomic_file
 from hf_spectral.highlights import default_metric, mean_erank, metric_series, summary_lines
 
 START = "<!-- hf-spectral:start -->"
@@ -49,6 +49,8 @@ def update_model_card(
     README.md — or by absolute path when ``repo_relative_images`` is False. Returns the card.
     """
     path = None if isinstance(card, ModelCard) else Path(card)
+    if path is not None:
+        check_card_output(path, images_dir)
     if path is None:
         model_card = card
     elif path.is_file():
@@ -73,6 +75,17 @@ def update_model_card(
     if path is not None:
         _save_atomic(model_card, path)
     return model_card
+
+
+def check_card_output(card: str | os.PathLike, images_dir: str | os.PathLike | None = None) -> None:
+    """Fail now, before any work, unless the card file and its figures folder (default
+    ``spectral_plots/`` beside the card) can be written."""
+    path = Path(card)
+    if path.exists() and not path.is_file():
+        raise SpectralError(f"model card {path} is not a file; pass the card's path, e.g. {path / 'README.md'}")
+    check_writable(path, "choose a writable --model-card path", what="model card ")
+    images = Path(images_dir) if images_dir is not None else path.parent / IMAGES_DIR
+    check_writable(images, "choose a writable --images-dir", what="figures to ")
 
 
 def new_card(dynamics: Dynamics) -> ModelCard:

@@ -24,7 +24,7 @@ from hf_spectral.errors import SpectralError
 from hf_spectral.metrics import PRECISIONS
 from hf_spectral.module_cache import module_info_for
 from hf_spectral.sources.types import Checkpoint
-from hf_spectral.status import STATUS_FLAGGED, STATUS_OK, STATUS_SKIPPED, UNDEFINED_FLAGS
+from hf_spectral.status import FLAG_SVD_FAILED, STATUS_FLAGGED, STATUS_OK, STATUS_SKIPPED, UNDEFINED_FLAGS
 from hf_spectral.store import Snapshot, jsonable
 from hf_spectral.tensor_info import DTYPE_EPS, TensorInfo, dtype_code
 from hf_spectral.views import (
@@ -311,8 +311,9 @@ def decompose(spec: MatrixSpec, read: Reader, options: AnalysisOptions, device: 
             vectors = (result.u.cpu().numpy().astype(dtype), result.v.cpu().numpy().astype(dtype))
         else:
             sigma, vectors = metrics.singular_values(matrix, precision=options.precision), None
-    except metrics.DecompositionError as exc:
-        failed = dict(metrics.non_finite_metrics(shape), flag=f"svd_failed: {exc}")
+    except RuntimeError as exc:  # DecompositionError, LinAlgError, out of memory...: this matrix only
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        failed = dict(metrics.non_finite_metrics(shape), flag=f"{FLAG_SVD_FAILED}: {reason}")
         return {"metrics": failed, "sigma": None, "vectors": None}
     # The noise floor is the stored dtype's precision (a bf16 weight cannot resolve σ below ~1e-2·σ₁).
     eps = max(DTYPE_EPS.get(spec.dtype, DTYPE_EPS["F32"]), DTYPE_EPS["F64" if options.precision == "float64" else "F32"])
@@ -430,7 +431,7 @@ def _assemble(plan: Plan, matrix_results: list[dict], pair_results: list[dict], 
         rows.append({
             **_describe(spec.name, plan.components.get(spec.name, ""), spec.tensor_shape, spec.dtype),
             "index": index, "kind": spec.kind, "view": spec.view, "rows": spec.shape[0], "cols": spec.shape[1],
-            "status": STATUS_FLAGGED if flag in UNDEFINED_FLAGS else STATUS_OK, "flag": flag, **values,
+            "status": STATUS_FLAGGED if flag.split(":")[0] in UNDEFINED_FLAGS else STATUS_OK, "flag": flag, **values,
         })
         if result["sigma"] is not None:
             spectra[spec.name] = result["sigma"]

@@ -233,7 +233,10 @@ def summary_lines(dyn: Dynamics, metric: str | None = None, threshold: float = 0
         return ["No snapshots with decomposed matrices: nothing to summarize."]
     changes = layer_changes(dyn)
     flagged = int(changes["flagged"].sum())
-    span = f"1 snapshot at step {_n(steps[0])}" if len(steps) == 1 else f"{len(steps)} snapshots from step {_n(steps[0])} to step {_n(steps[-1])}"
+    if dyn.meta.get("step_is_position"):  # positions in the series, not training steps: never call them steps
+        span = "1 snapshot (training step unknown)" if len(steps) == 1 else f"{len(steps)} snapshots (training steps unknown)"
+    else:
+        span = f"1 snapshot at step {_n(steps[0])}" if len(steps) == 1 else f"{len(steps)} snapshots from step {_n(steps[0])} to step {_n(steps[-1])}"
     lines = [
         f"{span}; {len(matrices)} weight matrices"
         + (f", {flagged} with undefined metrics at some step (flagged; shown as gaps)." if flagged else ".")

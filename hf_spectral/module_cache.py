@@ -6,11 +6,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from hf_spectral._version import __version__
+from hf_spectral.atomic import atomic_file
 from hf_spectral.views import module_types_from_config
 
 
@@ -38,9 +38,8 @@ def module_info_for(config: dict[str, Any]) -> tuple[dict[str, str], list[str], 
         value = None if info is None else {"types": info[0], "order": info[1], "buffers": sorted(info[2])}
         with contextlib.suppress(OSError, TypeError, ValueError):
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(value))
-            os.replace(tmp, path)  # atomic: concurrent processes never read half a file
+            with atomic_file(path) as tmp:  # concurrent processes never read half a file
+                tmp.write_text(json.dumps(value))
     return info
 
 
@@ -49,10 +48,11 @@ _VOLATILE_CONFIG_KEYS = ("_name_or_path", "_commit_hash", "transformers_version"
 
 
 def _module_cache_path(config: dict[str, Any]) -> Path | None:
-    root = os.environ.get("HF_SPECTRAL_CACHE")
-    if root is not None and root.strip().lower() in ("", "0", "off", "false", "no"):
+    from hf_spectral.snapshot_cache import cache_root
+
+    base = cache_root()
+    if base is None:
         return None
-    base = Path(root).expanduser() if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hf_spectral"
     try:
         from importlib.metadata import PackageNotFoundError, version
     except ImportError:  # pragma: no cover

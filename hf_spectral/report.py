@@ -17,13 +17,15 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from hf_spectral._version import __version__
+from hf_spectral.atomic import atomic_folder, check_writable, write_error
 from hf_spectral.dynamics.types import Dynamics
 from hf_spectral.errors import SpectralError
-from hf_spectral.store import atomic_file
 from hf_spectral.highlights import default_metric, layer_changes, summary_lines, training_metrics
 
 FIGURES_DIR = "figures"
 LAYERS_FILE = "layers.csv"
+INDEX_FILE = "index.html"
+REPORT_ENTRIES = {INDEX_FILE, LAYERS_FILE, FIGURES_DIR}  # what a report folder holds (it is replaced whole)
 
 
 @dataclass(frozen=True)
@@ -111,17 +113,48 @@ def write_report(
     threshold: float = 0.9,
 ) -> Path:
     """Write ``index.html`` (self-contained), ``figures/*.{png,svg}`` and ``layers.csv`` to
-    ``output_dir``; returns the path of ``index.html``. ``metric`` is the training metric shown
-    against rank (default: the validation accuracy when logged)."""
-    from hf_spectral.plots import save_figure
-
+    ``output_dir`` (written whole or not at all, replacing an earlier report); returns the path of
+    ``index.html``. ``metric`` is the training metric shown against rank (default: the validation
+    accuracy when logged)."""
     formats = tuple(formats)
     if not formats:
         raise SpectralError("write_report needs at least one figure format; pass formats=('png',) or ('svg',)")
     if not dynamics.matrices:
         raise SpectralError("the dynamics have no decomposed matrices: nothing to report; check the SOURCE and --include/--exclude")
     out = Path(output_dir)
+    check_report_output(out)
     metric = metric or default_metric(dynamics)
+    try:
+        # Everything goes into a temporary folder renamed into place at the end: a failure (disk full)
+        # leaves no figures of a half-written report behind, and an earlier report stays whole.
+        with atomic_folder(out) as tmp:
+            _write_pages(dynamics, tmp, title=title, formats=formats, metric=metric, threshold=threshold)
+    except OSError as exc:
+        raise write_error(f"report to {out}", exc, "free space or choose a writable --output folder") from exc
+    return out / INDEX_FILE
+
+
+def check_report_output(output_dir: str | os.PathLike) -> None:
+    """Fail now, before any work, unless ``output_dir`` can take a report: missing, empty or a
+    report written before (replaced whole), in a writable place."""
+    out = Path(output_dir)
+    if out.is_symlink() or out.is_file():
+        raise SpectralError(f"{out} exists and is not a report folder: choose another --output or remove it")
+    if out.is_dir():
+        try:
+            names = {p.name for p in out.iterdir()}
+        except OSError as exc:
+            raise write_error(f"report to {out}", exc, "choose a writable --output folder") from exc
+        if names and not (INDEX_FILE in names and names <= REPORT_ENTRIES):
+            raise SpectralError(f"{out} exists and holds other files than a report: choose another --output "
+                                "or remove that folder")
+    check_writable(out, "choose a writable --output folder", what="report to ")
+
+
+def _write_pages(dynamics: Dynamics, out: Path, *, title: str | None, formats: tuple[str, ...],
+                 metric: str | None, threshold: float) -> None:
+    from hf_spectral.plots import save_figure
+
     sections, skipped = [], []
     for spec in figure_specs(metric, threshold):
         reason = spec.missing(dynamics)
@@ -137,7 +170,7 @@ def write_report(
         sections.append(_figure_html(spec, paths))
 
     changes = layer_changes(dynamics)
-    _write_atomic(out / LAYERS_FILE, changes.to_csv(index=False))
+    (out / LAYERS_FILE).write_text(changes.to_csv(index=False), encoding="utf-8")
     page = _template().substitute(
         title=html.escape(title or _default_title(dynamics)),
         subtitle=html.escape(_subtitle(dynamics)),
@@ -147,9 +180,7 @@ def write_report(
         table=_table_html(changes),
         version=html.escape(__version__),
     )
-    index = out / "index.html"
-    _write_atomic(index, page)
-    return index
+    (out / INDEX_FILE).write_text(page, encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -226,7 +257,10 @@ def _subtitle(dyn: Dynamics) -> str:
     parts = []
     if dyn.meta.get("source"):
         parts.append(f"source {dyn.meta['source']}")
-    if steps:
+    if steps and dyn.meta.get("step_is_position"):  # positions in the series, not training steps: never call them steps
+        parts.append(f"{len(steps)} snapshots in series order (training steps unknown)" if len(steps) > 1
+                     else "1 snapshot (training step unknown)")
+    elif steps:
         parts.append(f"{len(steps)} snapshot{'s' if len(steps) != 1 else ''}, steps {steps[0]:,}–{steps[-1]:,}" if len(steps) > 1
                      else f"1 snapshot at step {steps[0]:,}")
     parts.append(f"{len(dyn.matrices)} weight matrices")
@@ -240,12 +274,3 @@ def _template() -> Template:
     return Template(resources.files("hf_spectral").joinpath("templates/report.html").read_text(encoding="utf-8"))
 
 
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_file(path) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise SpectralError(f"cannot write {path}: {exc.strerror or exc}; choose a writable --output folder") from exc

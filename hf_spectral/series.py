@@ -3,10 +3,12 @@
 Accepted sources:
 
 * a callback record: a folder of snapshot folders (``step-000100/`` ...), read as they are, with
-  the record's ``log_history.json`` when present;
-* a Trainer output folder (``checkpoint-*``): every checkpoint analyzed through the analyzer's
-  cache (``<run>/spectral_cache`` by default), so a second call recomputes nothing; the log
-  history comes from the last checkpoint's ``trainer_state.json``;
+  the record's ``log_history.json`` when present (a damaged snapshot is left out with a warning);
+* a Trainer output folder (``checkpoint-*``) or a model folder that holds the callback's record
+  ``spectral/``: that record (``sources.series_source`` decides; ``meta["series"]["notes"]`` says so);
+* a Trainer output folder without a record: each checkpoint's own ``checkpoint-N/spectral/``
+  summary when it has one, else the checkpoint analyzed through the analyzer's cache, so a second
+  call recomputes nothing; the log history comes from the last checkpoint's ``trainer_state.json``;
 * an explicit list of checkpoints (files, model folders, runs, snapshot folders, Hub ids);
 * a Hub model id with ``revisions``: names, a comma-separated string, or globs (``'step*'``)
   matched against the repo's branches and tags (``huggingface_hub.list_repo_refs`` online, the
@@ -19,6 +21,7 @@ reported; revisions that cannot be read are reported and skipped.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -30,15 +33,15 @@ from hf_spectral.dynamics.compute import compute_dynamics
 from hf_spectral.dynamics.types import Dynamics
 from hf_spectral.engine import AnalysisOptions, checkpoint_meta
 from hf_spectral.errors import SpectralError
-from hf_spectral.sources.classify import ClassifiedSource, Revisions, SourceKind, SourceLike, classify
+from hf_spectral.sources.classify import ClassifiedSource, Revisions, SourceKind, SourceLike, classify, series_source
 from hf_spectral.sources.fingerprint import identity_keys
 from hf_spectral.sources.hub import expand_revisions, resolve_hub, step_from_name
-from hf_spectral.sources.local import TRAINER_STATE_FILE
+from hf_spectral.sources.local import TRAINER_STATE_FILE, step_of
 from hf_spectral.sources.resolve import open_source
 from hf_spectral.sources.types import Checkpoint
-from hf_spectral.store import LOG_HISTORY_FILE, Snapshot, read_snapshot
+from hf_spectral.store import CHECKPOINT_SUMMARY, LOG_HISTORY_FILE, Snapshot, is_snapshot, read_snapshot, snapshot_problem
 
-DEFAULT_CACHE = "spectral_cache"  # inside a Trainer run folder
+logger = logging.getLogger("hf_spectral")
 
 
 @dataclass
@@ -59,9 +62,10 @@ class _Series:
     sources: list[str] = field(default_factory=list)
     missing: list[dict[str, str]] = field(default_factory=list)  # label, reason
     identical: list[list[str]] = field(default_factory=list)  # groups of labels, first one analyzed
+    notes: list[str] = field(default_factory=list)  # what was read of each SOURCE, when there was a choice
 
     def to_meta(self) -> dict[str, Any]:
-        return {"sources": self.sources, "missing": self.missing, "identical": self.identical}
+        return {"sources": self.sources, "missing": self.missing, "identical": self.identical, "notes": self.notes}
 
 
 def load_series(
@@ -84,9 +88,11 @@ def load_series(
     """
     options = {"top_k": top_k, "alignment": alignment, **analysis_options}
     AnalysisOptions(**options)  # bad options fail before anything is resolved
-    found = classify(source, revisions=revisions)
+    found = series_source(classify(source, revisions=revisions))
     items = found.items if found.kind is SourceKind.CHECKPOINTS else (found,)
-    series = _Series(sources=[item.source for item in items])
+    series = _Series(sources=[item.source for item in items], notes=[item.note for item in items if item.note])
+    for note in series.notes:
+        logger.info("hf_spectral: %s", note)
     user_cache = Path(cache_dir) if cache_dir is not None else None
     entries: list[Snapshot | _Pending] = []
     for item in items:
@@ -113,32 +119,59 @@ def _entries(found: ClassifiedSource, user_cache: Path | None, variant: str | No
         return [_labelled(read_snapshot(found.path), found.path.name)]
     if found.kind is SourceKind.RECORD:
         assert found.path is not None
-        return _record(found.path, list(found.folders))
+        return _record(found.path, list(found.folders), series)
     if found.kind is SourceKind.TRAINER_RUN:
-        return _trainer_run(found, user_cache, variant)
+        return _trainer_run(found, user_cache, variant, series)
     if found.kind is SourceKind.HUB_REVISIONS:
         return _hub_revisions(found, user_cache, variant, hub_cache_dir, series)
     return [_Pending(c, user_cache) for c in open_source(found, variant=variant, cache_dir=hub_cache_dir)]
 
 
-def _record(folder: Path, snapshot_folders: list[Path]) -> list[Snapshot | _Pending]:
+def _record(folder: Path, snapshot_folders: list[Path], series: _Series) -> list[Snapshot | _Pending]:
+    """The record's snapshots; a damaged or incomplete one (torn meta, a step that is not a number,
+    missing or cut-short arrays) is left out and reported in ``series.missing``: the series goes on."""
     history = _log_history_file(folder / LOG_HISTORY_FILE)
     snapshots: list[Snapshot | _Pending] = []
+    reasons = []
     for sub in snapshot_folders:
-        snapshot = _labelled(read_snapshot(sub), sub.name)
+        try:
+            snapshot = _labelled(read_snapshot(sub), sub.name)
+        except SpectralError as exc:
+            series.missing.append({"label": sub.name, "reason": str(exc)})
+            reasons.append(str(exc))
+            continue
         if history is not None:
             snapshot.meta["log_history"] = history
         snapshots.append(snapshot)
+    if reasons and not snapshots:
+        raise SpectralError(f"none of the {len(reasons)} snapshots of {folder} can be read ({reasons[0]})")
     return snapshots
 
 
-def _trainer_run(found: ClassifiedSource, user_cache: Path | None, variant: str | None) -> list[Snapshot | _Pending]:
+def _trainer_run(found: ClassifiedSource, user_cache: Path | None, variant: str | None,
+                 series: _Series) -> list[Snapshot | _Pending]:
+    """The run's checkpoints: each one's own ``checkpoint-N/spectral`` summary when every checkpoint
+    has an intact one (the callback wrote them: no SVD to repeat), else every checkpoint analyzed."""
     assert found.path is not None
-    checkpoints = open_source(found, variant=variant)
-    cache = user_cache if user_cache is not None else found.path / DEFAULT_CACHE
-    last_state = checkpoints[-1].path / TRAINER_STATE_FILE if checkpoints else None
+    last_state = found.folders[-1] / TRAINER_STATE_FILE if found.folders else None
     history = _log_history_file(last_state) if last_state is not None else None
-    return [_Pending(c, cache, history) for c in checkpoints]
+    summaries = [folder / CHECKPOINT_SUMMARY for folder in found.folders]
+    if summaries and all(is_snapshot(s) and snapshot_problem(s) is None for s in summaries):
+        series.notes.append(
+            f"{found.source}: reading the spectral summaries the callback saved in its {len(summaries)} checkpoint "
+            "folders (singular values and metrics, no singular vectors, so no agreement); pass the checkpoint "
+            "folders themselves to analyze them")
+        snapshots: list[Snapshot | _Pending] = []
+        for folder, summary in zip(found.folders, summaries):
+            snapshot = read_snapshot(summary)
+            snapshot.meta.update(label=folder.name, checkpoint=str(folder), source=found.source)
+            if snapshot.meta.get("step") is None:
+                snapshot.meta["step"] = step_of(folder)
+            if history is not None:
+                snapshot.meta["log_history"] = history
+            snapshots.append(snapshot)
+        return snapshots
+    return [_Pending(c, user_cache, history) for c in open_source(found, variant=variant)]
 
 
 def _hub_revisions(found: ClassifiedSource, user_cache: Path | None, variant: str | None,
@@ -242,7 +275,7 @@ def _warn_about(series: _Series) -> None:
     if series.missing:
         labels = ", ".join(m["label"] for m in series.missing)
         reason = series.missing[0]["reason"]
-        warnings.warn(f"revisions missing or unreadable, left out of the series: {labels} ({reason})", stacklevel=3)
+        warnings.warn(f"missing, damaged or unreadable, left out of the series: {labels} ({reason})", stacklevel=3)
 
 
 # --------------------------------------------------------------------------------------------------

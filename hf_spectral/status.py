@@ -11,4 +11,5 @@ STATUS_SKIPPED = "skipped"
 FLAG_ZERO = "zero_matrix"  # all zeros: ranks undefined
 FLAG_NON_FINITE = "non_finite"  # NaN or inf entries
 FLAG_RANK_DEFICIENT = "rank_deficient"  # numerical rank below min(rows, cols): metrics still defined
-UNDEFINED_FLAGS = frozenset({FLAG_ZERO, FLAG_NON_FINITE})  # metrics not defined: the row is flagged
+FLAG_SVD_FAILED = "svd_failed"  # the SVD failed, also retried: the flag reads "svd_failed: <reason>"
+UNDEFINED_FLAGS = frozenset({FLAG_ZERO, FLAG_NON_FINITE, FLAG_SVD_FAILED})  # metrics not defined: the row is flagged

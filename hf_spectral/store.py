@@ -8,27 +8,26 @@ One format serves the analyzer, the training callback and the dynamics tools. A 
                          ``align/<label>`` alignment diagonals
     meta.json            source, checkpoint, step, options, versions, summary
 
-Folders are written atomically: everything goes to a hidden temporary sibling that is renamed into
-place, so a reader never sees a half-written snapshot and a crash leaves the old one intact.
+Folders are written atomically (``hf_spectral.atomic``): everything goes to a hidden temporary sibling
+that is renamed into place, so a reader never sees a half-written snapshot, a crash leaves the old one
+intact, and the next writer cleans up after a crashed one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
+from hf_spectral.atomic import atomic_folder, check_writable, write_error
 from hf_spectral.errors import SpectralError
 from hf_spectral.status import FLAG_RANK_DEFICIENT, STATUS_FLAGGED, STATUS_OK, STATUS_SKIPPED  # noqa: F401 (re-exported)
 
@@ -40,6 +39,7 @@ META_FILE = "meta.json"
 # A callback record: snapshot folders (step-N/) and the training metrics beside them.
 LOG_HISTORY_FILE = "log_history.json"
 RECORD_FOLDER = "spectral"  # the callback's default record: <TrainingArguments.output_dir>/spectral
+CHECKPOINT_SUMMARY = "spectral"  # <checkpoint-N>/spectral/: the spectra the callback saves with a checkpoint (no vectors)
 
 
 
@@ -116,30 +116,20 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
 
 def write_snapshot(snapshot: Snapshot, path: str | os.PathLike) -> Path:
     """Write ``snapshot`` to folder ``path`` atomically, replacing a snapshot already there; returns
-    the final path. Anything else at ``path`` (a file, a folder with other contents) is an error."""
+    the final path. Anything else at ``path`` (a file, a folder with other contents) is an error, and
+    so is a failed write (disk full, read-only): nothing of it is left behind."""
     final = Path(path)
     _check_replaceable(final)
-    created = _missing_parents(final)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-        snapshot.table.to_parquet(tmp / MATRICES_FILE, index=False)
-        if len(snapshot.alignment):
-            snapshot.alignment.to_parquet(tmp / ALIGNMENT_FILE, index=False)
-        save_file(_arrays(snapshot), str(tmp / ARRAYS_FILE))
-        meta = {"format_version": FORMAT_VERSION, **snapshot.meta, "summary": snapshot.summary()}
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=json_default))
-        replace_folder(tmp, final)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for folder in created:  # deepest first; only folders this call made, and only if still empty
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        if isinstance(exc, OSError):
-            reason = exc.strerror or str(exc) or type(exc).__name__
-            raise SpectralError(f"cannot write snapshot to {final}: {reason}; choose a writable --output") from exc
-        raise
+        with atomic_folder(final) as tmp:
+            snapshot.table.to_parquet(tmp / MATRICES_FILE, index=False)
+            if len(snapshot.alignment):
+                snapshot.alignment.to_parquet(tmp / ALIGNMENT_FILE, index=False)
+            save_file(_arrays(snapshot), str(tmp / ARRAYS_FILE))
+            meta = {"format_version": FORMAT_VERSION, **snapshot.meta, "summary": snapshot.summary()}
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=json_default))
+    except (OSError, SafetensorError) as exc:  # safetensors reports a full disk as SafetensorError
+        raise write_error(f"snapshot to {final}", exc, "free space or choose a writable --output") from exc
     return final
 
 
@@ -150,8 +140,11 @@ def read_snapshot(path: str | os.PathLike) -> Snapshot:
         raise SpectralError(
             f"{folder} is not an hf_spectral snapshot (no {META_FILE}/{MATRICES_FILE}); pass a folder written by hf-spectral"
         )
+    problem = snapshot_problem(folder)  # torn meta, a missing or cut-short arrays file: named, one line
+    if problem is not None:
+        raise SpectralError(problem)
+    meta = read_meta(folder)
     try:
-        meta = json.loads((folder / META_FILE).read_text())
         version = meta.pop("format_version", FORMAT_VERSION)
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise SpectralError(
@@ -160,12 +153,11 @@ def read_snapshot(path: str | os.PathLike) -> Snapshot:
         meta.pop("summary", None)  # derived from the table: Snapshot.summary() recomputes it
         table = pd.read_parquet(folder / MATRICES_FILE)
         alignment = pd.read_parquet(folder / ALIGNMENT_FILE) if (folder / ALIGNMENT_FILE).is_file() else pd.DataFrame()
-        arrays = load_file(str(folder / ARRAYS_FILE)) if (folder / ARRAYS_FILE).is_file() else {}
+        arrays = load_file(str(folder / ARRAYS_FILE))
     except SpectralError:
         raise
-    except (OSError, ValueError, SafetensorError) as exc:  # ValueError: bad JSON or parquet
-        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise SpectralError(f"{folder} is a damaged snapshot ({detail}): compute it again") from exc
+    except (OSError, ValueError, SafetensorError) as exc:  # ValueError: bad parquet
+        raise SpectralError(f"{folder} is a damaged snapshot ({_first_line(exc)}): compute it again") from exc
     spectra: dict[str, np.ndarray] = {}
     left: dict[str, np.ndarray] = {}
     right: dict[str, np.ndarray] = {}
@@ -184,18 +176,62 @@ def is_snapshot(path: str | os.PathLike) -> bool:
     return (folder / META_FILE).is_file() and (folder / MATRICES_FILE).is_file()
 
 
+def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
+    """The ``meta.json`` of a snapshot folder; torn or unreadable is a one-line ``SpectralError``."""
+    path = Path(folder) / META_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SpectralError(f"{folder} is a damaged snapshot (unreadable {META_FILE}: {_first_line(exc)}): compute it again") from exc
+    if not isinstance(meta, dict):
+        raise SpectralError(f"{folder} is a damaged snapshot ({META_FILE} is not a JSON object): compute it again")
+    step = meta.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+        raise SpectralError(f"{folder} is a damaged snapshot (step {step!r} in {META_FILE} is not a whole number): "
+                            "fix the step or compute it again")
+    return meta
+
+
+def snapshot_problem(folder: str | os.PathLike) -> str | None:
+    """Why ``folder`` is not a complete snapshot, or None. Cheap (no table or array is read): the
+    meta parses, the table and arrays files exist and the arrays file is not cut short."""
+    folder = Path(folder)
+    try:
+        read_meta(folder)
+    except SpectralError as exc:
+        return str(exc)
+    for name in (MATRICES_FILE, ARRAYS_FILE):
+        if not (folder / name).is_file():
+            return f"{folder} is an incomplete snapshot ({name} is missing): compute it again"
+    try:
+        with safe_open(str(folder / ARRAYS_FILE), framework="np"):
+            pass
+    except (OSError, SafetensorError) as exc:
+        return f"{folder} is a damaged snapshot ({ARRAYS_FILE}: {_first_line(exc)}): compute it again"
+    return None
+
+
 def iter_snapshots(folder: str | os.PathLike) -> Iterator[Path]:
-    """Snapshot folders directly inside ``folder`` (a callback record), sorted by step then name."""
+    """Snapshot folders directly inside ``folder`` (a callback record), sorted by step then name.
+    Folders whose ``meta.json`` is torn or whose step is not a number come last (by name): readers
+    find out what is wrong with them (``snapshot_problem``, ``read_snapshot``)."""
     root = Path(folder)
     if not root.is_dir():
         raise SpectralError(f"no such folder of snapshots: {root}; pass a folder written by hf-spectral or the callback")
     found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and is_snapshot(p)]
 
     def key(p: Path) -> tuple[float, str]:
-        step = json.loads((p / META_FILE).read_text()).get("step")
+        try:
+            step = read_meta(p).get("step")
+        except SpectralError:
+            return (math.inf, p.name)
         return (math.inf if step is None else float(step), p.name)
 
     yield from sorted(found, key=key)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
 
 
 def _arrays(snapshot: Snapshot) -> dict[str, np.ndarray]:
@@ -223,13 +259,9 @@ def check_output(path: str | os.PathLike, *, folder_of_snapshots: bool = False) 
     if folder_of_snapshots:
         if final.exists() and not final.is_dir():
             raise SpectralError(f"{final} exists and is not a folder: choose another --output or remove it")
-        target = final
     else:
         _check_replaceable(final)
-        target = final.parent
-    existing = next((p for p in (target.absolute(), *target.absolute().parents) if p.exists()), None)
-    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise SpectralError(f"cannot write snapshot to {final}: {existing} is not a writable folder; choose a writable --output")
+    check_writable(final, "choose a writable --output", what="snapshot to ")
 
 
 def _check_replaceable(final: Path) -> None:
@@ -245,47 +277,6 @@ def _check_replaceable(final: Path) -> None:
             raise SpectralError(
                 f"{final} exists and is not an hf_spectral snapshot: choose another --output or remove that folder"
             )
-
-
-def _missing_parents(final: Path) -> list[Path]:
-    """The ancestors of ``final`` that do not exist yet, deepest first."""
-    missing = []
-    for parent in final.absolute().parents:
-        if parent.exists():
-            break
-        missing.append(parent)
-    return missing
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
-    """A hidden temporary sibling of ``path`` to write to: renamed over ``path`` when the block
-    succeeds, removed when it fails, so ``path`` never holds a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def replace_folder(tmp: Path, final: Path) -> None:
-    """Put the complete folder ``tmp`` at ``final``, replacing what is there."""
-    # A directory cannot be renamed over a non-empty one: move the old one aside first, so that at
-    # every moment either the old or the new complete snapshot is at ``final`` (or, for an instant,
-    # the old one beside it, put back if the second rename fails).
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-    try:
-        os.replace(tmp, final)
-    except BaseException:
-        if old is not None:
-            os.replace(old, final)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def jsonable(value: Any) -> Any:

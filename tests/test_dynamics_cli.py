@@ -42,7 +42,7 @@ def test_dynamics_command_prints_and_writes(run: Path, tmp_path: Path, capsys: p
     # l1 is only scaled: its singular vectors agree exactly with the final ones (up to float32 storage).
     first = dyn.agreement_scores.query("matrix == 'l1.weight' and step == 1 and reference_kind == 'reference'")
     assert first["score"].item() == pytest.approx(1.0, abs=1e-6)
-    assert (run / "spectral_cache" / "checkpoint-3").is_dir()  # a Trainer run caches inside itself
+    assert not (run / "spectral_cache").exists()  # snapshots go to the cache every command shares
     # Another reference; tables replaced in place.
     assert main(["dynamics", str(run), "--output", str(out), "--reference", "checkpoint-1", "--no-progress"]) == 0
     assert load_dynamics(out).meta["reference"] == "checkpoint-1"
@@ -55,7 +55,7 @@ def test_dynamics_command_on_several_checkpoints(run: Path, tmp_path: Path, caps
     dyn = load_dynamics(out)
     assert dyn.meta["labels"] == ["checkpoint-1", "checkpoint-3"]  # both steps known: time order
     assert dyn.agreement.groupby(["step", "matrix"]).size().max() == 3
-    assert (tmp_path / "two-snapshots").is_dir()  # checkpoints' snapshots are cached beside the tables
+    assert not (tmp_path / "two-snapshots").exists()  # cached in $HF_SPECTRAL_CACHE, not beside the tables
 
 
 def test_dynamics_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -130,13 +130,13 @@ def test_trainer_run_training_table_from_last_trainer_state(run: Path) -> None:
     assert set(dyn.training["metric"]) == {"loss", "learning_rate", "epoch"}
 
 
-def test_second_call_on_a_run_recomputes_nothing(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    first = load_series(run, progress=False)  # fills (or reuses) run/spectral_cache
-    cache = run / "spectral_cache"
+def test_second_call_on_a_run_recomputes_nothing(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    first = load_series(run, cache_dir=cache, progress=False)
     stamps = {p.name: ((p / "meta.json").stat().st_mtime_ns, p.stat().st_ino) for p in cache.iterdir()}
     assert set(stamps) == {"checkpoint-2", "checkpoint-4", "checkpoint-6"}
     calls = count_decompositions(monkeypatch)
-    again = load_series(run, progress=False)
+    again = load_series(run, cache_dir=cache, progress=False)
     assert calls == []
     assert {p.name: ((p / "meta.json").stat().st_mtime_ns, p.stat().st_ino) for p in cache.iterdir()} == stamps
     for a, b in zip(first, again):
@@ -153,11 +153,12 @@ def test_changed_options_are_computed_again(run: Path, tmp_path: Path, monkeypat
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
 
 
-def test_folder_of_analyzed_checkpoints_is_read_as_a_record(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`hf-spectral analyze run/` (and the cache) write checkpoint-N/ snapshot folders: read, not resolved."""
-    load_series(run, progress=False)
+def test_folder_of_analyzed_checkpoints_is_read_as_a_record(run: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hf-spectral analyze run/` (and --cache-dir) write checkpoint-N/ snapshot folders: read, not resolved."""
+    load_series(run, cache_dir=tmp_path / "cache", progress=False)
     calls = count_decompositions(monkeypatch)
-    snapshots = load_series(run / "spectral_cache")
+    snapshots = load_series(tmp_path / "cache")
     assert calls == [] and [s.meta["label"] for s in snapshots] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
     assert [s.step for s in snapshots] == [2, 4, 6]
 

@@ -27,15 +27,15 @@ LAYERS: dict[str, int] = {
     "hf_spectral.store": 3,
     "hf_spectral.sources": 4,
     "hf_spectral.dynamics": 5,  # beside the engine: it reads snapshots (see DYNAMICS_MAY_IMPORT)
-    "hf_spectral.module_cache": 5, "hf_spectral.engine": 5,
+    "hf_spectral.module_cache": 5, "hf_spectral.snapshot_cache": 5, "hf_spectral.engine": 5,
     "hf_spectral.analyzer": 6, "hf_spectral.series": 6, "hf_spectral.comparison": 6,
     "hf_spectral.tracking": 7, "hf_spectral.experiments": 7,
     "hf_spectral.highlights": 8, "hf_spectral.plots": 8, "hf_spectral.report": 8, "hf_spectral.cards": 8,
     "hf_spectral.cli": 8, "hf_spectral.__main__": 8,
     "hf_spectral": 9,  # the package root: the public API, loaded lazily
 }
-DYNAMICS_MAY_IMPORT = ("hf_spectral.dynamics", "hf_spectral.store", "hf_spectral.metrics", "hf_spectral.errors",
-                       "hf_spectral.status", "hf_spectral._lazy")
+DYNAMICS_MAY_IMPORT = ("hf_spectral.dynamics", "hf_spectral.store", "hf_spectral.atomic", "hf_spectral.metrics",
+                       "hf_spectral.errors", "hf_spectral.status", "hf_spectral._lazy")
 
 
 def module_name(path: Path) -> str:

@@ -198,6 +198,32 @@ def test_sharded_model_falls_back_to_saved_checkpoints(tmp_path, monkeypatch, ca
         assert read_snapshot(tmp_path / f"checkpoint-{step}" / "spectral").meta["step"] == step
 
 
+def test_resume_sets_damaged_snapshots_aside_and_trains_on(tmp_path, caplog):
+    """A torn meta.json in a kept snapshot and a cut-short arrays file in the latest one: moved to
+    <record>/.damaged (never deleted) with a warning; training resumes and the record goes on."""
+    run = tmp_path / "run"
+    lm_trainer(run, [SpectralCallback(top_k=2), StopAt(15)], max_steps=20, save_steps=10).train()
+    record = run / "spectral"
+    kept = [s for s in record_steps(record) if s <= 10]
+    torn, latest = record / f"step-{kept[1]:06d}", record / "step-000010"
+    torn_meta = (torn / "meta.json").read_text()[:40]
+    (torn / "meta.json").write_text(torn_meta)
+    arrays = (latest / "spectra.safetensors").read_bytes()
+    (latest / "spectra.safetensors").write_bytes(arrays[: len(arrays) // 2])
+
+    second = lm_trainer(run, [SpectralCallback(top_k=2)], max_steps=20, save_steps=10)
+    with caplog.at_level(logging.WARNING, logger="hf_spectral"):
+        second.train(resume_from_checkpoint=str(run / "checkpoint-10"))
+    assert second.state.global_step == 20  # trained to the end
+    damaged = record / ".damaged"
+    assert sorted(p.name for p in damaged.iterdir()) == sorted([torn.name, latest.name])
+    assert (damaged / torn.name / "meta.json").read_text() == torn_meta  # set aside as it was, not deleted
+    assert "unreadable meta.json" in caplog.text and "moved to" in caplog.text
+    # step 10 is the resumed model's first snapshot again (from the same weights); the torn one is gone
+    assert record_steps(record) == [s for s in log_spaced_steps(20) if s != kept[1]]
+    assert read_snapshot(record / "step-000010").spectra
+
+
 # ------------------------------------------------------------------------------------------------
 # the route to the Trainer's CallbackHandler (report_to loggers)
 

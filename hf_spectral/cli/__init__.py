@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -34,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_registrations(args.register)
         return int(args.run(args) or 0)
     except SpectralError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # launched processes all fail alike: the main one says it once
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf_spectral.cli.common import add_series_arguments, is_main_process, load_dynamics_for
+from hf_spectral.cli.common import add_series_arguments, is_main_process, load_dynamics_for, print_notes
 from hf_spectral.errors import SpectralError
 
 
@@ -24,16 +24,19 @@ def add_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_card(args: argparse.Namespace) -> int:
-    from hf_spectral.cards import update_model_card
+    from hf_spectral.cards import check_card_output, update_model_card
 
     card = args.model_card
     if card is None:
         if len(args.sources) != 1 or not Path(args.sources[0]).is_dir():
             raise SpectralError(f"{' '.join(args.sources)} is not one local folder; pass --model-card PATH for the card to write")
         card = Path(args.sources[0]) / "README.md"
+    if is_main_process():
+        check_card_output(card, args.images_dir)  # before the analysis, not after it
     dynamics = load_dynamics_for(args)
     if not is_main_process():
         return 0
+    print_notes(dynamics)
     update_model_card(card, dynamics, images_dir=args.images_dir, repo_relative_images=not args.absolute_image_paths,
                       metric=args.metric, threshold=args.threshold)
     print(f"spectral analysis section written to {card}")

@@ -95,7 +95,7 @@ def add_series_arguments(parser: argparse.ArgumentParser, *, figures: bool = Fal
                         help="the snapshot agreement is measured against (default: final)")
     parser.add_argument("--top", type=int, default=10, help="diagonal entries averaged by the scores (default 10)")
     parser.add_argument("--cache-dir", type=Path, help="where analyzed snapshots are kept for reuse "
-                        "(default for a Trainer run: <run>/spectral_cache)")
+                        "(default: the cache every command shares, $HF_SPECTRAL_CACHE/snapshots)")
     parser.add_argument("--no-alignment", action="store_true", help="skip consecutive-layer alignment")
     if figures:
         parser.add_argument("--metric", help="training metric shown against rank (default: the validation accuracy when logged)")
@@ -127,6 +127,12 @@ def load_dynamics_for(args: argparse.Namespace) -> Any:
 
     return dynamics_from_source(series_sources(args), revisions=series_revisions(args), reference=args.reference,
                                 cache_dir=args.cache_dir, top=args.top, variant=args.variant, **analysis_options(args))
+
+
+def print_notes(dynamics: Any) -> None:
+    """Say what was read of each SOURCE where there was a choice (a record over checkpoints...)."""
+    for note in dynamics.meta.get("notes") or []:
+        print(note)
 
 
 def is_main_process() -> bool:

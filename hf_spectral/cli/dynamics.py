@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from hf_spectral.cli.common import (
-    add_output_arguments, add_series_arguments, analysis_options, is_main_process, series_revisions, series_sources,
+    add_output_arguments, add_series_arguments, analysis_options, is_main_process, print_notes, series_revisions,
+    series_sources,
 )
 from hf_spectral.dynamics.types import Dynamics
 
@@ -30,19 +31,15 @@ def run_dynamics(args: argparse.Namespace) -> int:
     from hf_spectral.analyzer import default_output
     from hf_spectral.dynamics import compute_dynamics, save_dynamics
     from hf_spectral.series import load_series
-    from hf_spectral.sources import SourceKind, classify
 
     output = args.output or default_output(args.sources[0]) / "dynamics"
-    cache = args.cache_dir
-    # A Trainer run caches its snapshots inside itself (<run>/spectral_cache); anything else beside the output.
-    single_run = classify(series_sources(args), revisions=series_revisions(args)).kind is SourceKind.TRAINER_RUN
-    if cache is None and not single_run:
-        cache = output.parent / f"{output.name}-snapshots"
-    snapshots = load_series(series_sources(args), revisions=series_revisions(args), cache_dir=cache,
+    # Snapshots are kept in the cache every command shares ($HF_SPECTRAL_CACHE), unless --cache-dir says where.
+    snapshots = load_series(series_sources(args), revisions=series_revisions(args), cache_dir=args.cache_dir,
                             variant=args.variant, **analysis_options(args))
     dyn = compute_dynamics(snapshots, reference=args.reference, top=args.top)
     if is_main_process():
         save_dynamics(dyn, output)
+        print_notes(dyn)
         print(format_dynamics(dyn, limit=None if args.all else 40))
         print(f"tables written to {output}")
     return 0

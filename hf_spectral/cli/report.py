@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from hf_spectral.cli.common import add_output_arguments, add_series_arguments, is_main_process, load_dynamics_for
+from hf_spectral.cli.common import (
+    add_output_arguments, add_series_arguments, is_main_process, load_dynamics_for, print_notes,
+)
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:
@@ -23,12 +25,15 @@ def add_command(commands: argparse._SubParsersAction) -> None:
 
 def run_report(args: argparse.Namespace) -> int:
     from hf_spectral.analyzer import default_output
-    from hf_spectral.report import write_report
+    from hf_spectral.report import check_report_output, write_report
 
+    output = args.output or default_output(args.sources[0]) / "report"
+    if is_main_process():
+        check_report_output(output)  # before the analysis, not after it
     dynamics = load_dynamics_for(args)
     if not is_main_process():
         return 0
-    output = args.output or default_output(args.sources[0]) / "report"
+    print_notes(dynamics)
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     index = write_report(dynamics, output, title=args.title, formats=formats, metric=args.metric, threshold=args.threshold)
     print(f"report written to {index}")

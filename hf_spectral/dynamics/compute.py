@@ -318,7 +318,7 @@ def _series_meta(snapshots: list[Snapshot]) -> dict[str, Any]:
     sources = [str(x) for x in series.get("sources", [])]
     source = ", ".join(sources) if sources else snapshots[-1].meta.get("source")
     return {"source": source, "sources": sources, "missing": series.get("missing", []),
-            "identical": series.get("identical", [])}
+            "identical": series.get("identical", []), "notes": series.get("notes", [])}
 
 
 # --------------------------------------------------------------------------------------------------

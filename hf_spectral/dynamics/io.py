@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +12,9 @@ import pandas as pd
 
 from hf_spectral.dynamics.compute import empty_table
 from hf_spectral.dynamics.types import TABLES, Dynamics
+from hf_spectral.atomic import atomic_folder, write_error
 from hf_spectral.errors import SpectralError
-from hf_spectral.store import json_default, replace_folder
+from hf_spectral.store import json_default
 
 FORMAT_VERSION = 1
 META_FILE = "dynamics.json"
@@ -46,20 +45,13 @@ def write_tables(tables: dict[str, pd.DataFrame], meta: dict[str, Any], folder: 
     """``<name>.parquet`` per table and ``meta_file`` (JSON) into ``folder``, atomically."""
     final = Path(folder)
     _check_replaceable(final, meta_file)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        tmp.mkdir()
-        for name, table in tables.items():
-            table.to_parquet(tmp / f"{name}.parquet", index=False)
-        (tmp / meta_file).write_text(json.dumps(meta, indent=2, default=json_default))
-        replace_folder(tmp, final)
+        with atomic_folder(final) as tmp:
+            for name, table in tables.items():
+                table.to_parquet(tmp / f"{name}.parquet", index=False)
+            (tmp / meta_file).write_text(json.dumps(meta, indent=2, default=json_default))
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise SpectralError(f"cannot write to {final}: {exc.strerror or exc}; choose a writable --output") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        raise write_error(final, exc, "free space or choose a writable --output") from exc
     return final
 
 

@@ -18,7 +18,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
 from hf_spectral.dynamics.steps import StepScale, compact_step, is_log_spaced  # noqa: F401 (is_log_spaced: plots API)
 from hf_spectral.errors import SpectralError
-from hf_spectral.store import atomic_file
+from hf_spectral.atomic import atomic_file
 
 FORMATS = ("png", "svg", "pdf")
 

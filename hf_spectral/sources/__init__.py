@@ -1,6 +1,6 @@
 """Sources: what a SOURCE is (``classify``) and its ``Checkpoint``s, whose parts read tensors lazily."""
 
-from hf_spectral.sources.classify import ClassifiedSource, SourceKind, classify
+from hf_spectral.sources.classify import ClassifiedSource, SourceKind, classify, series_source
 from hf_spectral.sources.fingerprint import checkpoint_fingerprint, file_digest
 from hf_spectral.sources.local import open_checkpoint
 from hf_spectral.sources.readers import SafetensorsReader, TorchBinReader
@@ -18,6 +18,7 @@ __all__ = [
     "TorchBinReader",
     "checkpoint_fingerprint",
     "classify",
+    "series_source",
     "dtype_code",
     "file_digest",
     "open_checkpoint",

@@ -11,7 +11,8 @@ Rules for an existing path, tried in this order:
 2. a folder of snapshot folders without weights of its own (a callback
    record, or what ``hf-spectral analyze run/`` wrote for a run)            → ``RECORD``
 3. a folder with ``checkpoint-N`` / ``checkpoint_N`` subfolders              → ``TRAINER_RUN``
-   (see ``_trainer_output`` for a run that also holds the callback's record)
+   (a series of a run, or of a model folder, that also holds the callback's record reads the
+   record: ``series_source``)
 4. anything else (weights file, model folder, diffusers pipeline)           → ``CHECKPOINT``
 
 Otherwise a Hub model id (``org/name``, ``name``, ``org/name@rev``): ``CHECKPOINT`` at one revision,
@@ -21,14 +22,14 @@ or ``HUB_REVISIONS`` with ``revisions``. Several SOURCEs are a ``CHECKPOINTS`` l
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Sequence
 
 from hf_spectral.errors import SpectralError
 from hf_spectral.sources.layout import weight_sets
-from hf_spectral.sources.local import run_checkpoints
+from hf_spectral.sources.local import broken_link, run_checkpoints
 from hf_spectral.store import RECORD_FOLDER, is_snapshot, iter_snapshots
 
 SourceLike = str | os.PathLike
@@ -53,7 +54,9 @@ class ClassifiedSource:
     source:    the SOURCE as given (for a list: the items joined by ", ").
     path:      the local path; None for a Hub id.
     folders:   RECORD: its snapshot folders (by step); TRAINER_RUN: its checkpoint folders (by N).
-    record:    TRAINER_RUN: the callback's record inside the run folder (``spectral/``), if any.
+    record:    TRAINER_RUN, a local CHECKPOINT folder, or the RECORD chosen for one by
+               ``series_source``: the callback's record inside the folder (``spectral/``), if any.
+    note:      set by ``series_source``: which of the folder's contents a series reads, and why.
     repo_id:   a Hub id without ``@revision`` (CHECKPOINT from the Hub, HUB_REVISIONS).
     revision:  CHECKPOINT from the Hub: the revision asked for (None: ``@rev`` of the id, else main).
     revisions: HUB_REVISIONS: names, a comma-separated string or globs, as given.
@@ -69,6 +72,7 @@ class ClassifiedSource:
     revision: str | None = None
     revisions: str | tuple[str, ...] | None = None
     items: tuple["ClassifiedSource", ...] = ()
+    note: str | None = None
 
     @property
     def is_hub(self) -> bool:
@@ -105,6 +109,7 @@ def classify(source: SourceLike | Sequence[SourceLike], *, revision: str | None 
     path = Path(text).expanduser()
     if path.exists():
         return _local(text, path, revision, revisions)
+    broken_link(path)
     return _hub(text, revision, revisions)
 
 
@@ -124,6 +129,7 @@ def _local(text: str, path: Path, revision: str | None, revisions: Revisions) ->
         run = run_checkpoints(path)
         if run:
             return _trainer_output(text, path, tuple(run))
+        return ClassifiedSource(SourceKind.CHECKPOINT, text, path, record=_callback_record(path))
     return ClassifiedSource(SourceKind.CHECKPOINT, text, path)
 
 
@@ -132,14 +138,30 @@ def _holds_weights(folder: Path) -> bool:
 
 
 def _trainer_output(text: str, path: Path, run: tuple[Path, ...]) -> ClassifiedSource:
-    """A Trainer ``output_dir`` with checkpoint-* folders, and perhaps the callback's record beside them.
-
-    THE RULE for a run holding both (one branch, here): today the checkpoints are the series
-    (analyzed through the cache); the record is noted in ``record`` but not read. To prefer the
-    record, return ``ClassifiedSource(SourceKind.RECORD, text, record, folders=...)`` when it is set.
-    """
+    """A Trainer ``output_dir`` with checkpoint-* folders, and perhaps the callback's record beside
+    them (in ``record``; a series reads it instead of the checkpoints: ``series_source``)."""
     record = _callback_record(path)
     return ClassifiedSource(SourceKind.TRAINER_RUN, text, path, folders=run, record=record)
+
+
+def series_source(found: ClassifiedSource) -> ClassifiedSource:
+    """What a series (``dynamics``, ``report``, ``card``) reads of ``found``. THE RULE: a folder that
+    holds the callback's record ``spectral/`` beside checkpoint-* folders (a Trainer ``output_dir``)
+    or beside its final weights (a recipe's output folder) is read from the record, which is denser
+    (step 0 and every scheduled step) and needs no SVD; ``note`` says so. The checkpoints or the
+    final weights are still analyzed when passed on their own (``run/checkpoint-500``)."""
+    if found.kind is SourceKind.CHECKPOINTS:
+        return replace(found, items=tuple(series_source(item) for item in found.items))
+    if found.record is None or found.kind not in (SourceKind.TRAINER_RUN, SourceKind.CHECKPOINT):
+        return found
+    folders = tuple(iter_snapshots(found.record))
+    instead = (f"its {len(found.folders)} checkpoint folder{'s' if len(found.folders) != 1 else ''}"
+               if found.kind is SourceKind.TRAINER_RUN else "the weights beside it")
+    note = (f"{found.source}: reading the callback record {found.record} ({len(folders)} snapshots) rather than "
+            f"{instead}; pass {'a checkpoint folder' if found.kind is SourceKind.TRAINER_RUN else 'the weights file'} "
+            "itself to analyze it")
+    return ClassifiedSource(SourceKind.RECORD, found.source, found.record, folders=folders, record=found.record,
+                            note=note)
 
 
 def _callback_record(run: Path) -> Path | None:

@@ -112,10 +112,12 @@ def resolve_hub(
     repo_id, at_rev = split_revision(source)
     if at_rev is not None and revision is not None and at_rev != revision:
         raise SpectralError(f"{source} names revision {at_rev} but --revision is {revision}: give one of them")
-    rev = revision or at_rev or "main"
+    rev = check_revision(repo_id, revision or at_rev or "main")
     cache = Path(cache_dir).expanduser() if cache_dir is not None else hub_cache_dir()
     offline = is_offline()
     folder = _fetch(repo_id, rev, variant, cache, offline, source)
+    if offline:  # offline, the ref file read from the cache names the commit folder: it must be one of the repo's
+        _inside_cache(folder, cache, repo_id, rev)
     try:
         ckpt = open_checkpoint(folder, variant=variant, source=source, label=rev, revision=rev, commit=folder.name)
     except NoWeightsError as e:
@@ -127,6 +129,25 @@ def resolve_hub(
         raise SpectralError(f"Hub model {repo_id} (revision {rev}) has no weights hf_spectral can read: {e}") from e
     ckpt.meta["repo_id"] = repo_id
     return [ckpt]
+
+
+def check_revision(repo_id: str, revision: str) -> str:
+    """``revision`` when it can name a branch, tag or commit; a path-like name (``..``, absolute,
+    empty parts), which would read refs outside the Hub cache, is a one-line ``SpectralError``."""
+    parts = revision.replace("\\", "/").split("/")
+    if revision.startswith(("/", "\\")) or any(p in ("", ".", "..") for p in parts) or ":" in revision:
+        raise SpectralError(f"{revision!r} is not a revision name of {repo_id} (it reads like a path): pass a branch, "
+                            "tag or commit such as main, v1.0 or step1000")
+    return revision
+
+
+def _inside_cache(folder: Path, cache: Path, repo_id: str, rev: str) -> Path:
+    # A planted ref file can hold a path instead of a commit hash.
+    snapshots = Path(os.path.realpath(cache / f"models--{repo_id.replace('/', '--')}" / "snapshots"))
+    if Path(os.path.realpath(folder)).parent != snapshots:
+        raise SpectralError(f"revision {rev} of Hub model {repo_id} resolves to {folder}, outside {snapshots}: "
+                            f"the cache is damaged; delete {snapshots.parent} and download the model again")
+    return folder
 
 
 def weight_patterns(fmt: str, variant: str | None, prefixes: list[str]) -> list[str]:

@@ -14,9 +14,10 @@ This module only looks at names and small JSON files; it never reads tensors.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from hf_spectral.errors import SpectralError
@@ -122,13 +123,45 @@ def index_weight_map(index: Path) -> dict[str, str]:
 
 
 def index_shards(index: Path) -> list[Path]:
-    """The shard files an index names, in first-mention order; a missing shard is a ``SpectralError``."""
+    """The shard files an index names, in first-mention order; a missing shard, or one outside the
+    index's folder, is a ``SpectralError``."""
     index = Path(index)
     shards = list(dict.fromkeys(index_weight_map(index).values()))
-    for s in shards:
-        if not (index.parent / s).is_file():
+    paths = [inside(index.parent, s, f"{index} names shard") for s in shards]
+    for s, path in zip(shards, paths):
+        if not path.is_file():
             raise SpectralError(f"{index} names shard {s}, which is missing from {index.parent}: re-download the model")
-    return [index.parent / s for s in shards]
+    return paths
+
+
+def inside(folder: Path, name: str, named_by: str) -> Path:
+    """``folder / name`` for a ``name`` read from a file's contents (a shard, a pipeline component),
+    which must stay inside ``folder``, also after symbolic links; else a one-line ``SpectralError``.
+
+    The only links allowed out are those of the Hub cache, whose snapshot files link to the repo's
+    ``blobs/``: inside a ``models--*/snapshots/<commit>`` tree, the repo folder is the bound."""
+    folder = Path(folder)
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if not name or pure.is_absolute() or PureWindowsPath(name).drive or ".." in pure.parts:
+        raise SpectralError(f"{named_by} {name!r}, a path outside {folder}: refused (a model's files must lie in its "
+                            "folder); fix or re-download that file")
+    path = folder / pure
+    if os.path.lexists(path):
+        real = Path(os.path.realpath(path))
+        if not any(real.is_relative_to(root) for root in _bounds(folder)):
+            raise SpectralError(f"{named_by} {name!r}, which links to {real}, outside {folder}: refused (a model's "
+                                "files must lie in its folder); fix the link or re-download the model")
+    return path
+
+
+def _bounds(folder: Path) -> list[Path]:
+    bounds = [Path(os.path.realpath(folder))]
+    absolute = Path(os.path.abspath(folder))
+    for parent in absolute.parents:
+        if parent.name == "snapshots" and parent.parent.name.startswith(("models--", "datasets--", "spaces--")):
+            bounds.append(Path(os.path.realpath(parent.parent)))
+            break
+    return bounds
 
 
 def weight_sets(folder: Path) -> dict[str | None, WeightSet]:
@@ -266,6 +299,7 @@ def pipeline_components(folder: Path) -> list[str]:
     for key, value in index.items():
         if key.startswith("_") or not isinstance(value, (list, tuple)) or not value or value[0] is None:
             continue
+        inside(Path(folder), key, f"{Path(folder) / 'model_index.json'} names component")
         names.append(key)
     return names
 

@@ -23,6 +23,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from pathlib import Path
 
@@ -61,6 +63,7 @@ def open_checkpoint(
     """One local checkpoint: a weights file, a model folder or a diffusers pipeline folder."""
     path = Path(path).expanduser()
     if not path.exists():
+        broken_link(path)
         raise SpectralError(f"no such file or folder: {path}")
     meta: dict[str, object] = {}
     if path.is_file():
@@ -81,7 +84,7 @@ def open_checkpoint(
             parts = [ModelPart("", _reader(weights), read_config(path))]
             meta = {"format": weights.format, "variant": weights.variant}
     if step is None and path.is_dir():
-        step = _step_of(path)
+        step = step_of(path)
     return Checkpoint(
         label=label or path.name,
         path=path,
@@ -92,6 +95,18 @@ def open_checkpoint(
         commit=commit,
         meta=meta,
     )
+
+
+def broken_link(path: Path) -> None:
+    """A one-line ``SpectralError`` when ``path`` (or a folder above it) is a symbolic link that
+    loops or leads nowhere: it exists, so "no such file" would mislead."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SpectralError(f"{path} is a symbolic link loop (a link that points back to itself): fix the link") from None
+    if os.path.islink(path) and not path.exists():
+        raise SpectralError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist: fix the link") from None
 
 
 def run_checkpoints(folder: Path) -> list[Path]:
@@ -108,7 +123,7 @@ def _model_subfolders(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and expects_weights(p) and weight_sets(p))
 
 
-def _step_of(folder: Path) -> int | None:
+def step_of(folder: Path) -> int | None:
     """``global_step`` from ``trainer_state.json``, else N of a ``checkpoint-N`` folder name."""
     state_path = folder / TRAINER_STATE_FILE
     if state_path.is_file():

@@ -29,16 +29,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from hf_spectral.atomic import atomic_file, check_writable, recover_all, write_error
 from hf_spectral.engine import AnalysisOptions, analyze_checkpoint, analyze_model, plan_model, process_state
 from hf_spectral.errors import SpectralError
-from hf_spectral.store import LOG_HISTORY_FILE, META_FILE, Snapshot, atomic_file, is_snapshot, json_default, read_snapshot, write_snapshot
+from hf_spectral.store import (
+    CHECKPOINT_SUMMARY, LOG_HISTORY_FILE, Snapshot, is_snapshot, json_default, read_meta, read_snapshot,
+    snapshot_problem, write_snapshot,
+)
 from hf_spectral.tracking.scalars import LAYER_FAMILIES, PREFIX, live_scalars, measure_scalars
 
 logger = logging.getLogger("hf_spectral.tracking")
 
-CHECKPOINT_SUMMARY = "spectral"  # <checkpoint-N>/spectral/: the checkpoint's own spectra (no vectors)
 _SNAPSHOT_NAME = re.compile(r"^step-(\d+)$")
-_LEFTOVER = re.compile(r"^\.step-\d+\.(tmp|old)-[0-9a-f]+$")  # write_snapshot's temporaries after a crash
+DAMAGED_DIR = ".damaged"  # <record>/.damaged/step-N: snapshots found damaged on resume, set aside
 _MEASURE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _RESERVED = set(LAYER_FAMILIES) | {"mean_erank", "mean_stable_rank", "mean_sigma_max", "mean_agreement", "flagged", "seconds"}
 
@@ -82,14 +85,17 @@ class Recorder:
         kept: list[int] = []
         if _is_main():
             ensure_writable(self.output_dir)
-            kept = self._continue_record(start_step)
+            try:
+                kept = self._continue_record(start_step)
+            except Exception as exc:  # an unreadable record must not stop training: start it afresh
+                logger.warning("hf_spectral: cannot continue the record in %s (%s: %s); recording anew",
+                               self.output_dir, type(exc).__name__, exc)
         self.recorded = set(_broadcast(kept))
 
     def _continue_record(self, start_step: int) -> list[int]:
         folder = self.output_dir
         assert folder is not None
-        for leftover in (p for p in folder.iterdir() if p.is_dir() and _LEFTOVER.match(p.name)):
-            shutil.rmtree(leftover, ignore_errors=True)
+        recover_all(folder)  # what a run killed while writing left behind
         found = {step: path for step, path in _recorded_steps(folder)}
         stale = sorted(s for s in found if start_step == 0 or s > start_step)
         if stale:
@@ -101,10 +107,15 @@ class Recorder:
             for step in stale:
                 shutil.rmtree(found.pop(step), ignore_errors=True)
         kept = sorted(found)
-        if kept:
-            latest = read_snapshot(found[kept[-1]])
+        while kept:  # the latest intact snapshot gives the vectors the next agreement compares with
+            try:
+                latest = read_snapshot(found[kept[-1]])
+            except SpectralError as exc:
+                set_aside(found[kept.pop()], str(exc))
+                continue
             self._previous = dict(latest.vectors) or None
             self._latest = _without_vectors(latest)
+            break
         return kept
 
     # ------------------------------------------------------------------------------------------
@@ -275,13 +286,9 @@ def ensure_writable(folder: Path) -> None:
     """Create ``folder`` and check a file can be written there; else a one-line ``SpectralError``."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{uuid.uuid4().hex[:8]}"
-        probe.write_bytes(b"")
-        probe.unlink()
     except OSError as exc:
-        raise SpectralError(
-            f"{folder}: cannot write spectral snapshots there ({exc.strerror or exc}); pass a writable output_dir"
-        ) from None
+        raise write_error(f"spectral snapshots to {folder}", exc, "pass a writable output_dir") from None
+    check_writable(folder, "pass a writable output_dir", what="spectral snapshots to ")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -305,15 +312,36 @@ def preserved_random_state() -> Iterator[None]:
 
 
 def _recorded_steps(folder: Path) -> list[tuple[int, Path]]:
+    """The intact snapshots of a record by step; damaged ones (torn meta, missing or cut-short
+    arrays) are set aside with a warning, so that a resumed run never stops on them."""
     if not folder.is_dir():
         return []
     out = []
     for path in folder.iterdir():
         m = _SNAPSHOT_NAME.match(path.name)
-        if m and path.is_dir() and is_snapshot(path):
-            step = json.loads((path / META_FILE).read_text()).get("step")
-            out.append((int(step) if isinstance(step, int) else int(m.group(1)), path))
+        if not (m and path.is_dir() and is_snapshot(path)):
+            continue
+        problem = snapshot_problem(path)
+        if problem is not None:
+            set_aside(path, problem)
+            continue
+        step = read_meta(path).get("step")
+        out.append((step if isinstance(step, int) else int(m.group(1)), path))
     return sorted(out)
+
+
+def set_aside(snapshot: Path, problem: str) -> None:
+    """Move a damaged snapshot into the record's ``.damaged/`` folder (never deleted), with a warning."""
+    target = snapshot.parent / DAMAGED_DIR / snapshot.name
+    try:
+        target.parent.mkdir(exist_ok=True)
+        if target.exists():
+            target = target.with_name(f"{snapshot.name}-{uuid.uuid4().hex[:8]}")
+        os.replace(snapshot, target)
+    except OSError as exc:
+        logger.warning("hf_spectral: %s; it could not be set aside (%s) and is ignored", problem, exc.strerror or exc)
+        return
+    logger.warning("hf_spectral: %s; moved to %s, and the record goes on without it", problem, target)
 
 
 def _without_vectors(snapshot: Snapshot) -> Snapshot:

@@ -235,6 +235,8 @@ def _plan_one(item: _Candidate, cls: str | None, is_buffer: bool, rules: Rules,
     if isinstance(view, str):
         return SkippedTensor(item.name, shape, t.dtype, view)
     kind, rc, how = view
+    if 0 in rc:
+        return SkippedTensor(item.name, shape, t.dtype, f"empty {rc[0]}x{rc[1]} matrix: no singular values")
     if kind in ("linear", "matrix", "conv1d_hf") and rules.is_fused_qkv(item.name):
         kind = "fused_qkv"
         facts.update(_qkv_facts(item.name, rc, rules))
