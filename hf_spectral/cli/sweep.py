@@ -36,7 +36,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from hf_spectral.experiments.sweep import plan_sweep, run_sweep, sweep_tables
     from hf_spectral.plots._common import save_figure
     from hf_spectral.plots.sweep import plot_sweep
-    from hf_spectral.store import atomic_file
+    from hf_spectral.atomic import atomic_folder
 
     recipe_args = args.passthrough
     if args.report_only:
@@ -47,13 +47,11 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         runs = run_sweep(args.recipe, args.output, args.weight_decay, args.seed, recipe_args, args.launcher)
     over_time, table = sweep_tables(runs, metric=args.metric)
     report = args.output / "report"
-    report.mkdir(parents=True, exist_ok=True)
-    for name, frame in (("over_time", over_time), ("runs", table)):
-        with atomic_file(report / f"{name}.parquet") as tmp:
-            frame.to_parquet(tmp, index=False)
-    save_figure(plot_sweep(over_time, table), report / "sweep")
-    with atomic_file(report / SUMMARY) as tmp:
-        tmp.write_text(_markdown(table, args))
+    with atomic_folder(report) as tmp:  # the report is replaced whole, never left half-written
+        for name, frame in (("over_time", over_time), ("runs", table)):
+            frame.to_parquet(tmp / f"{name}.parquet", index=False)
+        save_figure(plot_sweep(over_time, table), tmp / "sweep")
+        (tmp / SUMMARY).write_text(_markdown(table, args))
     print(_markdown(table, args))
     print(f"sweep report written to {report}")
     return 0

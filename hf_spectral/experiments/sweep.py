@@ -21,7 +21,7 @@ from typing import Sequence
 import pandas as pd
 
 from hf_spectral.errors import SpectralError
-from hf_spectral.store import atomic_file
+from hf_spectral.atomic import atomic_file
 
 logger = logging.getLogger(__name__)
 
