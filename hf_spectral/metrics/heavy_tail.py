@@ -203,10 +203,10 @@ def marchenko_pastur_fit(evals: np.ndarray, q: float, m: int, *, bandwidth: floa
     rescaled = scale2 * lam
     lam_max = float(rescaled[-1])
     target = np.sqrt(rescaled) if q == 1 else rescaled
-    residual = _mp_residual(target, q, bandwidth)
+    residual = _MPResidual(target, q, bandwidth)
     sigma_unit = math.sqrt(lam_max / (1.0 + 1.0 / math.sqrt(q)) ** 2)  # weightwatcher's calc_sigma
     grid = np.mgrid[slice(0.05 * sigma_unit, 2.0 * sigma_unit, 0.01 * sigma_unit)]
-    values = np.array([residual(float(s)) for s in grid])
+    values = residual.many(grid)
     sigma = _nelder_mead_1d(residual, float(grid[int(np.argmin(values))]))
     bulk_max = (sigma * (1.0 + 1.0 / math.sqrt(q))) ** 2
     tracy_widom = 1.0 / math.sqrt(q) * bulk_max ** (2.0 / 3.0) * m ** (-2.0 / 3.0)
@@ -306,29 +306,36 @@ def _linear_kde(samples: np.ndarray, points: np.ndarray, bandwidth: float) -> np
     return out / (samples.size * bandwidth)
 
 
-def _mp_residual(target: np.ndarray, q: float, bandwidth: float):
-    """Σ residual² of weightwatcher's ``resid_mp`` as a function of σ (the density estimate is
-    computed once here; weightwatcher recomputes it for every σ)."""
-    grid = np.linspace(0.0, float(np.max(target)) + 0.5, 1000)
-    density = _linear_kde(target, grid, bandwidth)
-    keep = density > 0.01  # weightwatcher drops points where the density is almost zero
-    x, y = grid[keep], density[keep]
-    peak = float(x[np.argmax(y)]) if x.size else 0.0
-    x_top = float(np.max(x)) if x.size else 0.0
+class _MPResidual:
+    """Σ residual² of weightwatcher's ``resid_mp`` as a function of σ. The density estimate is made
+    once here (weightwatcher recomputes it for every σ), and the grid search evaluates every σ at once."""
 
-    def residual(sigma: float) -> float:
+    def __init__(self, target: np.ndarray, q: float, bandwidth: float) -> None:
+        grid = np.linspace(0.0, float(np.max(target)) + 0.5, 1000)
+        density = _linear_kde(target, grid, bandwidth)
+        keep = density > 0.01  # weightwatcher drops points where the density is almost zero
+        self.x, self.y, self.q = grid[keep], density[keep], q
+        self.peak = float(self.x[np.argmax(self.y)]) if self.x.size else 0.0
+        self.x_top = float(np.max(self.x)) if self.x.size else 0.0
+
+    def __call__(self, sigma: float) -> float:
+        return float(self.many(np.array([sigma]))[0])
+
+    def many(self, sigmas: np.ndarray) -> np.ndarray:
+        x, q = self.x[None, :], self.q
+        s = np.asarray(sigmas, dtype=np.float64)[:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
             if q == 1:
-                law = np.nan_to_num((1.0 / (np.pi * sigma * sigma)) * np.sqrt(4.0 - x ** 2))
-            else:
-                b = (sigma * (1.0 + math.sqrt(1.0 / q))) ** 2
-                a = (sigma * (1.0 - math.sqrt(1.0 / q))) ** 2
-                if b < peak or b > x_top or a > peak:
-                    return float(1000.0 ** 2 * x.size)
-                law = np.nan_to_num((1.0 / (2.0 * np.pi * sigma * sigma * x / q)) * np.sqrt((b - x) * (x - a)))
-        return float(np.sum((law - y) ** 2))
-
-    return residual
+                law = np.nan_to_num((1.0 / (np.pi * s * s)) * np.sqrt(4.0 - x ** 2))
+                return np.sum((law - self.y) ** 2, axis=1)
+            b = (s * (1.0 + math.sqrt(1.0 / q))) ** 2
+            a = (s * (1.0 - math.sqrt(1.0 / q))) ** 2
+            law = np.nan_to_num((1.0 / (2.0 * np.pi * s * s * x / q)) * np.sqrt((b - x) * (x - a)))
+        out = np.sum((law - self.y) ** 2, axis=1)
+        # weightwatcher's penalty for an MP law whose bulk misses the density's peak or range
+        outside = (b[:, 0] < self.peak) | (b[:, 0] > self.x_top) | (a[:, 0] > self.peak)
+        out[outside] = 1000.0 ** 2 * self.x.size
+        return out
 
 
 def _nelder_mead_1d(func, x0: float, *, xatol: float = 1e-4, fatol: float = 1e-4, maxiter: int = 200) -> float:
