@@ -124,7 +124,7 @@ def convnet_pair():
     torch.manual_seed(0)
     model = ConvNet()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for step in range(40):  # trained a little, so the spectra are not those of the initialization
+    for step in range(80):  # trained a little, so the spectra are not those of the initialization
         batch = torch.randint(0, len(labels), (64,))
         loss = torch.nn.functional.cross_entropy(model(images[batch]), labels[batch])
         optimizer.zero_grad()
@@ -168,3 +168,20 @@ def test_convnet_layers_weightwatcher_skips_get_numbers(convnet_pair):
     # a conv with its axes swapped (out, in) first, so its ww view pools its 2x2 (4 x 8) slices
     assert "up" not in theirs.index
     assert ours.loc["up.weight", "num_evals"] == 4 * 4
+
+
+@pytest.mark.parametrize("size", [8, 13, 19, 20, 300])
+def test_power_law_fit_matches_wwfit_on_both_paths(size):
+    # below 20 eigenvalues weightwatcher uses its small-sample fit (bias-corrected α, tails >= 8)
+    from weightwatcher.WW_powerlaw import WWFit
+
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        lam = rng.pareto(rng.uniform(0.5, 4.0), size) + rng.random()
+        with contextlib.redirect_stdout(io.StringIO()):  # "SMALL N PL FIT"
+            theirs = WWFit(lam)
+        ours = metrics.power_law_fit(lam)
+        assert ours.alpha == pytest.approx(theirs.alpha, rel=1e-12)
+        assert ours.xmin == theirs.xmin
+        assert ours.ks_distance == pytest.approx(theirs.D, rel=1e-12)
+        assert ours.sigma == pytest.approx(theirs.sigma, rel=1e-12)

@@ -9,7 +9,7 @@ the same numbers:
   likelihood, α = 1 + n / Σ log(λᵢ / xmin), for every candidate xmin among the eigenvalues
   (all but the largest); the xmin with the smallest Kolmogorov–Smirnov distance ``D`` between
   the fitted and the empirical CDF of the tail wins (the first one on ties). With fewer than 20
-  eigenvalues WeightWatcher switches to a bias-corrected small-sample fit, as we do.
+  eigenvalues WeightWatcher switches to a bias-corrected α on tails of at least 8, as we do.
 * ``alpha_sigma`` = (α − 1)/√n_tail, the MLE's standard error; ``num_pl_spikes`` = #λ ≥ xmin.
 * norms: ``log_norm`` = log10 Σλ = log10 ‖W‖_F², ``log_spectral_norm`` = log10 λ_max,
   ``alpha_weighted`` = α·log10 λ_max, ``log_alpha_norm`` = log10 Σ λ^α, ``esd_stable_rank`` = Σλ / λ_max.
@@ -110,7 +110,7 @@ def power_law_fit(evals: np.ndarray | Sequence[float]) -> PowerLawFit:
 
     Scans every eigenvalue but the largest as xmin; α by maximum likelihood; the smallest KS
     distance wins (the first on ties). Fewer than 20 eigenvalues: weightwatcher's small-sample fit
-    (bias-corrected α = 1 + (n − 1)/Σ log(λ/xmin), tails of ≥ 8, objective D − 0.868/√n).
+    (bias-corrected α = 1 + (n − 1)/Σ log(λ/xmin), tails of ≥ 8 eigenvalues, the smallest D).
     """
     data = np.sort(_as_array(evals, "evals"))
     if data.size < 2:
@@ -258,34 +258,40 @@ def _fit_standard(data: np.ndarray) -> PowerLawFit:
 
 
 def _fit_small_n(data: np.ndarray, k_min: int = 8) -> PowerLawFit:
-    """weightwatcher's ``WWFit.fit_powerlaw_smallN`` (no prior): tails of ≥ k_min, bias-corrected α."""
+    """weightwatcher's small-sample fit: ``WWFit.fit_powerlaw_smallN`` then ``WWFit.__init__``.
+
+    Tails of ≥ k_min eigenvalues get the bias-corrected α = 1 + (n − 1)/Σ log(λ/xmin) and their KS
+    distance; ``fit_powerlaw_smallN`` picks a tail by D − 0.868/√n, but ``__init__`` then takes the
+    smallest D over the same candidates (inadmissible ones keep D = 1, α = 0) — the numbers weightwatcher
+    reports, so the ones reproduced here. No admissible tail: the whole set is fitted.
+    """
     count = data.size
     log_data = np.log(data)
-    best, best_objective, best_alpha, best_distance = -1, math.inf, math.nan, 1.0
+    alphas = np.zeros(count - 1)
+    distances = np.ones(count - 1)
+    admissible = False
     for i in range(count - 1):
         n_tail = count - i
-        if n_tail < k_min:
-            continue
         s = float(np.sum(log_data[i:]) - n_tail * log_data[i])
-        if s <= 1e-12:
+        if n_tail < k_min or s <= 1e-12:
             continue
-        alpha = 1.0 + (n_tail - 1.0) / s
-        if alpha <= 1.0:
+        alphas[i] = 1.0 + (n_tail - 1.0) / s
+        if alphas[i] <= 1.0:
             continue
-        fitted = 1.0 - (data[i:] / data[i]) ** (1.0 - alpha)
-        distance = float(np.max(np.abs(np.arange(n_tail) / n_tail - fitted)))
-        objective = distance - 0.868 / math.sqrt(n_tail)
-        if objective < best_objective:
-            best, best_objective, best_alpha, best_distance = i, objective, alpha, distance
-    if best < 0:  # no admissible tail: weightwatcher fits the whole set (or gives α = 1 when degenerate)
+        fitted = 1.0 - (data[i:] / data[i]) ** (1.0 - alphas[i])
+        distances[i] = float(np.max(np.abs(np.arange(n_tail) / n_tail - fitted)))
+        admissible = True
+    if not admissible:
         s = float(np.sum(log_data) - count * log_data[0])
-        if s <= 1e-12:
+        if s <= 1e-12:  # all equal: weightwatcher reports α = 0 here; it is no fit
             return PowerLawFit(math.inf, float(data[0]), 1.0, math.nan, count)
-        best, best_alpha = 0, 1.0 + (count - 1.0) / s
-        fitted = 1.0 - (data / data[0]) ** (1.0 - best_alpha)
-        best_distance = float(np.max(np.abs(np.arange(count) / count - fitted)))
+        alphas[0] = 1.0 + (count - 1.0) / s
+        fitted = 1.0 - (data / data[0]) ** (1.0 - alphas[0])
+        distances[0] = float(np.max(np.abs(np.arange(count) / count - fitted)))
+    best = int(np.argmin(distances))
     n_tail = count - best
-    return PowerLawFit(best_alpha, float(data[best]), best_distance, (best_alpha - 1.0) / math.sqrt(n_tail), n_tail)
+    alpha = float(alphas[best])
+    return PowerLawFit(alpha, float(data[best]), float(distances[best]), (alpha - 1.0) / math.sqrt(n_tail), n_tail)
 
 
 def _log10_power_sum(lam: np.ndarray, alpha: float) -> float:
