@@ -239,3 +239,31 @@ def test_cli_analyze_prints_alpha(tmp_path, capsys):
     assert "alpha" in out and "alpha: too_few_eigenvalues (3 < 8)" in out
     table = Snapshot.load(tmp_path / "out").table.set_index("name")
     assert f"mean alpha {table.loc['a.weight', 'alpha']:.3f}, 1 without a fit" in out
+
+
+def test_report_and_card_show_alpha(tmp_path):
+    from hf_spectral.cards import summary_table
+    from hf_spectral.highlights import summary_lines
+    from hf_spectral.report import write_report
+
+    dyn = compute_dynamics([_snapshot(step, step + 1, heavy_tail=False) for step in (0, 10, 20)])
+    page = write_report(dyn, tmp_path / "report", formats=("png",)).read_text()
+    assert 'id="alpha"' in page and (tmp_path / "report" / "figures" / "alpha.png").is_file()
+    first, last = dyn.summary["mean_alpha"].iloc[0], dyn.summary["mean_alpha"].iloc[-1]
+    assert any(f"went from {first:.2f} to {last:.2f}" in line for line in summary_lines(dyn))
+    assert "mean α" in summary_table(dyn)
+
+
+def test_alpha_figure_is_explained_when_no_fit_is_defined(tmp_path):
+    from hf_spectral.errors import SpectralError
+    from hf_spectral.plots import plot_alpha
+    from hf_spectral.report import write_report
+
+    torch.manual_seed(0)
+    tiny = [analyze_model(torch.nn.Linear(6, 4), AnalysisOptions(progress=False), step=s) for s in (0, 1)]
+    dyn = compute_dynamics(tiny)
+    assert (dyn.trajectories["heavy_tail_flag"] == "too_few_eigenvalues (4 < 8)").all()
+    with pytest.raises(SpectralError, match="no alpha"):
+        plot_alpha(dyn)
+    page = write_report(dyn, tmp_path / "report", formats=("png",)).read_text()
+    assert "no power-law fit is defined" in page
