@@ -267,3 +267,18 @@ def test_alpha_figure_is_explained_when_no_fit_is_defined(tmp_path):
         plot_alpha(dyn)
     page = write_report(dyn, tmp_path / "report", formats=("png",)).read_text()
     assert "no power-law fit is defined" in page
+
+
+def test_tracker_logs_mean_alpha_live(tmp_path):
+    from hf_spectral import SpectralTracker
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.Linear(48, 4))
+    tracker = SpectralTracker(tmp_path / "spectral", schedule=[0, 2], max_steps=2, heavy_tail=True, top_k=0)
+    logged = [tracker.step(model, step) for step in range(3)]
+    assert logged[1] is None  # not scheduled
+    scalars = logged[2]
+    table = Snapshot.load(next(p for p in sorted((tmp_path / "spectral").iterdir()) if p.name.startswith("step-000002"))).table
+    fitted = table[table["heavy_tail_flag"] == ""]
+    assert scalars["spectral/mean_alpha"] == pytest.approx(fitted["alpha"].mean())
+    assert scalars["spectral/alpha_undefined"] == 1  # the 4x48 layer: 4 eigenvalues
