@@ -305,7 +305,7 @@ def decompose(spec: MatrixSpec, read: Reader, options: AnalysisOptions, device: 
     if not all_finite(matrix):
         values = metrics.non_finite_metrics(shape)
         if options.heavy_tail:
-            values.update({key: np.nan for key in metrics.HEAVY_TAIL_METRICS}, heavy_tail_flag="non_finite")
+            values.update(metrics.undefined_heavy_tail_metrics(metrics.FLAG_NON_FINITE))
         return {"metrics": values, "sigma": None, "vectors": None}
     try:
         if options.top_k:
@@ -319,7 +319,7 @@ def decompose(spec: MatrixSpec, read: Reader, options: AnalysisOptions, device: 
     except metrics.DecompositionError as exc:
         failed = dict(metrics.non_finite_metrics(shape), flag=f"svd_failed: {exc}")
         if options.heavy_tail:
-            failed.update({key: np.nan for key in metrics.HEAVY_TAIL_METRICS}, heavy_tail_flag="svd_failed")
+            failed.update(metrics.undefined_heavy_tail_metrics("svd_failed"))
         return {"metrics": failed, "sigma": None, "vectors": None}
     # The noise floor is the stored dtype's precision (a bf16 weight cannot resolve σ below ~1e-2·σ₁).
     eps = max(DTYPE_EPS.get(spec.dtype, DTYPE_EPS["F32"]), DTYPE_EPS["F64" if options.precision == "float64" else "F32"])

@@ -282,3 +282,17 @@ def test_tracker_logs_mean_alpha_live(tmp_path):
     fitted = table[table["heavy_tail_flag"] == ""]
     assert scalars["spectral/mean_alpha"] == pytest.approx(fitted["alpha"].mean())
     assert scalars["spectral/alpha_undefined"] == 1  # the 4x48 layer: 4 eigenvalues
+
+
+def test_non_finite_and_zero_weights_are_flagged_in_the_table():
+    model = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.Linear(30, 20), torch.nn.Linear(20, 10))
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+        model[1].weight.zero_()
+    snapshot = analyze_model(model, _options())
+    table = snapshot.matrices.set_index("name")
+    assert table.loc["0.weight", "heavy_tail_flag"] == "non_finite" and np.isnan(table.loc["0.weight", "alpha"])
+    assert table.loc["1.weight", "heavy_tail_flag"] == "zero_matrix"
+    summary = snapshot.summary()
+    assert summary["alpha_undefined"] == 2
+    assert summary["mean_alpha"] == pytest.approx(table.loc["2.weight", "alpha"])

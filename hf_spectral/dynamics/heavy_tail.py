@@ -11,8 +11,6 @@ same 808; ``mp_softrank`` stays NaN): analyze with ``heavy_tail=True`` for it. A
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
@@ -32,8 +30,7 @@ def with_heavy_tail(snapshot: Snapshot) -> pd.DataFrame:
     for name, status, dtype, m, n in zip(table["name"], table["status"], table["dtype"], table["rows"], table["cols"]):
         sigma = snapshot.spectra.get(name)
         if status != STATUS_OK or sigma is None or len(sigma) == 0:
-            reason = "no stored spectrum" if status == STATUS_OK else ""
-            rows.append({**{key: math.nan for key in metrics.HEAVY_TAIL_METRICS}, "heavy_tail_flag": reason})
+            rows.append(metrics.undefined_heavy_tail_metrics("no stored spectrum" if status == STATUS_OK else status))
             continue
         eps = max(DTYPE_EPS.get(str(dtype), DTYPE_EPS["F32"]), DTYPE_EPS["F32"])
         rows.append(metrics.heavy_tail_metrics(metrics.esd(np.asarray(sigma)), (int(m), int(n)), eps=eps, mp=False))

@@ -30,6 +30,7 @@ from hf_spectral.metrics.heavy_tail import (
     heavy_tail_metrics,
     marchenko_pastur_fit,
     power_law_fit,
+    undefined_heavy_tail_metrics,
 )
 from hf_spectral.metrics.spectrum import (
     FLAG_NON_FINITE,
@@ -89,4 +90,5 @@ __all__ = [
     "subspace_overlap",
     "top_score",
     "top_singular_vectors",
+    "undefined_heavy_tail_metrics",
 ]

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from hf_spectral.metrics.spectrum import FLOAT32_EPS, MetricInputError
+from hf_spectral.metrics.spectrum import FLAG_NON_FINITE, FLAG_ZERO, FLOAT32_EPS, MetricInputError
 
 HEAVY_TAIL_METRICS = (
     "alpha",
@@ -64,8 +64,6 @@ WW_EVALS_FLOOR = 1e-5
 WW_CONV_SCALE = 0.5  # on the eigenvalues: (1/√2)²
 
 FLAG_TOO_FEW = "too_few_eigenvalues"
-FLAG_ZERO = "zero_matrix"
-FLAG_NON_FINITE = "non_finite"
 FLAG_DEGENERATE = "degenerate_tail"
 
 # (rows of the candidate-xmin block) x (eigenvalues): elements per block of the vectorized KS scan
@@ -122,6 +120,13 @@ def power_law_fit(evals: np.ndarray | Sequence[float]) -> PowerLawFit:
     return _fit_standard(data)
 
 
+def undefined_heavy_tail_metrics(flag: str) -> dict[str, float | str]:
+    """The heavy-tail row of a matrix with no ESD to fit (non-finite weights, a failed SVD): NaN + ``flag``."""
+    values: dict[str, float | str] = {key: math.nan for key in HEAVY_TAIL_METRICS}
+    values["heavy_tail_flag"] = flag
+    return values
+
+
 def heavy_tail_metrics(
     evals: np.ndarray | Sequence[float],
     shape: tuple[int, int],
@@ -145,12 +150,11 @@ def heavy_tail_metrics(
     """
     m, n = int(shape[0]), int(shape[1])
     lam = np.sort(_as_array(evals, "evals"))
-    values: dict[str, float | str] = {key: math.nan for key in HEAVY_TAIL_METRICS}
-    values["num_evals"] = float(lam.size)
     if lam.size == 0:
         raise MetricInputError(f"a {m}x{n} matrix has no eigenvalues; heavy-tail metrics are undefined")
+    values = undefined_heavy_tail_metrics(FLAG_NON_FINITE)
+    values["num_evals"] = float(lam.size)
     if not np.isfinite(lam).all():
-        values["heavy_tail_flag"] = FLAG_NON_FINITE
         return values
     if (lam < 0).any():
         raise MetricInputError("eigenvalues of WᵀW are >= 0; got negative values")
