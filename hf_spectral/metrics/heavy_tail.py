@@ -30,12 +30,12 @@ Pure numpy on 1-D arrays: no I/O, no model knowledge.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from hf_spectral.metrics.spectrum import FLAG_NON_FINITE, FLAG_ZERO, FLOAT32_EPS, MetricInputError
+from hf_spectral.metrics.spectrum import FLAG_NON_FINITE, FLAG_ZERO, FLOAT32_EPS, MetricInputError, _to_numpy_1d
 
 HEAVY_TAIL_METRICS = (
     "alpha",
@@ -82,7 +82,7 @@ class PowerLawFit(NamedTuple):
 
 def esd(sigma: torch.Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
     """Eigenvalues λ = σ² of WᵀW from singular values, float64, ascending."""
-    s = _as_array(sigma, "sigma")
+    s = _to_numpy_1d(sigma, "sigma")
     return np.sort(s * s)
 
 
@@ -110,7 +110,7 @@ def power_law_fit(evals: np.ndarray | Sequence[float]) -> PowerLawFit:
     distance wins (the first on ties). Fewer than 20 eigenvalues: weightwatcher's small-sample fit
     (bias-corrected α = 1 + (n − 1)/Σ log(λ/xmin), tails of ≥ 8 eigenvalues, the smallest D).
     """
-    data = np.sort(_as_array(evals, "evals"))
+    data = np.sort(_to_numpy_1d(evals, "evals"))
     if data.size < 2:
         raise MetricInputError(f"a power-law fit needs at least 2 eigenvalues, got {data.size}")
     if data[0] <= 0:
@@ -149,7 +149,7 @@ def heavy_tail_metrics(
     (the chosen tail's eigenvalues are all equal, α = ∞). Otherwise the flag is ``""``.
     """
     m, n = int(shape[0]), int(shape[1])
-    lam = np.sort(_as_array(evals, "evals"))
+    lam = np.sort(_to_numpy_1d(evals, "evals"))
     if lam.size == 0:
         raise MetricInputError(f"a {m}x{n} matrix has no eigenvalues; heavy-tail metrics are undefined")
     values = undefined_heavy_tail_metrics(FLAG_NON_FINITE)
@@ -202,7 +202,7 @@ def marchenko_pastur_fit(evals: np.ndarray, q: float, m: int, *, bandwidth: floa
     estimate (bandwidth 0.1) of the ESD, first on weightwatcher's grid of σ, then polished by
     Nelder–Mead as ``scipy.optimize.brute``'s default finish does. ``m``: the smaller dimension.
     """
-    lam = np.sort(_as_array(evals, "evals"))
+    lam = np.sort(_to_numpy_1d(evals, "evals"))
     scale2 = lam.size / float(np.sum(lam))  # Wscale² = N_evals / ‖W‖_F²
     rescaled = scale2 * lam
     lam_max = float(rescaled[-1])
@@ -221,15 +221,6 @@ def marchenko_pastur_fit(evals: np.ndarray, q: float, m: int, *, bandwidth: floa
 # ----------------------------------------------------------------------------------------------
 # internals
 # ----------------------------------------------------------------------------------------------
-
-
-def _as_array(values: Any, what: str) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().to("cpu", torch.float64).numpy()
-    array = np.asarray(values, dtype=np.float64)
-    if array.ndim != 1:
-        raise MetricInputError(f"{what} must be 1-D, got shape {array.shape}")
-    return array
 
 
 def _fit_standard(data: np.ndarray) -> PowerLawFit:
