@@ -71,6 +71,9 @@ class AnalysisOptions:
     def __post_init__(self) -> None:
         if self.view not in VIEWS:
             raise SpectralError(f"unknown view {self.view!r}; use one of {', '.join(VIEWS)}")
+        if self.view != "paper" and not self.heavy_tail:
+            raise SpectralError(f"view {self.view!r} only changes the heavy-tail metrics; "
+                                "ask for them too (--metrics heavy_tail, heavy_tail=True)")
         if self.precision not in PRECISIONS:
             raise SpectralError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if self.top_k < 0:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hf_spectral import metrics
 from hf_spectral.dynamics import compute_dynamics
 from hf_spectral.engine import AnalysisOptions, analyze_model
+from hf_spectral.errors import SpectralError
 from hf_spectral.store import STATUS_OK, Snapshot
 from hf_spectral.tracking.scalars import live_scalars
 
@@ -188,8 +189,10 @@ def test_snapshot_columns_views_and_summary():
 def test_default_analysis_has_no_heavy_tail_columns_and_views_are_checked():
     table = analyze_model(_ConvNet(), AnalysisOptions(progress=False)).table
     assert "alpha" not in table
-    with pytest.raises(Exception, match="unknown view"):
-        AnalysisOptions(view="flat")
+    with pytest.raises(SpectralError, match="unknown view"):
+        AnalysisOptions(view="flat", heavy_tail=True)
+    with pytest.raises(SpectralError, match="only changes the heavy-tail metrics"):
+        AnalysisOptions(view="ww")
 
 
 def test_live_scalars_log_mean_alpha_without_nan():
@@ -255,7 +258,6 @@ def test_report_and_card_show_alpha(tmp_path):
 
 
 def test_alpha_figure_is_explained_when_no_fit_is_defined(tmp_path):
-    from hf_spectral.errors import SpectralError
     from hf_spectral.plots import plot_alpha
     from hf_spectral.report import write_report
 
