@@ -71,7 +71,8 @@ def _no_alpha(dyn: Dynamics) -> str | None:
     from hf_spectral.plots.heavy_tail import has_alpha
 
     return None if has_alpha(dyn) else (
-        "no power-law fit is defined (no stored singular values, or every matrix has fewer than 8 eigenvalues)")
+        "no power-law fit is defined (every matrix has fewer than 8 eigenvalues, no singular values were stored, "
+        "or the dynamics were saved before hf_spectral had heavy-tail metrics: compute them again)")
 
 
 def figure_specs(metric: str | None, threshold: float) -> list[FigureSpec]:

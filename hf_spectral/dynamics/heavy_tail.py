@@ -24,7 +24,7 @@ HEAVY_TAIL_COLUMNS = [*metrics.HEAVY_TAIL_METRICS, "heavy_tail_flag"]
 def with_heavy_tail(snapshot: Snapshot) -> pd.DataFrame:
     """The snapshot's table with the heavy-tail columns, computed from stored spectra when absent."""
     table = snapshot.table
-    if "alpha" in table:
+    if "alpha" in table or not len(table):
         return table
     rows = []
     for name, status, dtype, m, n in zip(table["name"], table["status"], table["dtype"], table["rows"], table["cols"]):
