@@ -4,8 +4,8 @@ GPT-2-small-shaped checkpoint (124 M parameters, 5 safetensors shards):
   hf_spectral      ``hf-spectral analyze FOLDER`` (the CLI's ``main``, in the measured process), with
                    its module-info cache warm (what every run after the first on an architecture sees)
   hf_spectral_alpha the same with ``--metrics heavy_tail`` (weightwatcher's α, xmin, D, norms, MP soft rank);
-                   afterwards, in the same process, the heavy-tail fits alone are timed on the stored spectra
-                   against weightwatcher's own fit (``WWFit`` + its norm metrics) on the same eigenvalues
+                   afterwards the parent times the heavy-tail fits alone on the spectra it stored, against
+                   weightwatcher's own fit (``WWFit`` + its norm formulas) on the same eigenvalues
   hf_spectral_cold the same with an empty module-info cache (the first run on an architecture). GPT-2 is
                    planned from the registry alone, so neither run imports transformers' model code;
                    an architecture the registry does not know would import it (~2.5 s) when cold
@@ -101,7 +101,6 @@ def anon_kb(pid: int | str = "self") -> int:
 def worker(method: str, folder: Path, scratch: Path) -> dict:
     """Run one method in this (fresh) process; the imports come first and set the baseline."""
     started = time.perf_counter()
-    extra: dict = {}
     if method in ("hf_spectral", "hf_spectral_cold", "hf_spectral_alpha"):
         import hf_spectral.analyzer  # noqa: F401  (what the CLI imports when it runs)
         from hf_spectral.cli import main
@@ -113,8 +112,6 @@ def worker(method: str, folder: Path, scratch: Path) -> dict:
         assert code == 0
         done = time.perf_counter()
         matrices = json.loads((out / "meta.json").read_text())["summary"]["matrices"]
-        if method == "hf_spectral_alpha":
-            extra = time_fits(out)
     elif method in ("weightwatcher", "ww_defaults"):
         import weightwatcher as ww
 
@@ -152,7 +149,7 @@ def worker(method: str, folder: Path, scratch: Path) -> dict:
         done = time.perf_counter()
     else:
         raise SystemExit(f"unknown method {method}")
-    return {"baseline_kb": baseline, "import_s": imported - started, "work_s": done - imported, "matrices": matrices, **extra}
+    return {"baseline_kb": baseline, "import_s": imported - started, "work_s": done - imported, "matrices": matrices}
 
 
 def time_fits(snapshot_dir: Path) -> dict:
@@ -226,9 +223,7 @@ def summarize(runs: list[dict], methods: list[str], largest: int) -> list[dict]:
     rows = []
     for method in methods:
         mine = [r for r in runs if r["method"] == method]
-        keys = ["wall_s", "work_s", "import_s", "peak_kb", "baseline_kb"]
-        keys += [k for k in ("fits_pl_s", "fits_all_s", "ww_fits_s", "fitted") if k in mine[0]]
-        med = {key: statistics.median(r[key] for r in mine) for key in keys}
+        med = {key: statistics.median(r[key] for r in mine) for key in ("wall_s", "work_s", "import_s", "peak_kb", "baseline_kb")}
         rows.append({
             "method": method, "runs": len(mine), "matrices": mine[0]["matrices"],
             "walls": [round(r["wall_s"], 2) for r in mine], **med,
@@ -238,7 +233,7 @@ def summarize(runs: list[dict], methods: list[str], largest: int) -> list[dict]:
     return rows
 
 
-def render(rows: list[dict], largest: tuple[str, int], loads: list[float], context: dict) -> str:
+def render(rows: list[dict], largest: tuple[str, int], loads: list[float], context: dict, fits: dict | None = None) -> str:
     by = {r["method"]: r for r in rows}
     ours = by.get("hf_spectral") or by.get("hf_spectral_cold")
     lines = [
@@ -282,10 +277,11 @@ def render(rows: list[dict], largest: tuple[str, int], loads: list[float], conte
         if "weightwatcher" in by:
             lines.append(f"- against WeightWatcher's `analyze` on the same 50 matrices (SVDs + power-law fits + norms): "
                          f"**{by['weightwatcher']['wall_s'] / alpha['wall_s']:.2f}×** faster")
-        lines.append(f"- the fits alone on the {alpha['fitted']:.0f} stored spectra, in one process: power law + norms "
-                     f"**{alpha['fits_pl_s']:.2f} s** (with the Marchenko–Pastur fit: {alpha['fits_all_s']:.2f} s), against "
-                     f"weightwatcher's `WWFit` + its norm formulas on the same eigenvalues **{alpha['ww_fits_s']:.2f} s** "
-                     f"({alpha['ww_fits_s'] / alpha['fits_pl_s']:.1f}× ours)")
+    if fits is not None:
+        lines.append(f"- the fits alone on the {fits['fitted']} stored spectra, in one process: power law + norms "
+                     f"**{fits['fits_pl_s']:.2f} s** (with the Marchenko–Pastur fit: {fits['fits_all_s']:.2f} s), against "
+                     f"weightwatcher's `WWFit` + its norm formulas on the same eigenvalues **{fits['ww_fits_s']:.2f} s** "
+                     f"({fits['ww_fits_s'] / fits['fits_pl_s']:.1f}× ours)")
     if "naive" in by:
         lines += ["", f"The naive way peaks at baseline + {by['naive']['extra_vs_largest']:.2f}× the largest tensor: "
                   "transformers 5's `from_pretrained` maps safetensors weights instead of copying them, and "
@@ -391,6 +387,7 @@ def main() -> None:
                 print(f"[{repeat + 1}/{args.repeats}] {method:14s} wall {run['wall_s']:6.2f} s  work {run['work_s']:6.2f} s  "
                       f"peak {run['peak_kb'] / 1024:6.0f} MB  baseline {run['baseline_kb'] / 1024:5.0f} MB  "
                       f"{run['matrices']} matrices  load {run['load']:.2f}", flush=True)
+        fits = time_fits(Path(scratch) / "hf_spectral_alpha") if "hf_spectral_alpha" in args.methods else None
     rows = summarize(runs, args.methods, largest[1])
     import torch
 
@@ -407,7 +404,7 @@ def main() -> None:
         "threads": args.threads or len(os.sched_getaffinity(0)),
         "load_start": " / ".join(f"{x:.2f}" for x in load_start), "load_end": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
-    table = render(rows, largest, [r["load"] for r in runs], context)
+    table = render(rows, largest, [r["load"] for r in runs], context, fits)
     print()
     print(table)
     if not args.no_readme:
