@@ -18,7 +18,7 @@ TABLE_COLUMNS = {
     "spectral_norm": "sigma_max",
     "flag": "flag",
 }
-HEAVY_TAIL_COLUMNS = {"alpha": "alpha", "pl_ks_distance": "D", "num_pl_spikes": "pl_spikes", "mp_softrank": "mp_softrank"}
+HEAVY_TAIL_TABLE_COLUMNS = {"alpha": "alpha", "pl_ks_distance": "D", "num_pl_spikes": "pl_spikes", "mp_softrank": "mp_softrank"}
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:
@@ -69,7 +69,7 @@ def format_table(snapshot: Snapshot, limit: int | None = 40) -> str:
     columns = dict(TABLE_COLUMNS)
     if "alpha" in shown:  # heavy_tail metrics: alpha and its fit quality before the flag
         flag = columns.pop("flag")
-        columns.update(HEAVY_TAIL_COLUMNS, flag=flag)
+        columns.update(HEAVY_TAIL_TABLE_COLUMNS, flag=flag)
         shown = shown.assign(flag=[_joined(f, h) for f, h in zip(shown["flag"], shown["heavy_tail_flag"])])
     frame = shown[list(columns)].rename(columns=columns)
     # names left-aligned (pandas right-aligns strings), so that the layers of a block line up
