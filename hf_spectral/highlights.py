@@ -324,7 +324,7 @@ def alpha_line(dyn: Dynamics, events: dict[str, Any]) -> str | None:
         text += f", {alpha[alpha.index <= crossed].iloc[-1]:.2f} when {events['metric']} crossed {events['threshold']:g}"
     undefined = int(summary["alpha_undefined"].max()) if "alpha_undefined" in summary and len(summary) else 0
     if undefined:
-        text += f"; up to {undefined} matri{'ces' if undefined != 1 else 'x'} without a fit (fewer than 8 eigenvalues), left out"
+        text += f"; up to {undefined} matri{'ces' if undefined != 1 else 'x'} without a fit (their heavy_tail_flag says why), left out of the mean"
     return text + "."
 
 
