@@ -3,6 +3,9 @@ GPT-2-small-shaped checkpoint (124 M parameters, 5 safetensors shards):
 
   hf_spectral      ``hf-spectral analyze FOLDER`` (the CLI's ``main``, in the measured process), with
                    its module-info cache warm (what every run after the first on an architecture sees)
+  hf_spectral_alpha the same with ``--metrics heavy_tail`` (weightwatcher's α, xmin, D, norms, MP soft rank);
+                   afterwards the parent times the heavy-tail fits alone on the spectra it stored, against
+                   weightwatcher's own fit (``WWFit`` + its norm formulas) on the same eigenvalues
   hf_spectral_cold the same with an empty module-info cache (the first run on an architecture). GPT-2 is
                    planned from the registry alone, so neither run imports transformers' model code;
                    an architecture the registry does not know would import it (~2.5 s) when cold
@@ -37,9 +40,10 @@ CACHE = ROOT / ".benchmarks_out"  # git-ignored: the checkpoint is built once an
 CHECKPOINT = CACHE / "gpt2-small"
 README = Path(__file__).resolve().parent / "README.md"
 MODULE_CACHE = CACHE / "module_cache"  # hf_spectral's module-info cache for the warm runs
-METHODS = ("hf_spectral", "hf_spectral_cold", "weightwatcher", "ww_defaults", "naive", "floor")
+METHODS = ("hf_spectral", "hf_spectral_alpha", "hf_spectral_cold", "weightwatcher", "ww_defaults", "naive", "floor")
 DESCRIPTIONS = {
     "hf_spectral": "`hf-spectral analyze` (σ + metrics + snapshot on disk)",
+    "hf_spectral_alpha": "the same with `--metrics heavy_tail` (+ α, xmin, D, α-weighted, log norms, MP soft rank)",
     "hf_spectral_cold": "the same, first run on this architecture (empty module-info cache)",
     "weightwatcher": "WeightWatcher `analyze(max_N=60000)` (same 50 matrices; σ + power-law fits)",
     "ww_defaults": "WeightWatcher `analyze()` defaults (drops the 50257×768 embedding)",
@@ -97,13 +101,14 @@ def anon_kb(pid: int | str = "self") -> int:
 def worker(method: str, folder: Path, scratch: Path) -> dict:
     """Run one method in this (fresh) process; the imports come first and set the baseline."""
     started = time.perf_counter()
-    if method in ("hf_spectral", "hf_spectral_cold"):
+    if method in ("hf_spectral", "hf_spectral_cold", "hf_spectral_alpha"):
         import hf_spectral.analyzer  # noqa: F401  (what the CLI imports when it runs)
         from hf_spectral.cli import main
 
         baseline, imported = anon_kb(), time.perf_counter()
         out = scratch / method
-        code = main(["analyze", str(folder), "--output", str(out), "--no-progress"])
+        flags = ["--metrics", "heavy_tail"] if method == "hf_spectral_alpha" else []
+        code = main(["analyze", str(folder), "--output", str(out), "--no-progress", *flags])
         assert code == 0
         done = time.perf_counter()
         matrices = json.loads((out / "meta.json").read_text())["summary"]["matrices"]
@@ -145,6 +150,42 @@ def worker(method: str, folder: Path, scratch: Path) -> dict:
     else:
         raise SystemExit(f"unknown method {method}")
     return {"baseline_kb": baseline, "import_s": imported - started, "work_s": done - imported, "matrices": matrices}
+
+
+def time_fits(snapshot_dir: Path) -> dict:
+    """Seconds for the heavy-tail metrics alone on the stored spectra of every matrix: ours (power law
+    + norms, and with the MP fit), and weightwatcher's ``WWFit`` + the norm formulas of its
+    ``apply_norm_metrics`` (what its ``analyze`` runs after the SVDs; its MP fit is off by default)."""
+    import contextlib
+    import io
+
+    import numpy as np
+
+    from hf_spectral import metrics
+    from hf_spectral.metrics.heavy_tail import WW_EVALS_FLOOR
+    from hf_spectral.store import read_snapshot
+
+    snapshot = read_snapshot(snapshot_dir)
+    table = snapshot.matrices.set_index("name")
+    spectra = [(metrics.esd(sigma), (int(table.loc[name, "rows"]), int(table.loc[name, "cols"])))
+               for name, sigma in snapshot.spectra.items()]
+    started = time.perf_counter()
+    for lam, shape in spectra:
+        metrics.heavy_tail_metrics(lam, shape, mp=False)
+    ours_pl = time.perf_counter() - started
+    started = time.perf_counter()
+    for lam, shape in spectra:
+        metrics.heavy_tail_metrics(lam, shape)
+    ours_all = time.perf_counter() - started
+    with contextlib.redirect_stdout(io.StringIO()):
+        from weightwatcher.WW_powerlaw import WWFit
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # WWFit prints "SMALL N PL FIT" below 20 eigenvalues
+        for lam, _ in spectra:
+            fit = WWFit(lam[lam > WW_EVALS_FLOOR])
+            np.log10(np.sum(lam)), np.log10(np.max(lam)), np.log10(np.sum([ev ** fit.alpha for ev in lam]))
+    theirs = time.perf_counter() - started
+    return {"fits_pl_s": ours_pl, "fits_all_s": ours_all, "ww_fits_s": theirs, "fitted": len(spectra)}
 
 
 def measure(method: str, folder: Path, scratch: Path, threads: int | None = None) -> dict:
@@ -194,7 +235,7 @@ def summarize(runs: list[dict], methods: list[str], largest: int) -> list[dict]:
     return rows
 
 
-def render(rows: list[dict], largest: tuple[str, int], loads: list[float], context: dict) -> str:
+def render(rows: list[dict], largest: tuple[str, int], loads: list[float], context: dict, fits: dict | None = None) -> str:
     by = {r["method"]: r for r in rows}
     ours = by.get("hf_spectral") or by.get("hf_spectral_cold")
     lines = [
@@ -229,6 +270,20 @@ def render(rows: list[dict], largest: tuple[str, int], loads: list[float], conte
             lines.append(f"- no slower than the floor: **{ratio:.2f}×** the floor's wall time ({'met' if ratio <= 1 else 'MISSED'})")
         lines.append(f"- peak anonymous memory ≤ baseline + 3× the largest tensor: **{mine['extra_vs_largest']:.2f}×** "
                      f"({'met' if mine['extra_vs_largest'] <= 3 else 'MISSED'})")
+    alpha = by.get("hf_spectral_alpha")
+    if alpha is not None:
+        lines += ["", "Cost of the heavy-tail (α) metrics (medians of the same run):"]
+        if ours is not None and ours is not alpha:
+            lines.append(f"- end to end, `--metrics heavy_tail` against plain `analyze`: **{alpha['wall_s'] / ours['wall_s']:.2f}×** "
+                         f"the wall time ({alpha['wall_s'] - ours['wall_s']:+.2f} s)")
+        if "weightwatcher" in by:
+            lines.append(f"- against WeightWatcher's `analyze` on the same 50 matrices (SVDs + power-law fits + norms): "
+                         f"**{by['weightwatcher']['wall_s'] / alpha['wall_s']:.2f}×** faster")
+    if fits is not None:
+        lines.append(f"- the fits alone on the {fits['fitted']} stored spectra, in one process: power law + norms "
+                     f"**{fits['fits_pl_s']:.2f} s** (with the Marchenko–Pastur fit: {fits['fits_all_s']:.2f} s), against "
+                     f"weightwatcher's `WWFit` + its norm formulas on the same eigenvalues **{fits['ww_fits_s']:.2f} s** "
+                     f"({fits['ww_fits_s'] / fits['fits_pl_s']:.1f}× ours)")
     if "naive" in by:
         lines += ["", f"The naive way peaks at baseline + {by['naive']['extra_vs_largest']:.2f}× the largest tensor: "
                   "transformers 5's `from_pretrained` maps safetensors weights instead of copying them, and "
@@ -320,7 +375,7 @@ def main() -> None:
     config = json.loads((folder / "config.json").read_text())
     from hf_spectral.views import rules_for
 
-    if "hf_spectral" in args.methods and not rules_for(config).complete:  # warm runs find the module info cached
+    if {"hf_spectral", "hf_spectral_alpha"} & set(args.methods) and not rules_for(config).complete:  # warm runs find the module info cached
         os.environ["HF_SPECTRAL_CACHE"] = str(MODULE_CACHE)
         from hf_spectral.module_cache import module_info_for
 
@@ -334,6 +389,7 @@ def main() -> None:
                 print(f"[{repeat + 1}/{args.repeats}] {method:14s} wall {run['wall_s']:6.2f} s  work {run['work_s']:6.2f} s  "
                       f"peak {run['peak_kb'] / 1024:6.0f} MB  baseline {run['baseline_kb'] / 1024:5.0f} MB  "
                       f"{run['matrices']} matrices  load {run['load']:.2f}", flush=True)
+        fits = time_fits(Path(scratch) / "hf_spectral_alpha") if "hf_spectral_alpha" in args.methods else None
     rows = summarize(runs, args.methods, largest[1])
     import torch
 
@@ -350,7 +406,7 @@ def main() -> None:
         "threads": args.threads or len(os.sched_getaffinity(0)),
         "load_start": " / ".join(f"{x:.2f}" for x in load_start), "load_end": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
-    table = render(rows, largest, [r["load"] for r in runs], context)
+    table = render(rows, largest, [r["load"] for r in runs], context, fits)
     print()
     print(table)
     if not args.no_readme:

@@ -33,13 +33,17 @@ def analyze(
     variant: str | None = None,
     output: str | os.PathLike | None = None,
     progress: bool = True,
+    heavy_tail: bool = False,
+    view: str = "paper",
 ) -> Snapshot:
     """Spectra of every weight matrix of one checkpoint: a local file or folder, a diffusers
     pipeline, or a Hub model id at ``revision``. Writes the snapshot to ``output`` when given.
+    ``heavy_tail`` adds weightwatcher's α metrics; ``view="ww"`` forms conv ESDs as weightwatcher does.
 
     For a Trainer run (several ``checkpoint-*`` folders) use ``analyze_series``.
     """
-    options = AnalysisOptions(include, exclude, top_k, device, precision, alignment, progress=progress)
+    options = AnalysisOptions(include, exclude, top_k, device, precision, alignment, progress=progress,
+                              heavy_tail=heavy_tail, view=view)
     checkpoints = resolve(str(source), revision=revision, variant=variant)
     return analyze_resolved(checkpoints, options, source=str(source), output=output)
 

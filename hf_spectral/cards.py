@@ -138,7 +138,8 @@ def summary_table(dynamics: Dynamics, metric: str | None = None, max_rows: int =
         ("mean erank/R", lambda r: _fmt(erank.get(r["step"], math.nan))),
     ]
     for column, header in (("mean_normalized_stable_rank", "mean srank/R"), ("mean_spectral_norm", "mean σ₁"),
-                           ("mean_agreement", "mean agreement"), ("mean_alignment", "mean alignment")):
+                           ("mean_agreement", "mean agreement"), ("mean_alignment", "mean alignment"),
+                           ("mean_alpha", "mean α")):
         if column in summary and summary[column].notna().any():
             columns.append((header, lambda r, c=column: _fmt(r[c])))
     if metric:
@@ -161,6 +162,8 @@ CARD_FIGURES = (
     ("rank_heatmap", "Effective rank per weight matrix", "Normalized effective rank of every weight matrix (model order) over training."),
     ("summary", "Model-level summary", "Means over all weight matrices at each snapshot."),
     ("singular_values", "Singular values over training", "σᵢ of a few matrices spread over depth, one line per index."),
+    ("alpha", "Heavy-tailed exponent α", "weightwatcher's power-law exponent α per weight matrix (2–6 band shaded) "
+     "beside the mean normalized effective rank."),
 )
 
 
@@ -173,6 +176,7 @@ def _write_images(dyn: Dynamics, folder: Path, card_dir: Path, relative: bool, m
         "rank_heatmap": lambda: plots.plot_rank_heatmap(dyn),
         "summary": lambda: plots.plot_summary(dyn),
         "singular_values": lambda: plots.plot_singular_values(dyn),
+        "alpha": lambda: plots.plot_alpha(dyn, metric=metric, threshold=threshold),
     }
     images, missing = [], []
     for key, alt, caption in CARD_FIGURES:

@@ -39,6 +39,9 @@ from hf_spectral.views import (
 )
 from hf_spectral.views.types import AlignmentMode, AlignmentPair, MatrixSlice, MatrixSpec, Reader, SkippedTensor
 
+VIEWS = ("paper", "ww")  # how a conv kernel's heavy-tail ESD is formed (docs/heavy_tailed.md)
+CONV_KINDS = ("conv", "conv_transpose")
+
 
 @dataclass
 class AnalysisOptions:
@@ -51,6 +54,10 @@ class AnalysisOptions:
     alignment:  also compute consecutive-layer alignment (needs full decompositions of paired layers).
     alignment_k: how many diagonal entries of each alignment matrix to keep.
     progress:   show a progress bar on the main process.
+    heavy_tail: also compute the heavy-tailed (WeightWatcher-style) metrics of every ESD: α, xmin, D,
+                alpha_weighted, log norms, MP soft rank (``metrics.HEAVY_TAIL_METRICS``).
+    view:       ESD of a 2-D conv kernel for those metrics: ``paper`` (the flattened (out, in·k·k)
+                matrix, as every other metric) or ``ww`` (weightwatcher's: the k·k (out × in) slices pooled, λ/2).
     """
 
     include: str | Sequence[str] | None = None
@@ -61,10 +68,17 @@ class AnalysisOptions:
     alignment: bool = False
     alignment_k: int = 100
     progress: bool = True
+    heavy_tail: bool = False
+    view: str = "paper"
 
     def __post_init__(self) -> None:
         compile_patterns(self.include, "include")
         compile_patterns(self.exclude, "exclude")
+        if self.view not in VIEWS:
+            raise SpectralError(f"unknown view {self.view!r}; use one of {', '.join(VIEWS)}")
+        if self.view != "paper" and not self.heavy_tail:
+            raise SpectralError(f"view {self.view!r} only changes the heavy-tail metrics; "
+                                "ask for them too (--metrics heavy_tail, heavy_tail=True)")
         if self.precision not in PRECISIONS:
             raise SpectralError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if self.top_k < 0:
@@ -301,7 +315,10 @@ def decompose(spec: MatrixSpec, read: Reader, options: AnalysisOptions, device: 
     matrix = _materialize(spec, read, options.precision).to(device)
     shape = (int(matrix.shape[0]), int(matrix.shape[1]))
     if not all_finite(matrix):
-        return {"metrics": metrics.non_finite_metrics(shape), "sigma": None, "vectors": None}
+        values = metrics.non_finite_metrics(shape)
+        if options.heavy_tail:
+            values.update(metrics.undefined_heavy_tail_metrics(metrics.FLAG_NON_FINITE))
+        return {"metrics": values, "sigma": None, "vectors": None}
     try:
         if options.top_k:
             result = metrics.decompose(matrix, options.top_k, precision=options.precision)
@@ -314,11 +331,28 @@ def decompose(spec: MatrixSpec, read: Reader, options: AnalysisOptions, device: 
     except RuntimeError as exc:  # DecompositionError, LinAlgError, out of memory...: this matrix only
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         failed = dict(metrics.non_finite_metrics(shape), flag=f"{FLAG_SVD_FAILED}: {reason}")
+        if options.heavy_tail:
+            failed.update(metrics.undefined_heavy_tail_metrics(FLAG_SVD_FAILED))
         return {"metrics": failed, "sigma": None, "vectors": None}
     # The noise floor is the stored dtype's precision (a bf16 weight cannot resolve σ below ~1e-2·σ₁).
     eps = max(DTYPE_EPS.get(spec.dtype, DTYPE_EPS["F32"]), DTYPE_EPS["F64" if options.precision == "float64" else "F32"])
     values = metrics.spectrum_metrics(sigma, shape, eps=eps)
+    if options.heavy_tail:
+        values.update(heavy_tail(spec, matrix, sigma, eps, options.view))
     return {"metrics": values, "sigma": sigma.cpu().numpy(), "vectors": vectors}
+
+
+def heavy_tail(spec: MatrixSpec, matrix: torch.Tensor, sigma: torch.Tensor, eps: float,
+               view: str) -> dict[str, float | str]:
+    """Heavy-tail metrics of one matrix's ESD: λ = σ² of the planned matrix, or, in the ``ww`` view,
+    weightwatcher's pooled (out × in) slices of a 2-D conv kernel."""
+    kernel_size = tuple(spec.extra.get("kernel_size", ()))
+    if view == "ww" and spec.kind in CONV_KINDS and len(kernel_size) == 2:
+        out_ch = matrix.shape[0]
+        in_ch = matrix.shape[1] // (kernel_size[0] * kernel_size[1])
+        evals = metrics.conv_slice_eigenvalues(matrix.reshape(out_ch, in_ch, *kernel_size))
+        return metrics.heavy_tail_metrics(evals, (out_ch, in_ch), eps=eps)
+    return metrics.heavy_tail_metrics(metrics.esd(sigma), tuple(matrix.shape), eps=eps)
 
 
 def all_finite(matrix: torch.Tensor) -> bool:
@@ -448,6 +482,8 @@ def _assemble(plan: Plan, matrix_results: list[dict], pair_results: list[dict], 
     for column in metrics.SPECTRUM_METRICS:
         if column not in table:
             table[column] = np.nan
+    if "heavy_tail_flag" in table:  # skipped rows: no fit, and no flag of their own
+        table["heavy_tail_flag"] = table["heavy_tail_flag"].fillna("").astype(str)
     alignment_rows = []
     diagonals: dict[str, np.ndarray] = {}
     for pair, result in zip(plan.pairs, pair_results):

@@ -304,7 +304,31 @@ def summary_lines(dyn: Dynamics, metric: str | None = None, threshold: float = 0
         if around["change"] < 0 and around["change_before"] < 0:
             text += f" ({around['ratio']:.1f}× as fast at the crossing)"
         lines.append(text + ".")
+    alpha = alpha_line(dyn, events)
+    if alpha:
+        lines.append(alpha)
     return lines
+
+
+def alpha_line(dyn: Dynamics, events: dict[str, Any]) -> str | None:
+    """How the mean power-law exponent α moved (first → at the metric crossing → last), or None."""
+    summary = dyn.summary
+    if "mean_alpha" not in summary:
+        return None
+    alpha = summary.set_index("step")["mean_alpha"].astype(float).dropna().sort_index()
+    if not len(alpha):
+        return None
+    from hf_spectral.metrics.heavy_tail import ALPHA_BAND  # here: plain highlights need no torch
+
+    low, high = ALPHA_BAND
+    text = f"Mean power-law exponent α (weightwatcher's fit; {low:g}–{high:g} read as well trained) went from {alpha.iloc[0]:.2f} to {alpha.iloc[-1]:.2f}"
+    crossed = events.get("metric_step")
+    if crossed is not None and (alpha.index <= crossed).any():
+        text += f", {alpha[alpha.index <= crossed].iloc[-1]:.2f} when {events['metric']} crossed {events['threshold']:g}"
+    undefined = int(summary["alpha_undefined"].max()) if "alpha_undefined" in summary and len(summary) else 0
+    if undefined:
+        text += f"; up to {undefined} matri{'ces' if undefined != 1 else 'x'} without a fit (their heavy_tail_flag says why), left out of the mean"
+    return text + "."
 
 
 def _reference_step(dyn: Dynamics) -> float | None:

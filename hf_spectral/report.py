@@ -70,6 +70,14 @@ def _no_sigma(dyn: Dynamics) -> str | None:
     return None if len(dyn.singular_values) else "the snapshots stored no singular values"
 
 
+def _no_alpha(dyn: Dynamics) -> str | None:
+    from hf_spectral.plots.heavy_tail import has_alpha
+
+    return None if has_alpha(dyn) else (
+        "no power-law fit is defined (every matrix has fewer than 8 eigenvalues, no singular values were stored, "
+        "or the dynamics were saved before hf_spectral had heavy-tail metrics: compute them again)")
+
+
 def figure_specs(metric: str | None, threshold: float) -> list[FigureSpec]:
     """The page's figures in order: the training figure first (when there is a training log)."""
     from hf_spectral import plots
@@ -87,6 +95,11 @@ def figure_specs(metric: str | None, threshold: float) -> list[FigureSpec]:
                    "grey cells are undefined (flagged).", plots.plot_rank_heatmap, lambda d: None),
         FigureSpec("rank_lines", "Effective rank per matrix", "The same numbers as lines, coloured by depth; black: the mean.",
                    plots.plot_rank_lines, lambda d: None),
+        FigureSpec("alpha", "Heavy-tailed exponent α beside effective rank",
+                   "weightwatcher's power-law exponent α of each matrix's eigenvalue density λ = σ² (maximum likelihood, "
+                   "xmin by the smallest KS distance; docs/heavy_tailed.md), the mean over fitted matrices (black) and "
+                   "weightwatcher's 2–6 'well trained' band (green); below, the mean normalized effective rank.",
+                   lambda d: plots.plot_alpha(d, metric=metric, threshold=threshold), _no_alpha),
         FigureSpec("singular_values", "Singular values over time",
                    "σᵢ of a few matrices spread over depth, one line per index (dark: the largest).",
                    plots.plot_singular_values, _no_sigma),

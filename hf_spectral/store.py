@@ -111,7 +111,19 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
             values = defined[column].astype(float)
             values = values[np.isfinite(values)]
             out[f"mean_{column}"] = float(values.mean()) if len(values) else math.nan
+    if "alpha" in decomposed:
+        fitted = heavy_tail_fitted(decomposed)
+        out["alpha_undefined"] = int(len(decomposed) - len(fitted))  # counted, never averaged as NaN
+        for column in ("alpha", "alpha_weighted"):
+            out[f"mean_{column}"] = float(fitted[column].astype(float).mean()) if len(fitted) else math.nan
     return out
+
+
+def heavy_tail_fitted(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose power-law fit is defined (status ok, empty ``heavy_tail_flag``, finite α)."""
+    flags = table["heavy_tail_flag"].fillna("").astype(str) if "heavy_tail_flag" in table else ""
+    alpha = table["alpha"].astype(float)
+    return table[(table["status"] == STATUS_OK) & (flags == "") & np.isfinite(alpha)]
 
 
 def write_snapshot(snapshot: Snapshot, path: str | os.PathLike) -> Path:

@@ -35,7 +35,7 @@ LAYERS: dict[str, int] = {
     "hf_spectral": 9,  # the package root: the public API, loaded lazily
 }
 DYNAMICS_MAY_IMPORT = ("hf_spectral.dynamics", "hf_spectral.store", "hf_spectral.atomic", "hf_spectral.metrics",
-                       "hf_spectral.errors", "hf_spectral.status", "hf_spectral._lazy")
+                       "hf_spectral.errors", "hf_spectral.status", "hf_spectral.tensor_info", "hf_spectral._lazy")
 
 
 def module_name(path: Path) -> str:

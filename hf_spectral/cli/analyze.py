@@ -17,6 +17,7 @@ TABLE_COLUMNS = {
     "spectral_norm": "sigma_max",
     "flag": "flag",
 }
+HEAVY_TAIL_TABLE_COLUMNS = {"alpha": "alpha", "pl_ks_distance": "D", "num_pl_spikes": "pl_spikes", "mp_softrank": "mp_softrank"}
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:
@@ -64,7 +65,12 @@ def format_table(snapshot: Snapshot, limit: int | None = 40) -> str:
     matrices = snapshot.matrices.copy()
     matrices["shape"] = matrices["rows"].astype(str) + "x" + matrices["cols"].astype(str)
     shown = matrices if limit is None else matrices.head(limit)
-    frame = shown[list(TABLE_COLUMNS)].rename(columns=TABLE_COLUMNS)
+    columns = dict(TABLE_COLUMNS)
+    if "alpha" in shown:  # heavy_tail metrics: alpha and its fit quality before the flag
+        flag = columns.pop("flag")
+        columns.update(HEAVY_TAIL_TABLE_COLUMNS, flag=flag)
+        shown = shown.assign(flag=[_joined(f, h) for f, h in zip(shown["flag"], shown["heavy_tail_flag"])])
+    frame = shown[list(columns)].rename(columns=columns)
     # names left-aligned (pandas right-aligns strings), so that the layers of a block line up
     width = max([len("matrix"), *frame["matrix"].str.len()])
     frame = frame.rename(columns={"matrix": "matrix".ljust(width)})
@@ -91,6 +97,14 @@ def format_summary(snapshot: Snapshot) -> str:
         text += f", {s['rank_deficient']} rank-deficient (metrics defined)"
     if "mean_normalized_effective_rank" in s:
         text += f"; mean erank/R {s['mean_normalized_effective_rank']:.4f}, mean srank/R {s['mean_normalized_stable_rank']:.4f}"
+    if "mean_alpha" in s:
+        undefined = f", {s['alpha_undefined']} without a fit" if s.get("alpha_undefined") else ""
+        text += f"; mean alpha {s['mean_alpha']:.3f}{undefined}"
     if snapshot.meta.get("seconds") is not None:
         text += f"; {snapshot.meta['seconds']:.2f} s on {snapshot.meta.get('device')}"
     return text
+
+
+def _joined(flag: object, heavy_tail_flag: object) -> str:
+    parts = [str(flag or ""), f"alpha: {heavy_tail_flag}" if heavy_tail_flag else ""]
+    return "; ".join(p for p in parts if p)

@@ -20,6 +20,12 @@ def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="compute precision (default float32)")
     parser.add_argument("--alignment", action="store_true", help="also compute consecutive-layer alignment")
+    parser.add_argument("--metrics", choices=["paper", "heavy_tail"], default="paper",
+                        help="metric groups: paper (default: ranks and norms) or heavy_tail (adds weightwatcher's "
+                        "alpha, xmin, D, alpha_weighted, log norms, MP soft rank; docs/heavy_tailed.md)")
+    parser.add_argument("--view", choices=["paper", "ww"], default="paper",
+                        help="ESD of conv kernels for the heavy_tail metrics: paper (flattened, default) or ww "
+                        "(weightwatcher's pooled k*k slices)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--register", action="append", metavar="MODULE|FILE.py", default=[],
                         help="import this module or file first: its hf_spectral.register_architecture calls tell the "
@@ -65,7 +71,8 @@ def load_registrations(items: Sequence[str]) -> None:
 def analysis_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``AnalysisOptions`` keyword arguments given on the command line."""
     options = dict(include=args.include, exclude=args.exclude, top_k=args.top_k, device=args.device,
-                   precision=args.dtype, alignment=args.alignment, progress=not args.no_progress)
+                   precision=args.dtype, alignment=args.alignment, progress=not args.no_progress,
+                   heavy_tail=args.metrics == "heavy_tail", view=args.view)
     if getattr(args, "no_alignment", False):
         options["alignment"] = False
     return options

@@ -70,7 +70,8 @@ def format_dynamics(dyn: Dynamics, limit: int | None = 40) -> str:
 
 
 def per_layer(dyn: Dynamics) -> pd.DataFrame:
-    """One row per matrix: metrics at the first and last snapshot, agreement of the first with the reference."""
+    """One row per matrix: metrics (α included: NaN where no fit is defined) at the first and last snapshot,
+    agreement of the first with the reference."""
     traj = dyn.trajectories
     if not len(traj):
         return pd.DataFrame()
@@ -91,6 +92,8 @@ def per_layer(dyn: Dynamics) -> pd.DataFrame:
             "srank/R last": _at(last, matrix, "normalized_stable_rank"),
             "sigma_max first": _at(first, matrix, "spectral_norm"),
             "sigma_max last": _at(last, matrix, "spectral_norm"),
+            "alpha first": _at(first, matrix, "alpha"),
+            "alpha last": _at(last, matrix, "alpha"),
             f"agree@{top} first": _at(reference, matrix, "score"),
         })
     return pd.DataFrame(rows)

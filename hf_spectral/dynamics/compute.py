@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from hf_spectral import metrics
+from hf_spectral.dynamics.heavy_tail import HEAVY_TAIL_COLUMNS, with_heavy_tail
 from hf_spectral.dynamics.types import TABLES, Dynamics
 from hf_spectral.errors import SpectralError
 from hf_spectral.store import STATUS_FLAGGED, STATUS_SKIPPED, Snapshot, summarize
@@ -23,7 +24,7 @@ DEFAULT_TOP = 10
 _KEYS = ["step", "label"]
 COLUMNS: dict[str, list[str]] = {
     "trajectories": _KEYS + ["matrix", "component", "kind", "rows", "cols", "status", "flag",
-                             *metrics.SPECTRUM_METRICS],
+                             *metrics.SPECTRUM_METRICS, *HEAVY_TAIL_COLUMNS],
     "singular_values": _KEYS + ["matrix", "index", "sigma"],
     "agreement": _KEYS + ["matrix", "reference", "index", "value"],
     "agreement_previous": _KEYS + ["matrix", "reference", "index", "value"],
@@ -31,7 +32,7 @@ COLUMNS: dict[str, list[str]] = {
     "alignment": _KEYS + ["pair", "prev", "next", "mode", "index", "value"],
     "alignment_scores": _KEYS + ["pair", "prev", "next", "mode", "score", "k", "flag"],
     "summary": _KEYS + ["matrices", "flagged", "mean_normalized_effective_rank", "mean_normalized_stable_rank",
-                        "mean_spectral_norm", "mean_agreement", "mean_alignment"],
+                        "mean_spectral_norm", "mean_agreement", "mean_alignment", "mean_alpha", "alpha_undefined"],
     "training": ["step", "metric", "value"],
 }
 assert set(COLUMNS) == set(TABLES)
@@ -69,6 +70,7 @@ def compute_dynamics(snapshots: Sequence[Snapshot], *, reference: str | int = "f
         previous, scores_prev, skipped_prev = _agreement(snapshots, steps, labels, against_previous, top)
     scores = _frame("agreement_scores", [*_tag(scores_ref, "reference"), *_tag(scores_prev, "previous")])
     alignment, alignment_scores = _alignment(snapshots, steps, labels, top)
+    tables = [with_heavy_tail(s) for s in snapshots]  # α from the stored spectra when not analyzed with it
 
     meta: dict[str, Any] = {
         "snapshots": len(snapshots), "labels": labels, "steps": steps, "step_is_position": by_position,
@@ -84,14 +86,14 @@ def compute_dynamics(snapshots: Sequence[Snapshot], *, reference: str | int = "f
         meta["alignment"] = "no alignment stored (analyzed without alignment, or no pairs for this architecture)"
 
     return Dynamics(
-        trajectories=_trajectories(snapshots, steps, labels),
+        trajectories=_trajectories(tables, steps, labels),
         singular_values=_singular_values(snapshots, steps, labels),
         agreement=agreement,
         agreement_previous=previous,
         agreement_scores=scores,
         alignment=alignment,
         alignment_scores=alignment_scores,
-        summary=_summary(snapshots, steps, labels, scores, alignment_scores),
+        summary=_summary(tables, steps, labels, scores, alignment_scores),
         training=training_table(_log_history(snapshots)),
         meta=meta,
     )
@@ -151,10 +153,10 @@ def reference_index(reference: str | int, labels: Sequence[str], steps: Sequence
 # Trajectories
 
 
-def _trajectories(snapshots: list[Snapshot], steps: list[int], labels: list[str]) -> pd.DataFrame:
+def _trajectories(tables: list[pd.DataFrame], steps: list[int], labels: list[str]) -> pd.DataFrame:
     frames = []
-    for snapshot, step, label in zip(snapshots, steps, labels):
-        rows = snapshot.matrices
+    for table, step, label in zip(tables, steps, labels):
+        rows = table[table["status"] != STATUS_SKIPPED]
         if not len(rows):
             continue
         columns: dict[str, Any] = {"step": np.full(len(rows), step), "label": np.full(len(rows), label, dtype=object),
@@ -274,13 +276,13 @@ def _alignment(snapshots: list[Snapshot], steps: list[int], labels: list[str],
 # Summary and training metrics
 
 
-def _summary(snapshots: list[Snapshot], steps: list[int], labels: list[str], scores: pd.DataFrame,
+def _summary(tables: list[pd.DataFrame], steps: list[int], labels: list[str], scores: pd.DataFrame,
              alignment_scores: pd.DataFrame) -> pd.DataFrame:
     agreement = _means_by_step(scores[scores["reference_kind"] == "reference"])
     alignment = _means_by_step(alignment_scores)
     rows = []
-    for snapshot, step, label in zip(snapshots, steps, labels):
-        counts = summarize(snapshot.table) if len(snapshot.table) else {"matrices": 0, "flagged": 0}
+    for table, step, label in zip(tables, steps, labels):
+        counts = summarize(table) if len(table) else {"matrices": 0, "flagged": 0}
         rows.append({
             "step": step, "label": label, "matrices": counts["matrices"], "flagged": counts["flagged"],
             "mean_normalized_effective_rank": counts.get("mean_normalized_effective_rank", math.nan),
@@ -288,6 +290,7 @@ def _summary(snapshots: list[Snapshot], steps: list[int], labels: list[str], sco
             "mean_spectral_norm": counts.get("mean_spectral_norm", math.nan),
             "mean_agreement": agreement.get(step, math.nan),
             "mean_alignment": alignment.get(step, math.nan),
+            "mean_alpha": counts.get("mean_alpha", math.nan), "alpha_undefined": counts.get("alpha_undefined", 0),
         })
     return _frame("summary", rows)
 
@@ -399,8 +402,8 @@ def _concat(name: str, frames: list[pd.DataFrame]) -> pd.DataFrame:
     return frame[COLUMNS[name] + [c for c in frame.columns if c not in COLUMNS[name]]]
 
 
-_INT_COLUMNS = {"step", "index", "rows", "cols", "matrices", "flagged", "k"}
-_TEXT_COLUMNS = {"label", "matrix", "component", "kind", "status", "flag", "reference", "reference_kind", "pair",
+_INT_COLUMNS = {"step", "index", "rows", "cols", "matrices", "flagged", "k", "alpha_undefined"}
+_TEXT_COLUMNS = {"label", "matrix", "component", "kind", "status", "flag", "heavy_tail_flag", "reference", "reference_kind", "pair",
                  "prev", "next", "mode", "metric"}
 
 

@@ -6,7 +6,9 @@ Saved as ``<name>.parquet`` files in one folder (plus ``dynamics.json`` with ``m
 
 trajectories       one row per (step, matrix): step, label, matrix, component, kind, rows, cols,
                    status, flag, and every scalar metric of ``hf_spectral.metrics.SPECTRUM_METRICS``
-                   (normalized_effective_rank, normalized_stable_rank, spectral_norm, ...).
+                   (normalized_effective_rank, normalized_stable_rank, spectral_norm, ...), and the
+                   heavy-tail columns ``metrics.HEAVY_TAIL_METRICS`` + ``heavy_tail_flag`` (α, pl_xmin,
+                   pl_ks_distance, ...; computed from the stored spectra when the snapshots lack them).
 singular_values    one row per (step, matrix, index): step, label, matrix, index (0 = largest), sigma.
 agreement          one row per (step, matrix, index): step, label, matrix, reference (label of the
                    reference snapshot), index, value = S_ii (paper Eq. 5) against the reference
@@ -20,7 +22,8 @@ alignment          one row per (step, pair, index): step, label, pair (Alignment
 alignment_scores   one row per (step, pair): step, label, pair, prev, next, mode, score.
 summary            one row per step: step, label, matrices, flagged, mean_normalized_effective_rank,
                    mean_normalized_stable_rank, mean_spectral_norm, mean_agreement (mean over matrices
-                   of the reference score), mean_alignment.
+                   of the reference score), mean_alignment, mean_alpha (over matrices with a defined
+                   power-law fit) and alpha_undefined (how many had none).
 training           one row per (step, metric): step, metric (e.g. "eval_accuracy", "loss"), value —
                    the Trainer's log history when the series has one (empty otherwise).
 

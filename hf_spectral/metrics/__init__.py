@@ -1,4 +1,5 @@
-"""Pure math on tensors: singular values (exact fast path), spectrum metrics, agreement, alignment.
+"""Pure math on tensors: singular values (exact fast path), spectrum metrics, heavy-tailed
+(WeightWatcher-style) metrics, agreement, alignment.
 
 No I/O, no logging, no model knowledge. Results are float64 tensors on the input's device
 (the CPU for MPS tensors, which have no float64) or python floats.
@@ -20,6 +21,17 @@ from hf_spectral.metrics.agreement import (
     subspace_overlap,
     top_score,
 )
+from hf_spectral.metrics.heavy_tail import (
+    ALPHA_BAND,
+    HEAVY_TAIL_METRICS,
+    PowerLawFit,
+    conv_slice_eigenvalues,
+    esd,
+    heavy_tail_metrics,
+    marchenko_pastur_fit,
+    power_law_fit,
+    undefined_heavy_tail_metrics,
+)
 from hf_spectral.metrics.spectrum import (
     FLAG_NON_FINITE,
     FLAG_RANK_DEFICIENT,
@@ -40,6 +52,14 @@ from hf_spectral.metrics.spectrum import (
 )
 
 __all__ = [
+    "ALPHA_BAND",
+    "HEAVY_TAIL_METRICS",
+    "PowerLawFit",
+    "conv_slice_eigenvalues",
+    "esd",
+    "heavy_tail_metrics",
+    "marchenko_pastur_fit",
+    "power_law_fit",
     "DEFAULT_K",
     "FLAG_NON_FINITE",
     "FLAG_RANK_DEFICIENT",
@@ -70,4 +90,5 @@ __all__ = [
     "subspace_overlap",
     "top_score",
     "top_singular_vectors",
+    "undefined_heavy_tail_metrics",
 ]

@@ -3,13 +3,15 @@
 
 Figure families, one module each: ``spectra`` (σᵢ over time), ``rank`` (effective rank heat map
 and lines), ``agreement``, ``alignment``, ``summary`` (model-level panel), ``training`` (a
-training metric and the mean rank on one axis, with key events marked).
+training metric and the mean rank on one axis, with key events marked), ``heavy_tail``
+(weightwatcher's α per matrix over time, with its 2–6 band, beside the effective rank).
 """
 
 from hf_spectral.highlights import key_events
 from hf_spectral.plots._common import StepAxis, is_log_spaced, save_figure, short_names
 from hf_spectral.plots.agreement import plot_agreement, plot_agreement_scores
 from hf_spectral.plots.alignment import plot_alignment, plot_alignment_scores
+from hf_spectral.plots.heavy_tail import plot_alpha
 from hf_spectral.plots.rank import plot_rank_heatmap, plot_rank_lines
 from hf_spectral.plots.spectra import plot_singular_values
 from hf_spectral.plots.summary import plot_summary
@@ -20,6 +22,7 @@ __all__ = [
     "is_log_spaced",
     "key_events",
     "plot_agreement",
+    "plot_alpha",
     "plot_agreement_scores",
     "plot_alignment",
     "plot_alignment_scores",

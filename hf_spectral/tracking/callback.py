@@ -42,6 +42,8 @@ class SpectralCallback(TrainerCallback):
     output_dir: the record folder (default ``<TrainingArguments.output_dir>/spectral``).
     log_layers: log per-matrix scalars, not only model-level summaries.
     alignment:  also store consecutive-layer alignment in each snapshot (full SVDs of paired layers).
+    heavy_tail: also compute weightwatcher's α metrics of every matrix (logged: ``spectral/mean_alpha``,
+                per layer ``spectral/alpha/<matrix>``; docs/heavy_tailed.md).
     extra_measures: ``{name: function(model) -> {key: value}}``, computed at each snapshot, logged as
                 ``spectral/<name>/<key>`` and stored in the snapshot's ``meta["extra_measures"]``.
     """
@@ -57,11 +59,12 @@ class SpectralCallback(TrainerCallback):
         precision: str = "float32",
         log_layers: bool = True,
         alignment: bool = False,
+        heavy_tail: bool = False,
         extra_measures: Mapping[str, Callable[[nn.Module], Mapping[str, float]]] | None = None,
     ) -> None:
         self.schedule = Schedule.parse(schedule)
         options = AnalysisOptions(include=include, exclude=exclude, top_k=top_k, device=device,
-                                  precision=precision, alignment=alignment, progress=False)
+                                  precision=precision, alignment=alignment, progress=False, heavy_tail=heavy_tail)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.recorder = Recorder(options, log_layers=log_layers, extra_measures=extra_measures,
                                  producer="SpectralCallback")

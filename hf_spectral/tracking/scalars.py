@@ -4,6 +4,8 @@
     spectral/sigma_max/<matrix>   top singular value
     spectral/agreement/<matrix>   mean of the top-10 diagonal agreement entries with the previous
                                   snapshot (paper Eq. 5; needs top_k >= 1)
+    spectral/alpha/<matrix>       weightwatcher's power-law exponent α (with heavy_tail=True)
+    spectral/mean_alpha, spectral/alpha_undefined   mean α over the fitted matrices, and how many had no fit
     spectral/mean_erank, spectral/mean_stable_rank, spectral/mean_sigma_max, spectral/mean_agreement,
     spectral/flagged              model-level summaries (means over matrices whose metrics are defined)
     spectral/<measure>/<key>      user ``extra_measures``
@@ -18,11 +20,11 @@ import numpy as np
 import torch
 
 from hf_spectral import metrics
-from hf_spectral.store import STATUS_OK, Snapshot
+from hf_spectral.store import STATUS_OK, Snapshot, heavy_tail_fitted
 
 PREFIX = "spectral"
 # Per-layer families: an extra measure may not take one of these names (its keys would collide).
-LAYER_FAMILIES = ("erank", "sigma_max", "agreement")
+LAYER_FAMILIES = ("erank", "sigma_max", "agreement", "alpha")
 AGREEMENT_TOP = 10  # the paper's summary score: mean of the top-10 diagonal entries
 
 Vectors = Mapping[str, tuple[np.ndarray, np.ndarray]]
@@ -57,10 +59,17 @@ def live_scalars(snapshot: Snapshot, previous: Vectors | None, *, log_layers: bo
             _put(out, f"{PREFIX}/sigma_max/{name}", sigma_max)
         for name, score in agreement.items():
             _put(out, f"{PREFIX}/agreement/{name}", score)
+        if "alpha" in defined:
+            fitted = heavy_tail_fitted(defined)
+            for name, alpha in zip(fitted["name"], fitted["alpha"]):
+                _put(out, f"{PREFIX}/alpha/{name}", alpha)
     summary = snapshot.summary()
     _put(out, f"{PREFIX}/mean_erank", summary.get("mean_normalized_effective_rank"))
     _put(out, f"{PREFIX}/mean_stable_rank", summary.get("mean_normalized_stable_rank"))
     _put(out, f"{PREFIX}/mean_sigma_max", summary.get("mean_spectral_norm"))
+    if "mean_alpha" in summary:
+        _put(out, f"{PREFIX}/mean_alpha", summary["mean_alpha"])
+        out[f"{PREFIX}/alpha_undefined"] = float(summary["alpha_undefined"])
     if agreement:
         _put(out, f"{PREFIX}/mean_agreement", float(np.mean(list(agreement.values()))))
     out[f"{PREFIX}/flagged"] = float(summary.get("flagged", 0))

@@ -56,6 +56,7 @@ class SpectralTracker:
         precision: str = "float32",
         log_layers: bool = True,
         alignment: bool = False,
+        heavy_tail: bool = False,
         extra_measures: Mapping[str, Callable[[nn.Module], Mapping[str, float]]] | None = None,
         accelerator: Any = None,
     ) -> None:
@@ -64,7 +65,7 @@ class SpectralTracker:
         self.max_steps = max_steps
         self.accelerator = accelerator
         options = AnalysisOptions(include=include, exclude=exclude, top_k=top_k, device=device,
-                                  precision=precision, alignment=alignment, progress=False)
+                                  precision=precision, alignment=alignment, progress=False, heavy_tail=heavy_tail)
         self.recorder = Recorder(options, log_layers=log_layers, extra_measures=extra_measures,
                                  producer="SpectralTracker")
         self.history: list[dict[str, Any]] = []  # what goes to log_history.json: spectral and user scalars
