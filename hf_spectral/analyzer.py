@@ -30,13 +30,14 @@ def analyze(
     variant: str | None = None,
     output: str | os.PathLike | None = None,
     progress: bool = True,
+    batch: str = "auto",
 ) -> Snapshot:
     """Spectra of every weight matrix of one checkpoint: a local file or folder, a diffusers
     pipeline, or a Hub model id at ``revision``. Writes the snapshot to ``output`` when given.
 
     For a Trainer run (several ``checkpoint-*`` folders) use ``analyze_series``.
     """
-    options = AnalysisOptions(include, exclude, top_k, device, precision, alignment, progress=progress)
+    options = AnalysisOptions(include, exclude, top_k, device, precision, alignment, progress=progress, batch=batch)
     checkpoints = resolve(str(source), revision=revision, variant=variant)
     return analyze_resolved(checkpoints, options, source=str(source), output=output)
 

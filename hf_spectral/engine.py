@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from hf_spectral import metrics
+from hf_spectral.batching import BATCH_MODES, batchable, work_units
 from hf_spectral.errors import SpectralError
 from hf_spectral.module_cache import module_info_for
 from hf_spectral.sources.types import Checkpoint
@@ -49,6 +50,8 @@ class AnalysisOptions:
     alignment:  also compute consecutive-layer alignment (needs full decompositions of paired layers).
     alignment_k: how many diagonal entries of each alignment matrix to keep.
     progress:   show a progress bar on the main process.
+    batch:      ``auto`` (batch same-shaped matrices where the device measured faster batched: see
+                ``hf_spectral.calibration``), ``on`` or ``off``. Results agree to rounding either way.
     """
 
     include: str | Sequence[str] | None = None
@@ -59,8 +62,11 @@ class AnalysisOptions:
     alignment: bool = False
     alignment_k: int = 100
     progress: bool = True
+    batch: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.batch not in BATCH_MODES:
+            raise SpectralError(f"unknown batch mode {self.batch!r}; use one of {', '.join(BATCH_MODES)}")
         if self.precision not in PRECISIONS:
             raise SpectralError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if self.top_k < 0:
@@ -69,6 +75,7 @@ class AnalysisOptions:
     def to_meta(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("progress")
+        out.pop("batch")  # how the work is grouped, not what is computed: snapshots (and cache keys) match
         return out
 
 
@@ -226,7 +233,7 @@ def _model_type(config: dict | None) -> str:
 class _Task:
     index: int
     cost: float
-    spec: MatrixSpec | None = None
+    members: tuple[int, ...] = ()  # indices of the planned matrices of this unit (several: one batch)
     pair: AlignmentPair | None = None
 
 
@@ -241,27 +248,37 @@ def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None =
     state = process_state()
     device = resolve_device(options.device, state)
     by_name = {spec.name: spec for spec in plan.specs}
-    tasks = [_Task(i, spec.cost, spec=spec) for i, spec in enumerate(plan.specs)]
+    units = work_units(plan.specs, batched=use_batches(options, device, plan.specs), top_k=options.top_k,
+                       num_processes=state.num_processes)
+    tasks = [_Task(unit[0], sum(plan.specs[i].cost for i in unit), members=tuple(unit)) for unit in units]
     for pair in plan.pairs:
         cost = by_name[pair.prev.matrix].cost + by_name[pair.next.matrix].cost
-        tasks.append(_Task(len(tasks), cost, pair=pair))
+        tasks.append(_Task(len(plan.specs) + len(tasks) - len(units), cost, pair=pair))
     mine = [tasks[i] for i in deal_by_cost([t.cost for t in tasks], state.num_processes)[state.process_index]]
 
     started = time.perf_counter()
     results: list[tuple[int, dict[str, Any]]] = []
     show = options.progress and state.is_main_process
     with _cpu_threads_for(state, device), torch.no_grad():
-        for task in tqdm(mine, desc="SVD", unit="matrix", disable=not show, leave=False):
+        bar = tqdm(total=sum(max(1, len(t.members)) for t in mine), desc="SVD", unit="matrix", disable=not show,
+                   leave=False)
+        for task in mine:
             try:
-                if task.spec is not None:
-                    result = decompose(task.spec, plan.readers[task.spec.name], options, device)
+                if task.pair is not None:
+                    done_now = [(task.index, align(task.pair, by_name, plan.readers, options, device))]
+                elif len(task.members) == 1:
+                    spec = plan.specs[task.index]
+                    done_now = [(task.index, decompose(spec, plan.readers[spec.name], options, device))]
                 else:
-                    result = align(task.pair, by_name, plan.readers, options, device)
+                    specs = [plan.specs[i] for i in task.members]
+                    done_now = list(zip(task.members, decompose_batch(specs, plan.readers, options, device)))
             except SpectralError as exc:
                 # Report instead of raising here: the other processes would wait forever in the gather.
                 results.append((-1, {"error": str(exc)}))
                 break
-            results.append((task.index, result))
+            results += done_now
+            bar.update(len(done_now))
+        bar.close()
     if state.num_processes > 1:
         results = gather_object(results)
     elapsed = time.perf_counter() - started
@@ -270,11 +287,11 @@ def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None =
     if errors:
         raise SpectralError(errors[0])
     done = dict(results)
-    missing = [t.index for t in tasks if t.index not in done]
+    missing = [i for i in range(len(plan.specs) + len(plan.pairs)) if i not in done]
     if missing:  # pragma: no cover - would be a bug in dealing or gathering
         raise RuntimeError(f"lost {len(missing)} results while gathering from {state.num_processes} processes")
     matrix_results = [done[i] for i in range(len(plan.specs))]
-    pair_results = [done[i] for i in range(len(plan.specs), len(tasks))]
+    pair_results = [done[i] for i in range(len(plan.specs), len(plan.specs) + len(plan.pairs))]
     snapshot_meta = {
         **(meta or {}),
         "options": options.to_meta(),
@@ -306,10 +323,52 @@ def decompose(spec: MatrixSpec, read: Reader, options: AnalysisOptions, device: 
     except metrics.DecompositionError as exc:
         failed = dict(metrics.non_finite_metrics(shape), flag=f"svd_failed: {exc}")
         return {"metrics": failed, "sigma": None, "vectors": None}
+    return _spectrum_result(spec, shape, sigma, vectors, options)
+
+
+def _spectrum_result(spec: MatrixSpec, shape: tuple[int, int], sigma: torch.Tensor, vectors: Any,
+                     options: AnalysisOptions) -> dict[str, Any]:
     # The noise floor is the stored dtype's precision (a bf16 weight cannot resolve σ below ~1e-2·σ₁).
     eps = max(DTYPE_EPS.get(spec.dtype, DTYPE_EPS["F32"]), DTYPE_EPS["F64" if options.precision == "float64" else "F32"])
     values = metrics.spectrum_metrics(sigma, shape, eps=eps)
     return {"metrics": values, "sigma": sigma.cpu().numpy(), "vectors": vectors}
+
+
+def decompose_batch(specs: Sequence[MatrixSpec], readers: dict[str, Reader], options: AnalysisOptions,
+                    device: torch.device) -> list[dict[str, Any]]:
+    """``decompose`` of several same-shaped matrices (singular values only) with one batched call.
+
+    A matrix with inf/NaN, or a batch that fails, goes the unbatched way, so every row is what
+    ``decompose`` gives it.
+    """
+    matrices = [_materialize(spec, readers[spec.name], options.precision).to(device) for spec in specs]
+    finite = [i for i, matrix in enumerate(matrices) if all_finite(matrix)]
+    results: dict[int, dict[str, Any]] = {}
+    try:
+        sigmas = metrics.singular_values_batch([matrices[i] for i in finite], precision=options.precision)
+    except metrics.DecompositionError:
+        sigmas, finite = [], []
+    for i, sigma in zip(finite, sigmas):
+        shape = (int(matrices[i].shape[0]), int(matrices[i].shape[1]))
+        results[i] = _spectrum_result(specs[i], shape, sigma, None, options)
+    del matrices
+    return [results[i] if i in results else decompose(spec, readers[spec.name], options, device)
+            for i, spec in enumerate(specs)]
+
+
+def use_batches(options: AnalysisOptions, device: torch.device, specs: Sequence[MatrixSpec]) -> bool:
+    """Whether to batch same-shaped matrices: ``on``/``off``, or (``auto``) what the device measured
+    (asked only when ``specs`` has two batchable matrices of one shape: nothing to measure otherwise)."""
+    if options.top_k or options.batch == "off":
+        return False
+    if options.batch == "on":
+        return True
+    shapes = [(spec.shape, spec.dtype) for spec in specs if batchable(spec, options.top_k)]
+    if len(set(shapes)) == len(shapes):
+        return False
+    from hf_spectral.calibration import batching_wins
+
+    return batching_wins(device)
 
 
 def all_finite(matrix: torch.Tensor) -> bool:

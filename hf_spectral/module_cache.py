@@ -44,15 +44,23 @@ def module_info_for(config: dict[str, Any]) -> tuple[dict[str, str], list[str], 
     return info
 
 
+def cache_root() -> Path | None:
+    """hf_spectral's cache folder: ``$HF_SPECTRAL_CACHE`` (default ``~/.cache/hf_spectral``), None when
+    ``HF_SPECTRAL_CACHE=off``. Each cache lives in its own subfolder (``module_types``, ``calibration``)."""
+    root = os.environ.get("HF_SPECTRAL_CACHE")
+    if root is not None and root.strip().lower() in ("", "0", "off", "false", "no"):
+        return None
+    return Path(root).expanduser() if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hf_spectral"
+
+
 _MODULE_CACHE_VERSION = 1
 _VOLATILE_CONFIG_KEYS = ("_name_or_path", "_commit_hash", "transformers_version", "_diffusers_version")
 
 
 def _module_cache_path(config: dict[str, Any]) -> Path | None:
-    root = os.environ.get("HF_SPECTRAL_CACHE")
-    if root is not None and root.strip().lower() in ("", "0", "off", "false", "no"):
+    base = cache_root()
+    if base is None:
         return None
-    base = Path(root).expanduser() if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hf_spectral"
     try:
         from importlib.metadata import PackageNotFoundError, version
     except ImportError:  # pragma: no cover

@@ -21,12 +21,16 @@ def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="compute precision (default float32)")
     parser.add_argument("--alignment", action="store_true", help="also compute consecutive-layer alignment")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--batch", default="auto", choices=["auto", "on", "off"],
+                        help="decompose same-shaped matrices in batched calls: auto (default: where this device "
+                        "measured faster), on, off")
 
 
 def analysis_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``AnalysisOptions`` keyword arguments given on the command line."""
     options = dict(include=args.include, exclude=args.exclude, top_k=args.top_k, device=args.device,
-                   precision=args.dtype, alignment=args.alignment, progress=not args.no_progress)
+                   precision=args.dtype, alignment=args.alignment, progress=not args.no_progress,
+                   batch=args.batch)
     if getattr(args, "no_alignment", False):
         options["alignment"] = False
     return options

@@ -1,0 +1,155 @@
+"""How fast this machine runs the analyzer's kernels: a short micro-benchmark, cached per device.
+
+The cost model (``hf_spectral.cost``) turns FLOPs and bytes into seconds with these rates, and the
+engine asks ``batching_wins`` whether one batched call beats a loop on a device. The benchmark runs
+once per (device, torch threads, torch version) and takes about a second on a CPU; its result is
+kept in ``$HF_SPECTRAL_CACHE/calibration`` (see ``module_cache.cache_root``; ``off`` disables the cache,
+and then it runs once per process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+CALIBRATION_VERSION = 1
+_GEMM_SHAPE = (2048, 384)  # tall side x short side of the probe Gram product
+_EIG_SIZE = 384
+_BATCH_PROBE = (16, 384, 128)  # (matrices, rows, cols): many small same-shaped matrices
+_REPEATS = 2
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Measured rates of one device (float64 kernels, as the analyzer runs them).
+
+    gemm_flops_per_s:  float64 matrix product (the Gram matrix TᵀT).
+    eigvalsh_s_per_n3: seconds per n³ of a symmetric eigenvalue solve, values only.
+    eigh_s_per_n3:     the same with eigenvectors (``--top-k``).
+    svd_s_per_mn2:     seconds per m·n² of a float64 ``svdvals`` (``--dtype float64``), m ≥ n.
+    convert_bytes_per_s: reading a stored float32 matrix into float64 (mmap'd pages, warm cache).
+    matrix_overhead_s: fixed cost per matrix (Python, metrics, small launches).
+    batched_speedup:   loop time / batched time of many small same-shaped Gram decompositions.
+    """
+
+    device: str
+    threads: int
+    torch_version: str
+    gemm_flops_per_s: float
+    eigvalsh_s_per_n3: float
+    eigh_s_per_n3: float
+    svd_s_per_mn2: float
+    convert_bytes_per_s: float
+    matrix_overhead_s: float
+    batched_speedup: float
+    measured_at: str
+    seconds: float  # how long the benchmark itself took
+
+
+def device_key(device: torch.device) -> str:
+    """What makes two devices comparable: the CPU thread count, or the GPU's name."""
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"{device.type}:threads={torch.get_num_threads()}"
+
+
+def calibration_for(device: torch.device | str, *, use_cache: bool = True) -> Calibration:
+    """The rates of ``device``: read from the cache, else measured (about a second) and cached."""
+    device = torch.device(device)
+    path = _cache_path(device) if use_cache else None
+    if path is not None:
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            return Calibration(**json.loads(path.read_text()))
+    measured = measure(device)
+    if path is not None:
+        _write(path, measured)
+    return measured
+
+
+_MEMO: dict[str, Calibration] = {}
+
+
+def batching_wins(device: torch.device) -> bool:
+    """Whether stacking same-shaped matrices into one batched call was faster on this device."""
+    key = device_key(device)
+    if key not in _MEMO:
+        _MEMO[key] = calibration_for(device)
+    return _MEMO[key].batched_speedup > 1.1  # a tie keeps the simpler loop
+
+
+def measure(device: torch.device) -> Calibration:
+    """Run the micro-benchmark on ``device`` (float64 Gram product, eigensolvers, SVD, conversion)."""
+    from hf_spectral.metrics import singular_values, singular_values_batch
+
+    started = time.perf_counter()
+    gen = torch.Generator().manual_seed(0)
+    rows, cols = _GEMM_SHAPE
+    tall32 = torch.randn(rows, cols, generator=gen).to(device)
+    tall = tall32.to(torch.float64)
+    gemm_s = _best(lambda: tall.mT @ tall, device)
+    sym = (tall.mT @ tall)[:_EIG_SIZE, :_EIG_SIZE].contiguous()
+    eigvalsh_s = _best(lambda: torch.linalg.eigvalsh(sym), device)
+    eigh_s = _best(lambda: torch.linalg.eigh(sym), device)
+    svd_s = _best(lambda: torch.linalg.svdvals(tall[:1024, :256]), device)
+    convert_s = _best(lambda: tall32.to(torch.float64), device)
+    small = torch.randn(64, 32, generator=gen).to(device)
+    overhead_s = _best(lambda: singular_values(small), device)
+    count, m, n = _BATCH_PROBE
+    probes = list(torch.randn(count, m, n, generator=gen).to(device).unbind(0))
+    loop_s = _best(lambda: [singular_values(p) for p in probes], device)
+    batch_s = _best(lambda: singular_values_batch(probes), device)
+    return Calibration(
+        device=device_key(device), threads=torch.get_num_threads(), torch_version=torch.__version__,
+        gemm_flops_per_s=2.0 * rows * cols * cols / gemm_s,
+        eigvalsh_s_per_n3=eigvalsh_s / _EIG_SIZE**3,
+        eigh_s_per_n3=eigh_s / _EIG_SIZE**3,
+        svd_s_per_mn2=svd_s / (1024 * 256**2),
+        convert_bytes_per_s=tall32.numel() * 4 / convert_s,
+        matrix_overhead_s=overhead_s,
+        batched_speedup=loop_s / batch_s,
+        measured_at=time.strftime("%Y-%m-%d %H:%M:%S"),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def _best(run: Callable[[], object], device: torch.device) -> float:
+    """Fastest of a few runs (the first warms caches and kernels up): the least disturbed by a shared machine."""
+    times = []
+    for _ in range(_REPEATS + 1):
+        _sync(device)
+        start = time.perf_counter()
+        run()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return max(min(times[1:]), 1e-9)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cache_path(device: torch.device) -> Path | None:
+    from hf_spectral.module_cache import cache_root
+
+    root = cache_root()
+    if root is None:
+        return None
+    key = json.dumps([CALIBRATION_VERSION, device_key(device), torch.__version__])
+    return root / "calibration" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+def _write(path: Path, calibration: Calibration) -> None:
+    from hf_spectral.store import atomic_file
+
+    with contextlib.suppress(OSError):  # a cache that cannot be written only costs a re-measurement
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(asdict(calibration), indent=1))
