@@ -12,8 +12,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +40,9 @@ class Calibration:
     convert_bytes_per_s: reading a stored float32 matrix into float64 (mmap'd pages, warm cache).
     matrix_overhead_s: fixed cost per matrix (Python, metrics, small launches).
     batched_speedup:   loop time / batched time of many small same-shaped Gram decompositions.
+    startup_s:         a fresh interpreter importing the analyze path (torch, pandas, accelerate, ...).
+    load:              the 1-minute load average while measuring, and ``cores``: a busy shared machine
+                       measures slow rates (``calibration_for(refresh=True)`` / ``--recalibrate`` redoes it).
     """
 
     device: str
@@ -49,6 +55,9 @@ class Calibration:
     convert_bytes_per_s: float
     matrix_overhead_s: float
     batched_speedup: float
+    startup_s: float
+    load: float
+    cores: int
     measured_at: str
     seconds: float  # how long the benchmark itself took
 
@@ -60,15 +69,22 @@ def device_key(device: torch.device) -> str:
     return f"{device.type}:threads={torch.get_num_threads()}"
 
 
-def calibration_for(device: torch.device | str, *, use_cache: bool = True) -> Calibration:
-    """The rates of ``device``: read from the cache, else measured (about a second) and cached."""
+def calibration_for(device: torch.device | str, *, refresh: bool = False, startup: bool = False) -> Calibration:
+    """The rates of ``device``: read from the cache, else (or with ``refresh``) measured and cached.
+
+    Measuring the kernels takes about a second on a quiet CPU. ``startup``: also know the start-up
+    seconds of a fresh ``analyze`` process (measured once by starting an interpreter, ~1-2 s more;
+    only cost estimates need it, the engine's batching choice does not)."""
     device = torch.device(device)
-    path = _cache_path(device) if use_cache else None
-    if path is not None:
+    path = _cache_path(device)
+    found: Calibration | None = None
+    if path is not None and not refresh:
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-            return Calibration(**json.loads(path.read_text()))
-    measured = measure(device)
-    if path is not None:
+            found = Calibration(**json.loads(path.read_text()))
+    measured = found or measure(device)
+    if startup and measured.startup_s <= 0:
+        measured = replace(measured, startup_s=startup_seconds())
+    if path is not None and measured is not found:
         _write(path, measured)
     return measured
 
@@ -114,9 +130,20 @@ def measure(device: torch.device) -> Calibration:
         convert_bytes_per_s=tall32.numel() * 4 / convert_s,
         matrix_overhead_s=overhead_s,
         batched_speedup=loop_s / batch_s,
+        startup_s=0.0,  # measured when an estimate asks (calibration_for(startup=True))
+        load=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else 0.0,
+        cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
         measured_at=time.strftime("%Y-%m-%d %H:%M:%S"),
         seconds=round(time.perf_counter() - started, 3),
     )
+
+
+def startup_seconds() -> float:
+    """Wall seconds of a fresh interpreter that imports what ``hf-spectral analyze`` imports."""
+    code = "import hf_spectral.cli.analyze, hf_spectral.analyzer, hf_spectral.engine, hf_spectral.store, accelerate"
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False, timeout=300)
+    return time.perf_counter() - start if done.returncode == 0 else 0.0
 
 
 def _best(run: Callable[[], object], device: torch.device) -> float:

@@ -33,6 +33,13 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     add_analysis_arguments(parser)
     parser.add_argument("--output", type=Path, help="snapshot folder (default: spectral/<source name>)")
     parser.add_argument("--all", action="store_true", help="print every row (default: up to 40 matrices)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and its predicted cost (FLOPs, bytes, "
+                        "seconds on this machine) from safetensors headers only: no tensor data is read, no weights "
+                        "are downloaded")
+    parser.add_argument("--processes", type=int, metavar="N", help="with --dry-run: predict for N processes "
+                        "(accelerate launch --num_processes N; default: the processes launched)")
+    parser.add_argument("--recalibrate", action="store_true", help="with --dry-run: measure this machine's kernel "
+                        "speed again (it is measured once and cached; a busy machine measures slow rates)")
     parser.set_defaults(run=run_analyze)
 
 
@@ -42,6 +49,10 @@ def run_analyze(args: argparse.Namespace) -> int:
     from hf_spectral.sources import resolve
 
     options = AnalysisOptions(**analysis_options(args))
+    if args.dry_run:
+        from hf_spectral.cli.dry_run import run_dry_run
+
+        return run_dry_run(args, options)
     output = args.output or default_output(args.source)
     # Resolved once: a Hub id is looked up (and fetched) one time, a run listed one time.
     checkpoints = resolve(args.source, revision=args.revision, variant=args.variant)
