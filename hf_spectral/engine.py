@@ -22,6 +22,7 @@ from hf_spectral import metrics
 from hf_spectral.batching import BATCH_MODES, batchable, work_units
 from hf_spectral.errors import SpectralError
 from hf_spectral.module_cache import module_info_for
+from hf_spectral.prefetch import read_ahead
 from hf_spectral.sources.types import Checkpoint
 from hf_spectral.store import STATUS_FLAGGED, STATUS_OK, STATUS_SKIPPED, Snapshot, jsonable
 from hf_spectral.tensor_info import DTYPE_EPS, TensorInfo, dtype_code
@@ -262,16 +263,16 @@ def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None =
     with _cpu_threads_for(state, device), torch.no_grad():
         bar = tqdm(total=sum(max(1, len(t.members)) for t in mine), desc="SVD", unit="matrix", disable=not show,
                    leave=False)
-        for task in mine:
+        for task, loaded in read_ahead(mine, lambda t: _load_unit(t, plan, options, device)):
             try:
                 if task.pair is not None:
                     done_now = [(task.index, align(task.pair, by_name, plan.readers, options, device))]
                 elif len(task.members) == 1:
                     spec = plan.specs[task.index]
-                    done_now = [(task.index, decompose(spec, plan.readers[spec.name], options, device))]
+                    done_now = [(task.index, decompose(spec, plan.readers[spec.name], options, device, loaded()[0]))]
                 else:
                     specs = [plan.specs[i] for i in task.members]
-                    done_now = list(zip(task.members, decompose_batch(specs, plan.readers, options, device)))
+                    done_now = list(zip(task.members, decompose_batch(specs, loaded(), options, device)))
             except SpectralError as exc:
                 # Report instead of raising here: the other processes would wait forever in the gather.
                 results.append((-1, {"error": str(exc)}))
@@ -305,9 +306,12 @@ def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None =
     return _assemble(plan, matrix_results, pair_results, jsonable(snapshot_meta))
 
 
-def decompose(spec: MatrixSpec, read: Reader, options: AnalysisOptions, device: torch.device) -> dict[str, Any]:
-    """Singular values, metrics and (optionally) top-k vectors of one planned matrix."""
-    matrix = _materialize(spec, read, options.precision).to(device)
+def decompose(spec: MatrixSpec, read: Reader, options: AnalysisOptions, device: torch.device,
+              matrix: torch.Tensor | None = None) -> dict[str, Any]:
+    """Singular values, metrics and (optionally) top-k vectors of one planned matrix (``matrix``: it,
+    already read onto ``device``)."""
+    if matrix is None:
+        matrix = _materialize(spec, read, options.precision).to(device)
     shape = (int(matrix.shape[0]), int(matrix.shape[1]))
     if not all_finite(matrix):
         return {"metrics": metrics.non_finite_metrics(shape), "sigma": None, "vectors": None}
@@ -334,14 +338,22 @@ def _spectrum_result(spec: MatrixSpec, shape: tuple[int, int], sigma: torch.Tens
     return {"metrics": values, "sigma": sigma.cpu().numpy(), "vectors": vectors}
 
 
-def decompose_batch(specs: Sequence[MatrixSpec], readers: dict[str, Reader], options: AnalysisOptions,
+def _load_unit(task: _Task, plan: Plan, options: AnalysisOptions, device: torch.device) -> list[torch.Tensor]:
+    """The matrices of one unit of work, read onto ``device`` (run ahead, in a background thread)."""
+    if task.pair is not None:
+        return []  # alignment reads its slices itself
+    return [_materialize(plan.specs[i], plan.readers[plan.specs[i].name], options.precision).to(device)
+            for i in task.members]
+
+
+def decompose_batch(specs: Sequence[MatrixSpec], matrices: list[torch.Tensor], options: AnalysisOptions,
                     device: torch.device) -> list[dict[str, Any]]:
-    """``decompose`` of several same-shaped matrices (singular values only) with one batched call.
+    """``decompose`` of several same-shaped matrices (singular values only, already read onto
+    ``device``) with one batched call.
 
     A matrix with inf/NaN, or a batch that fails, goes the unbatched way, so every row is what
     ``decompose`` gives it.
     """
-    matrices = [_materialize(spec, readers[spec.name], options.precision).to(device) for spec in specs]
     finite = [i for i, matrix in enumerate(matrices) if all_finite(matrix)]
     results: dict[int, dict[str, Any]] = {}
     try:
@@ -351,9 +363,12 @@ def decompose_batch(specs: Sequence[MatrixSpec], readers: dict[str, Reader], opt
     for i, sigma in zip(finite, sigmas):
         shape = (int(matrices[i].shape[0]), int(matrices[i].shape[1]))
         results[i] = _spectrum_result(specs[i], shape, sigma, None, options)
-    del matrices
-    return [results[i] if i in results else decompose(spec, readers[spec.name], options, device)
+    return [results[i] if i in results else decompose(spec, _already_read, options, device, matrices[i])
             for i, spec in enumerate(specs)]
+
+
+def _already_read(name: str) -> torch.Tensor:
+    raise RuntimeError(f"{name} should have been read ahead")  # pragma: no cover - decompose got the matrix
 
 
 def use_batches(options: AnalysisOptions, device: torch.device, specs: Sequence[MatrixSpec]) -> bool:
