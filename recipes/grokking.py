@@ -46,6 +46,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import CausalLMOutput
 
+import hf_spectral
 from hf_spectral.errors import SpectralError
 
 try:  # transformers >= 5: init functions that leave weights loaded by from_pretrained alone
@@ -428,6 +429,20 @@ class GrokkingTransformer(PreTrainedModel):
 
 AutoConfig.register(GrokkingConfig.model_type, GrokkingConfig, exist_ok=True)
 AutoModel.register(GrokkingConfig, GrokkingTransformer, exist_ok=True)
+# How its matrices pair for alignment (separate q/k/v/o, untied unembed) and the order the model registers
+# them in, so hf_spectral plans its checkpoints from names alone (`hf-spectral ... --register recipes/grokking.py`).
+hf_spectral.register_architecture(
+    GrokkingConfig.model_type,
+    pairing=hf_spectral.TransformerPairing(
+        layer=r"(^|\.)layers\.(?P<i>\d+)\.",
+        roles={"q": r"^attn\.q\.weight$", "k": r"^attn\.k\.weight$", "v": r"^attn\.v\.weight$",
+               "o": r"^attn\.o\.weight$", "mlp_in": r"^mlp\.fc_in\.weight$", "mlp_out": r"^mlp\.fc_out\.weight$"},
+        stem=(r"(^|\.)embed_tokens\.weight$",),
+        heads=((r"(^|\.)unembed\.weight$",),),
+    ),
+    first=("q", "k", "v", "o"),
+    complete=True,
+)
 
 
 # ------------------------------------------------------------------------------------------------

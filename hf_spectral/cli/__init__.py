@@ -8,7 +8,7 @@ import os
 import sys
 from typing import NoReturn, Sequence
 
-from hf_spectral import __version__
+from hf_spectral._version import __version__
 from hf_spectral.errors import SpectralError
 
 COMMANDS = ("analyze", "dynamics", "report", "card", "compare")
@@ -21,6 +21,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "register", None):
+            from hf_spectral.cli.common import load_registrations
+
+            load_registrations(args.register)
         return int(args.run(args) or 0)
     except SpectralError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 DEFAULT_SERIES_TOP_K = 20  # singular vectors kept per matrix where agreement is computed
 DYNAMICS_META = "dynamics.json"  # marks a folder written by save_dynamics
@@ -24,6 +24,38 @@ def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", default="auto", choices=["auto", "on", "off"],
                         help="decompose same-shaped matrices in batched calls: auto (default: where this device "
                         "measured faster), on, off")
+    parser.add_argument("--register", action="append", metavar="MODULE|FILE.py", default=[],
+                        help="import this module or file first: its hf_spectral.register_architecture calls tell the "
+                        "analyzer about your own model family (e.g. --register recipes/grokking.py); repeatable")
+
+
+def load_registrations(items: Sequence[str]) -> None:
+    """Import each ``--register`` module (dotted name) or Python file, for its ``register_architecture``
+    calls. A file is imported under its stem, as ``python FILE`` would not run its ``main``."""
+    import importlib
+    import importlib.util
+    import sys
+
+    from hf_spectral.errors import SpectralError
+
+    for item in items:
+        path = Path(item)
+        try:
+            if item.endswith(".py") or path.is_file():
+                if not path.is_file():
+                    raise SpectralError(f"--register {item}: no such file; pass a .py file or an importable module")
+                name = f"hf_spectral_registered_{path.stem}"
+                spec = importlib.util.spec_from_file_location(name, path)
+                assert spec is not None and spec.loader is not None
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module  # dataclasses of the file resolve their module by name
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(item)
+        except SpectralError:
+            raise
+        except Exception as exc:  # the user's code: any error, named in one line
+            raise SpectralError(f"--register {item} failed: {type(exc).__name__}: {exc}; fix that module") from exc
 
 
 def analysis_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -88,7 +120,7 @@ def load_dynamics_for(args: argparse.Namespace) -> Any:
         from hf_spectral.dynamics import load_dynamics
 
         return load_dynamics(Path(args.sources[0]))
-    from hf_spectral.dynamics import dynamics_from_source
+    from hf_spectral.series import dynamics_from_source
 
     return dynamics_from_source(series_sources(args), revisions=series_revisions(args), reference=args.reference,
                                 cache_dir=args.cache_dir, top=args.top, variant=args.variant, **analysis_options(args))

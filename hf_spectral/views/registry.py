@@ -6,7 +6,9 @@ layout, which stored tensors are buffers, which are bare parameter tensors, whic
 count attention heads, in what order the model registers its modules (``named_parameters()`` order, the
 depth axis of the paper's heat maps), and how matrices pair for alignment (a rule from
 ``hf_spectral.views.pairs``). Patterns are regexes matched with ``re.search`` against tensor names
-(checkpoint keys, unprefixed). Nothing outside this file may test a name for an architecture.
+(checkpoint keys, unprefixed). Nothing outside this file may test a name for an architecture; a
+user's own model (or a recipe's) joins with ``register_architecture`` (public as
+``hf_spectral.register_architecture``), never by an entry here.
 
 A family marked ``complete`` names every weight that is not a ``Linear`` or a plain convolution, so a
 checkpoint of it is planned from its names alone; other checkpoints are planned with the module classes
@@ -19,8 +21,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+from hf_spectral.views.naming import natural_key
 from hf_spectral.views.pairs import ConvPath, Rule, Sequential, Stage, Transformer
 
 
@@ -232,20 +235,6 @@ FAMILIES: tuple[Family, ...] = (
                        ("add_adapter", r"False|None"), ("adapter_attn_dim", r"None")),
     ),
     Family(
-        # recipes/grokking.py: the authors' 1-layer grokking Transformer (separate q/k/v/o, untied unembed)
-        name="grokking_transformer",
-        keys=("grokking_transformer",),
-        pairing=Transformer(
-            layer=r"(^|\.)layers\.(?P<i>\d+)\.",
-            roles={"q": r"^attn\.q\.weight$", "k": r"^attn\.k\.weight$", "v": r"^attn\.v\.weight$",
-                   "o": r"^attn\.o\.weight$", "mlp_in": r"^mlp\.fc_in\.weight$", "mlp_out": r"^mlp\.fc_out\.weight$"},
-            stem=(r"(^|\.)embed_tokens\.weight$",),
-            heads=((r"(^|\.)unembed\.weight$",),),
-        ),
-        first=("q", "k", "v", "o"),
-        complete=True,
-    ),
-    Family(
         name="resnet",
         keys=("resnet",),
         # residual shortcuts are ignored (paper-notes §2); stages fix the order when names sort badly
@@ -301,6 +290,46 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 _BY_KEY: dict[str, Family] = {key: fam for fam in FAMILIES for key in fam.keys}
+_BUILT_IN = dict(_BY_KEY)
+
+
+def register_architecture(name: str, *, keys: Sequence[str] | None = None, pairing: Rule | None = None,
+                          replace: bool = False, **fields: Any) -> Family:
+    """Tell hf_spectral about a model family of your own (public as ``hf_spectral.register_architecture``).
+
+    ``keys``: the ``model_type`` (transformers) or ``_class_name`` (diffusers) values of its configs
+    (default: ``(name,)``). ``pairing``: how its matrices pair for alignment — a
+    ``TransformerPairing``, ``SequentialPairing`` or ``ConvPathPairing`` (default: sequential).
+    Other keywords are ``Family`` fields: ``conv1d``, ``fused_qkv``, ``qkv_layout``, ``buffers``,
+    ``bare``, ``embeddings``, ``head_keys``, ``head_dim_keys``, ``first``, ``last``, ``complete``,
+    ``complete_when`` (regexes on tensor names; see ``Family``). Registering the same family again is
+    a no-op; a key another family holds needs ``replace=True``. Lasts for the process: a snapshot
+    records the family it was planned with, and a CLI run loads registrations with ``--register``.
+    """
+    from hf_spectral.errors import SpectralError
+
+    try:
+        family = Family(name=name, keys=tuple(keys) if keys is not None else (name,), pairing=pairing, **fields)
+    except TypeError as exc:
+        raise SpectralError(f"register_architecture({name!r}): {exc}; see hf_spectral.views.registry.Family") from None
+    for key in family.keys:
+        held = _BY_KEY.get(key)
+        if held is not None and held != family and not replace:
+            raise SpectralError(f"register_architecture({name!r}): model type {key!r} is already registered "
+                                f"(family {held.name!r}); pass replace=True to replace it")
+    for key in family.keys:
+        _BY_KEY[key] = family
+    _RANKS.pop(family.name, None)
+    return family
+
+
+def registered_families() -> tuple[Family, ...]:
+    """The families registered with ``register_architecture`` in this process (not the built-in ones)."""
+    found: list[Family] = []
+    for key, fam in _BY_KEY.items():
+        if _BUILT_IN.get(key) is not fam and all(fam is not f for f in found):
+            found.append(fam)
+    return tuple(found)
 
 
 @dataclass(frozen=True)
@@ -387,11 +416,6 @@ def rules_for(config: Mapping[str, Any] | None) -> Rules:
     cfg = dict(config or {})
     key = cfg.get("model_type") or cfg.get("_class_name")
     return Rules(_BY_KEY.get(str(key), GENERIC) if key else GENERIC, cfg)
-
-
-def natural_key(name: str) -> tuple[Any, ...]:
-    """Sort key comparing digit runs as numbers: ``h.2`` before ``h.10``."""
-    return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name)))
 
 
 _RANKS: dict[str, dict[str, tuple[int, int, int]]] = {}
