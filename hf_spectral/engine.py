@@ -243,24 +243,27 @@ class _Task:
     pair: AlignmentPair | None = None
 
 
-def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None = None) -> Snapshot:
+def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None = None, *,
+             alone: bool = False) -> Snapshot:
     """Decompose every planned matrix (dealt over accelerate processes) and build the snapshot.
 
     Every process returns the same gathered snapshot; only callers on the main process should write it.
     A ``SpectralError`` in any process (an unreadable tensor) is raised in every process.
+    ``alone``: this process does the whole plan by itself (checkpoints of a sweep dealt over processes).
     """
     from accelerate.utils import gather_object
 
     state = process_state()
+    workers, rank = (1, 0) if alone else (state.num_processes, state.process_index)
     device = resolve_device(options.device, state)
     by_name = {spec.name: spec for spec in plan.specs}
     units = work_units(plan.specs, batched=use_batches(options, device, plan.specs), top_k=options.top_k,
-                       num_processes=state.num_processes)
+                       num_processes=workers)
     tasks = [_Task(unit[0], sum(plan.specs[i].cost for i in unit), members=tuple(unit)) for unit in units]
     for pair in plan.pairs:
         cost = by_name[pair.prev.matrix].cost + by_name[pair.next.matrix].cost
         tasks.append(_Task(len(plan.specs) + len(tasks) - len(units), cost, pair=pair))
-    mine = [tasks[i] for i in deal_by_cost([t.cost for t in tasks], state.num_processes)[state.process_index]]
+    mine = [tasks[i] for i in deal_by_cost([t.cost for t in tasks], workers)[rank]]
 
     started = time.perf_counter()
     results: list[tuple[int, dict[str, Any]]] = []
@@ -285,7 +288,7 @@ def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None =
             results += done_now
             bar.update(len(done_now))
         bar.close()
-    if state.num_processes > 1:
+    if workers > 1:
         results = gather_object(results)
     elapsed = time.perf_counter() - started
 
@@ -295,14 +298,14 @@ def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None =
     done = dict(results)
     missing = [i for i in range(len(plan.specs) + len(plan.pairs)) if i not in done]
     if missing:  # pragma: no cover - would be a bug in dealing or gathering
-        raise RuntimeError(f"lost {len(missing)} results while gathering from {state.num_processes} processes")
+        raise RuntimeError(f"lost {len(missing)} results while gathering from {workers} processes")
     matrix_results = [done[i] for i in range(len(plan.specs))]
     pair_results = [done[i] for i in range(len(plan.specs), len(plan.specs) + len(plan.pairs))]
     snapshot_meta = {
         **(meta or {}),
         "options": options.to_meta(),
         "device": str(device),
-        "num_processes": state.num_processes,
+        "num_processes": workers,
         "seconds": round(elapsed, 3),
         "model_types": plan.model_types,
         "hf_spectral_version": __version__,

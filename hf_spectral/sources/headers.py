@@ -59,17 +59,19 @@ class HeaderReader:
 
 def resolve_headers(source: str, *, revision: str | None = None, variant: str | None = None) -> list[Checkpoint]:
     """The checkpoints of SOURCE with no tensor data read (and, for a Hub id, no weights downloaded)."""
-    from hf_spectral.sources import resolve
-    from hf_spectral.sources.hub import is_offline, looks_like_hub_id
+    from hf_spectral.sources.classify import SourceKind, classify
+    from hf_spectral.sources.hub import is_offline
+    from hf_spectral.sources.resolve import open_source
 
-    if Path(source).expanduser().exists() or not looks_like_hub_id(source):
-        return resolve(source, revision=revision, variant=variant)
+    found = classify(source, revision=revision)
+    if not found.is_hub or found.kind is not SourceKind.CHECKPOINT:
+        return open_source(found, variant=variant)
     if not is_offline():
-        return [_remote_checkpoint(source, revision, variant)]
+        return [_remote_checkpoint(found.source, found.revision, variant)]
     try:
-        return resolve(source, revision=revision, variant=variant)  # weights in the cache: their headers
+        return open_source(found, variant=variant)  # weights in the cache: their headers
     except SpectralError as missing:
-        checkpoint = _cached_header_checkpoint(source, revision)
+        checkpoint = _cached_header_checkpoint(found.source, found.revision)
         if checkpoint is None:
             raise SpectralError(f"{missing} (or run the dry run once online to keep the headers)") from None
         return [checkpoint]
