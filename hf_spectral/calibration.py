@@ -22,9 +22,9 @@ from typing import Callable
 
 import torch
 
-CALIBRATION_VERSION = 1
-_GEMM_SHAPE = (2048, 384)  # tall side x short side of the probe Gram product
-_EIG_SIZE = 384
+CALIBRATION_VERSION = 2
+_GEMM_SHAPE = (2048, 768)  # tall side x short side of the probe Gram product (GPT-2 small: 3072 x 768)
+_EIG_SIZE = 768  # per-n³ rates fall with n (caches, O(n²) parts): larger matrices are overestimated
 _BATCH_PROBE = (16, 384, 128)  # (matrices, rows, cols): many small same-shaped matrices
 _REPEATS = 2
 
