@@ -164,7 +164,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _cache_path(device: torch.device) -> Path | None:
-    from hf_spectral.module_cache import cache_root
+    from hf_spectral.caches import cache_root
 
     root = cache_root()
     if root is None:

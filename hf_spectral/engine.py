@@ -200,7 +200,7 @@ def _drop_tied(specs: list[MatrixSpec], skipped: list[SkippedTensor],
     """Keep the first name of a tensor stored under several names (tied weights in a ``torch.save``
     state dict: an LM head sharing the embedding's storage); later names become skipped rows.
 
-    ``named_parameters()`` lists a tied parameter once (paper-notes §1); safetensors cannot store
+    ``named_parameters()`` lists a tied parameter once (definitions §1); safetensors cannot store
     shared tensors, so only ``.bin`` checkpoints have them. Reading is mmap/no-copy: no data is touched.
     """
     seen: dict[tuple, str] = {}

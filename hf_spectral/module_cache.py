@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_spectral._version import __version__
+from hf_spectral.caches import cache_root
 from hf_spectral.views import module_types_from_config
 
 
@@ -42,15 +43,6 @@ def module_info_for(config: dict[str, Any]) -> tuple[dict[str, str], list[str], 
             tmp.write_text(json.dumps(value))
             os.replace(tmp, path)  # atomic: concurrent processes never read half a file
     return info
-
-
-def cache_root() -> Path | None:
-    """hf_spectral's cache folder: ``$HF_SPECTRAL_CACHE`` (default ``~/.cache/hf_spectral``), None when
-    ``HF_SPECTRAL_CACHE=off``. Each cache lives in its own subfolder (``module_types``, ``calibration``)."""
-    root = os.environ.get("HF_SPECTRAL_CACHE")
-    if root is not None and root.strip().lower() in ("", "0", "off", "false", "no"):
-        return None
-    return Path(root).expanduser() if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hf_spectral"
 
 
 _MODULE_CACHE_VERSION = 1

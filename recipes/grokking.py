@@ -563,7 +563,7 @@ def build_trainer(args: GrokkingArguments) -> Trainer:
         top_k = {} if args.spectra_top_k is None else {"top_k": args.spectra_top_k}  # else the callback's default
         callbacks.append(
             # alignment on: consecutive-layer alignment is where the Transformer at high weight decay
-            # differs (paper-notes §4, finding 6); the 8 pairs of this model cost little
+            # differs (docs/definitions.md §7, finding 6); the 8 pairs of this model cost little
             SpectralCallback(schedule=schedule, alignment=True, extra_measures={"fourier": fourier_sparsity}, **top_k)
         )
 

@@ -1,4 +1,4 @@
-"""Alignment pairs (paper-notes §2): which matrices pair, with which slices, and that every pair's shared
+"""Alignment pairs (docs/definitions.md §4): which matrices pair, with which slices, and that every pair's shared
 dimension agrees."""
 
 from __future__ import annotations
@@ -34,6 +34,17 @@ def plan(model, config=None, use_modules=True, **kw):
 
 def config_of(model):
     return config_from_model(model)
+
+
+def checked_pairs(model, use_modules: bool = True):
+    """The planned matrices and alignment pairs of ``model`` (or of the tiny model of that name), the
+    pairs checked compatible."""
+    model = build_tiny(model) if isinstance(model, str) else model
+    cfg = config_of(model)
+    specs = plan(model, cfg, use_modules=use_modules)
+    pairs = alignment_pairs(specs, config=cfg)
+    check_compatible(pairs, specs)
+    return specs, pairs
 
 
 def side_dims(s: MatrixSlice, shapes) -> tuple[int, int]:
@@ -81,9 +92,7 @@ def key(p: AlignmentPair):
 
 def test_gpt2_pairs():
     model = build_tiny("gpt2")
-    specs = plan(model, config_of(model))
-    pairs = alignment_pairs(specs, config=config_of(model))
-    check_compatible(pairs, specs)
+    specs, pairs = checked_pairs(model)
     h = "transformer.h"
     expected = [
         ("transformer.wte.weight", None, f"{h}.0.attn.c_attn.weight", None, None, "in_in"),
@@ -176,11 +185,7 @@ def _encoder_expected(emb, layer_fmt, roles, n_layers, emb_mode, head):
 
 @pytest.mark.parametrize("use_modules", [True, False])
 def test_bert_pairs(use_modules):
-    model = build_tiny("bert")
-    cfg = config_of(model)
-    specs = plan(model, cfg, use_modules=use_modules)
-    pairs = alignment_pairs(specs, config=cfg)
-    check_compatible(pairs, specs)
+    specs, pairs = checked_pairs("bert", use_modules=use_modules)
     roles = {"q": "attention.self.query.weight", "k": "attention.self.key.weight", "v": "attention.self.value.weight",
              "o": "attention.output.dense.weight", "mlp_in": "intermediate.dense.weight", "mlp_out": "output.dense.weight"}
     expected = _encoder_expected("bert.embeddings.word_embeddings.weight", "bert.encoder.layer.{}.", roles, 2, "in_in",
@@ -222,11 +227,7 @@ def test_vit_pairs_live_and_checkpoint(tmp_path):
 
 
 def test_wav2vec2_pairs():
-    model = build_tiny("wav2vec2")
-    cfg = config_of(model)
-    specs = plan(model, cfg)
-    pairs = alignment_pairs(specs, config=cfg)
-    check_compatible(pairs, specs)
+    specs, pairs = checked_pairs("wav2vec2")
     fe = "wav2vec2.feature_extractor.conv_layers"
     keys = list(map(key, pairs))
     assert keys[0] == (f"{fe}.0.conv.weight", None, f"{fe}.1.conv.weight", None, None, "conv_centre")
@@ -245,11 +246,7 @@ def test_wav2vec2_pairs():
 
 @pytest.mark.parametrize("use_modules", [True, False])
 def test_resnet_pairs(use_modules):
-    model = build_tiny("resnet")
-    cfg = config_of(model)
-    specs = plan(model, cfg, use_modules=use_modules)
-    pairs = alignment_pairs(specs, config=cfg)
-    check_compatible(pairs, specs)
+    specs, pairs = checked_pairs("resnet", use_modules=use_modules)
     st = "resnet.encoder.stages"
     chain = ["resnet.embedder.embedder.convolution.weight", f"{st}.0.layers.0.layer.0.convolution.weight",
              f"{st}.0.layers.0.layer.1.convolution.weight", f"{st}.1.layers.0.layer.0.convolution.weight",
@@ -326,10 +323,7 @@ def test_lstm_pairs_use_g_gate_and_direction_halves():
 
 def test_grokking_transformer_pairs():
     module = load_recipe("grokking")
-    model = module.GrokkingTransformer(module.GrokkingConfig(p=11))
-    specs = plan(model, config_of(model))
-    pairs = alignment_pairs(specs, config=config_of(model))
-    check_compatible(pairs, specs)
+    specs, pairs = checked_pairs(module.GrokkingTransformer(module.GrokkingConfig(p=11)))
     a = "layers.0.attn"
     expected = [
         ("embed_tokens.weight", None, f"{a}.q.weight", None, None, "in_in"),

@@ -19,16 +19,12 @@ from hf_spectral.cli import main
 from hf_spectral.engine import AnalysisOptions
 from hf_spectral.errors import SpectralError
 from hf_spectral.sources import resolve
-from tiny_models import private_module_cache_fixture, save_tiny
+from tiny_models import private_module_cache_fixture, saved_tiny_fixture
 
 private_module_cache = private_module_cache_fixture()  # no ~/.cache/hf_spectral in tests
 
 
-@pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("pristine") / "gpt2"
-    save_tiny("gpt2", folder)
-    return folder
+gpt2_dir = saved_tiny_fixture("gpt2")
 
 
 @pytest.fixture()

@@ -16,16 +16,12 @@ from hf_spectral.cli import main
 from hf_spectral.sources import hub
 
 resolve_module = importlib.import_module("hf_spectral.sources.resolve")  # the module, not the function
-from tiny_models import fake_hub_cache, private_module_cache_fixture, save_tiny
+from tiny_models import fake_hub_cache, private_module_cache_fixture, save_tiny, saved_tiny_fixture
 
 private_module_cache = private_module_cache_fixture()  # no ~/.cache/hf_spectral in tests
 
 
-@pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("cli") / "gpt2"
-    save_tiny("gpt2", folder)
-    return folder
+gpt2_dir = saved_tiny_fixture("gpt2")
 
 
 def run(capsys: pytest.CaptureFixture, *args: str) -> str:

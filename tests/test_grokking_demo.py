@@ -42,7 +42,7 @@ def demo(gk, tmp_path_factory):
 
 
 def normalized_erank(sigma: np.ndarray) -> float:
-    """exp(entropy of σ/Σσ) / min(m, n) (paper-notes §2), in float64."""
+    """exp(entropy of σ/Σσ) / min(m, n) (definitions §2), in float64."""
     s = np.asarray(sigma, dtype=np.float64)
     p = s / s.sum()
     p = p[p > 0]

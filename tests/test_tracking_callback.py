@@ -43,7 +43,7 @@ def np_erank(matrix: np.ndarray) -> float:
 
 
 def as_matrix(name: str, weight: np.ndarray) -> np.ndarray:
-    """Rows = output side (paper-notes §1): HF Conv1D (attn/mlp of GPT-2) is stored (in, out)."""
+    """Rows = output side (definitions §1): HF Conv1D (attn/mlp of GPT-2) is stored (in, out)."""
     if weight.ndim > 2:
         return weight.reshape(weight.shape[0], -1)
     if ".attn.c_" in name or ".mlp.c_" in name:

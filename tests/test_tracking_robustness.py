@@ -196,3 +196,50 @@ def test_sharded_model_falls_back_to_saved_checkpoints(tmp_path, monkeypatch, ca
         for name, sigma in theirs.spectra.items():
             np.testing.assert_allclose(ours.spectra[name], sigma, rtol=1e-9)
         assert read_snapshot(tmp_path / f"checkpoint-{step}" / "spectral").meta["step"] == step
+
+
+# ------------------------------------------------------------------------------------------------
+# the route to the Trainer's CallbackHandler (report_to loggers)
+
+
+class LogCatcher(TrainerCallback):
+    """A stand-in for a report_to logger: the logs its on_log receives."""
+
+    def __init__(self) -> None:
+        self.logs: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))
+
+
+def test_attach_reaches_loggers_without_the_stack_walk(tmp_path, monkeypatch, caplog):
+    import hf_spectral.tracking.callback as callback_module
+
+    monkeypatch.setattr(callback_module, "_calling_handler", lambda cb: pytest.fail("walked the stack"))
+    catcher = LogCatcher()
+    trainer = lm_trainer(tmp_path / "run", [catcher], max_steps=4, save_strategy="no")
+    callback = SpectralCallback(schedule=2, top_k=0).attach(trainer)
+    assert callback.attach(trainer) is callback  # attaching twice adds it once
+    assert sum(cb is callback for cb in trainer.callback_handler.callbacks) == 1
+    with caplog.at_level(logging.WARNING, logger="hf_spectral.tracking"):
+        trainer.train()
+    assert [e["step"] for e in trainer.state.log_history if "spectral/mean_erank" in e] == [0, 2, 4]
+    assert len([log for log in catcher.logs if "spectral/mean_erank" in log]) == 3
+    assert not any("log_history only" in r.getMessage() for r in caplog.records)
+
+
+def test_a_hidden_handler_degrades_to_a_warning_and_log_history(tmp_path, monkeypatch, caplog):
+    """A transformers change that hides the handler from the fallback: a warning, the scalars still in
+    ``log_history``, training completes."""
+    import hf_spectral.tracking.callback as callback_module
+
+    monkeypatch.setattr(callback_module, "_calling_handler", lambda cb: None)
+    catcher = LogCatcher()
+    trainer = lm_trainer(tmp_path / "run", [catcher, SpectralCallback(schedule=2, top_k=0)], max_steps=4,
+                         save_strategy="no")
+    with caplog.at_level(logging.WARNING, logger="hf_spectral.tracking"):
+        trainer.train()
+    assert trainer.state.global_step == 4
+    assert [e["step"] for e in trainer.state.log_history if "spectral/mean_erank" in e] == [0, 2, 4]
+    assert not [log for log in catcher.logs if "spectral/mean_erank" in log]
+    assert any("trainer.state.log_history only" in r.getMessage() for r in caplog.records)

@@ -1,5 +1,5 @@
 """Views: every ≥2-D tensor becomes a matrix or a reasoned skip; each matrix equals an independent numpy
-reshape of the model's own module weight (paper-notes §1)."""
+reshape of the model's own module weight (definitions §1)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def module_and_leaf(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 
 def reference(model: nn.Module, live_name: str) -> np.ndarray:
-    """Independent float64 numpy matrix of the model's *effective* weight ``live_name`` (paper-notes §1)."""
+    """Independent float64 numpy matrix of the model's *effective* weight ``live_name`` (definitions §1)."""
     module, leaf = module_and_leaf(model, live_name)
     w = getattr(module, leaf).detach().to(torch.float64).numpy()  # parametrized/pruned: the effective weight
     cls = {c.__name__ for c in type(module).__mro__}

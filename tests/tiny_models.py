@@ -175,6 +175,20 @@ def private_module_cache_fixture():  # type: ignore[no-untyped-def]
     return private_module_cache
 
 
+def saved_tiny_fixture(name: str):  # type: ignore[no-untyped-def]
+    """A module-scoped fixture: the tiny ``name`` model saved with ``save_pretrained`` in a fresh folder
+    (tests copy it before damaging it). Use as ``gpt2_dir = saved_tiny_fixture("gpt2")``."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        folder = tmp_path_factory.mktemp("pristine") / name
+        save_tiny(name, folder)
+        return folder
+
+    return saved
+
+
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 

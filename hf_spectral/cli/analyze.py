@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from hf_spectral.cli.common import add_analysis_arguments, analysis_options, is_main_process
+from hf_spectral.cli.common import add_analysis_arguments, add_output_arguments, analysis_options, is_main_process
 from hf_spectral.store import Snapshot
 
 TABLE_COLUMNS = {
@@ -31,8 +30,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("source", metavar="SOURCE", help="file, folder, Trainer output folder or Hub model id")
     add_analysis_arguments(parser)
-    parser.add_argument("--output", type=Path, help="snapshot folder (default: spectral/<source name>)")
-    parser.add_argument("--all", action="store_true", help="print every row (default: up to 40 matrices)")
+    add_output_arguments(parser, "snapshot folder (default: spectral/<source name>)", rows="row")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and its predicted cost (FLOPs, bytes, "
                         "seconds on this machine) from safetensors headers only: no tensor data is read, no weights "
                         "are downloaded")

@@ -29,6 +29,13 @@ def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
                         "analyzer about your own model family (e.g. --register recipes/grokking.py); repeatable")
 
 
+def add_output_arguments(parser: argparse.ArgumentParser, output_help: str, *, rows: str | None = "matrix") -> None:
+    """``--output`` (a folder) and, for commands that print a table of ``rows``, ``--all``."""
+    parser.add_argument("--output", type=Path, help=output_help)
+    if rows is not None:
+        parser.add_argument("--all", action="store_true", help=f"print every {rows} (default: up to 40)")
+
+
 def load_registrations(items: Sequence[str]) -> None:
     """Import each ``--register`` module (dotted name) or Python file, for its ``register_architecture``
     calls. A file is imported under its stem, as ``python FILE`` would not run its ``main``."""

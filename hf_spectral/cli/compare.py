@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hf_spectral.cli.common import add_analysis_arguments, analysis_options, is_main_process, keep_vectors_by_default
+from hf_spectral.cli.common import (
+    add_analysis_arguments, add_output_arguments, analysis_options, is_main_process, keep_vectors_by_default,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from hf_spectral.dynamics.comparison import Comparison
@@ -39,8 +40,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--revision-b", metavar="REV", help="Hub revision of B")
     parser.add_argument("--top", type=int, default=10,
                         help="diagonal entries averaged by the agreement score (default 10)")
-    parser.add_argument("--output", type=Path, help="also write the tables (parquet) to this folder")
-    parser.add_argument("--all", action="store_true", help="print every matrix (default: up to 40)")
+    add_output_arguments(parser, "also write the tables (parquet) to this folder")
     add_analysis_arguments(parser)
     keep_vectors_by_default(parser, alignment=False)  # no alignment in a comparison
     parser.set_defaults(run=run_compare)

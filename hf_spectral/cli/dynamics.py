@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from hf_spectral.cli.common import add_series_arguments, analysis_options, is_main_process, series_revisions, series_sources
+from hf_spectral.cli.common import (
+    add_output_arguments, add_series_arguments, analysis_options, is_main_process, series_revisions, series_sources,
+)
 from hf_spectral.dynamics.types import Dynamics
 
 
@@ -21,8 +22,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         "(load them with hf_spectral.dynamics.load_dynamics).",
     )
     add_series_arguments(parser)
-    parser.add_argument("--output", type=Path, help="tables folder (default: spectral/<source name>/dynamics)")
-    parser.add_argument("--all", action="store_true", help="print every matrix (default: up to 40)")
+    add_output_arguments(parser, "tables folder (default: spectral/<source name>/dynamics)")
     parser.set_defaults(run=run_dynamics)
 
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from hf_spectral.cli.common import add_series_arguments, is_main_process, load_dynamics_for
+from hf_spectral.cli.common import add_output_arguments, add_series_arguments, is_main_process, load_dynamics_for
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:
@@ -16,7 +15,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         "with a per-matrix table and a short summary of what changed.",
     )
     add_series_arguments(parser, figures=True)
-    parser.add_argument("--output", type=Path, help="report folder (default: spectral/<source name>/report)")
+    add_output_arguments(parser, "report folder (default: spectral/<source name>/report)", rows=None)
     parser.add_argument("--title", help="page title (default: from the source)")
     parser.add_argument("--formats", default="png,svg", help="figure files written beside the page (default: png,svg)")
     parser.set_defaults(run=run_report)

@@ -1,4 +1,4 @@
-"""A series of snapshots → the tidy ``Dynamics`` tables (paper-notes §2): trajectories of every scalar
+"""A series of snapshots → the tidy ``Dynamics`` tables (docs/definitions.md §2-§4): trajectories of every scalar
 metric and of the full spectrum, agreement S_ii(t) with a reference and with the previous snapshot,
 and consecutive-layer alignment A_ii(t). Pure computation: no files, no analysis.
 """

@@ -1,4 +1,4 @@
-"""Agreement of two decompositions and alignment of consecutive layers (paper-notes §2).
+"""Agreement of two decompositions and alignment of consecutive layers (docs/definitions.md §3, §4).
 
 Vectors are the *columns* of the tensors passed in (U (m×k), V (n×k), as returned by
 :func:`hf_spectral.metrics.top_singular_vectors`). Every result is float64 on the first
@@ -137,15 +137,7 @@ def out_in_alignment(
 ) -> torch.Tensor:
     """|U_prevᵀ V_next| diagonal: prev's left vectors (length rows(w_prev)) against next's right
     vectors (length cols(w_next)); needs rows(w_prev) == cols(w_next)."""
-    _check_matrix(w_prev, "w_prev")
-    _check_matrix(w_next, "w_next")
-    if w_prev.shape[0] != w_next.shape[1]:
-        raise MetricInputError(
-            f"out_in alignment needs rows(prev) == cols(next), got {tuple(w_prev.shape)} -> {tuple(w_next.shape)}"
-        )
-    u_prev = decompose(w_prev, k, precision=precision).u
-    v_next = decompose(w_next, k, precision=precision).v
-    return alignment_diagonal(u_prev, v_next, k)
+    return _against_next_inputs(w_prev, w_next, k, precision, prev_side="rows")
 
 
 def in_in_alignment(
@@ -153,15 +145,21 @@ def in_in_alignment(
 ) -> torch.Tensor:
     """|V_prevᵀ V_next| diagonal: right against right vectors (an embedding stored (vocab, d)
     feeding a layer: its d-side is its column side); needs cols(w_prev) == cols(w_next)."""
+    return _against_next_inputs(w_prev, w_next, k, precision, prev_side="cols")
+
+
+def _against_next_inputs(w_prev: torch.Tensor, w_next: torch.Tensor, k: int, precision: str, *,
+                         prev_side: str) -> torch.Tensor:
+    """Diagonal of prev's ``rows``-side (left) or ``cols``-side (right) vectors against next's right vectors."""
     _check_matrix(w_prev, "w_prev")
     _check_matrix(w_next, "w_next")
-    if w_prev.shape[1] != w_next.shape[1]:
-        raise MetricInputError(
-            f"in_in alignment needs cols(prev) == cols(next), got {tuple(w_prev.shape)} and {tuple(w_next.shape)}"
-        )
-    v_prev = decompose(w_prev, k, precision=precision).v
+    mode, dim = ("out_in", 0) if prev_side == "rows" else ("in_in", 1)
+    if w_prev.shape[dim] != w_next.shape[1]:
+        raise MetricInputError(f"{mode} alignment needs {prev_side}(prev) == cols(next), "
+                               f"got {tuple(w_prev.shape)} -> {tuple(w_next.shape)}")
+    prev = decompose(w_prev, k, precision=precision)
     v_next = decompose(w_next, k, precision=precision).v
-    return alignment_diagonal(v_prev, v_next, k)
+    return alignment_diagonal(prev.u if dim == 0 else prev.v, v_next, k)
 
 
 def conv_centre_alignment(

@@ -1,7 +1,7 @@
 """Singular values, top singular vectors and scalar spectrum metrics of one matrix.
 
 Definitions follow the authors' code (dyunis/spectral_dynamics, ``evaluate_run.py``) — see
-paper-notes §2. σ is sorted descending, R = min(m, n), p_i = σ_i / Σσ.
+docs/definitions.md §2 (§6: where code and paper differ). σ is sorted descending, R = min(m, n), p_i = σ_i / Σσ.
 
 Defined results of :func:`spectrum_metrics` (every case is flagged, never a silent NaN):
 

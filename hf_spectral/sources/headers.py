@@ -152,7 +152,7 @@ def _infos(file_meta: Any) -> list[TensorInfo]:
 
 
 def _header_cache(repo_id: str, commit: str) -> Path | None:
-    from hf_spectral.module_cache import cache_root
+    from hf_spectral.caches import cache_root
 
     root = cache_root()
     if root is None:

@@ -67,8 +67,28 @@ class SpectralCallback(TrainerCallback):
         self.recorder = Recorder(options, log_layers=log_layers, extra_measures=extra_measures,
                                  producer="SpectralCallback")
         self._handler: Any = None
+        self._attached = False  # handler given by attach(), else found at each on_train_begin
         self._live = True
         self._max_steps: int | None = None
+
+    def attach(self, trainer: Any) -> "SpectralCallback":
+        """Add this callback to ``trainer`` (unless it is there already) and keep the Trainer's public
+        ``callback_handler``, through which the spectral scalars reach every ``report_to`` logger.
+
+        The explicit route: ``SpectralCallback(...).attach(trainer)``. A callback only passed in
+        ``Trainer(callbacks=[...])`` finds the handler by looking for it on the call stack when
+        training begins (the fallback: it works with today's transformers; if a transformers
+        change hides it, the scalars still reach ``trainer.state.log_history`` and a warning says so).
+        """
+        handler = getattr(trainer, "callback_handler", None)
+        if handler is None or not hasattr(handler, "callbacks"):
+            raise SpectralError(f"SpectralCallback.attach: {type(trainer).__name__} has no callback_handler; "
+                                "pass a transformers Trainer (or put the callback in Trainer(callbacks=[...]))")
+        if all(cb is not self for cb in handler.callbacks):
+            trainer.add_callback(self)
+        self._handler = handler
+        self._attached = True
+        return self
 
     @property
     def record_dir(self) -> Path | None:
@@ -82,7 +102,8 @@ class SpectralCallback(TrainerCallback):
                        model: nn.Module | None = None, **kwargs: Any) -> None:
         if model is None:
             raise SpectralError("SpectralCallback got no model from the Trainer; pass model= to Trainer")
-        self._handler = _calling_handler(self)
+        if not self._attached:  # look for the handler dispatching this event (the fallback)
+            self._handler = _calling_handler(self)
         if self._handler is None:
             logger.warning("hf_spectral: spectral scalars go to trainer.state.log_history only: this trainer does "
                            "not dispatch events through transformers' CallbackHandler, so report_to loggers miss them")
@@ -179,7 +200,9 @@ class SpectralCallback(TrainerCallback):
 
 def _calling_handler(callback: TrainerCallback) -> Any:
     """The ``CallbackHandler`` dispatching the current event to ``callback`` (its ``call_event`` is
-    on the stack), or None. The handler is the Trainer's public ``callback_handler``."""
+    on the stack), or None. The handler is the Trainer's public ``callback_handler``; this walk is the
+    fallback for callbacks not given it with ``SpectralCallback.attach`` (the callback contract passes
+    the model, optimizer and dataloaders to events, not the handler)."""
     from transformers.trainer_callback import CallbackHandler
 
     frame = inspect.currentframe()

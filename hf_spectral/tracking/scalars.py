@@ -1,6 +1,6 @@
 """The live scalars of one snapshot, as they reach the loggers (names are documented in docs/tracking.md).
 
-    spectral/erank/<matrix>       normalized effective rank (paper-notes §2)
+    spectral/erank/<matrix>       normalized effective rank (docs/definitions.md §2)
     spectral/sigma_max/<matrix>   top singular value
     spectral/agreement/<matrix>   mean of the top-10 diagonal agreement entries with the previous
                                   snapshot (paper Eq. 5; needs top_k >= 1)

@@ -1,4 +1,4 @@
-"""Which planned matrices pair for alignment (paper-notes §2, Eqs. 3-4): generic, pattern-driven rules.
+"""Which planned matrices pair for alignment (docs/definitions.md §4, the paper's Eqs. 3-4): generic, pattern-driven rules.
 
 The rules here know shapes and data flow, never architecture names: the registry instantiates them with
 the regexes of each family. A pair is emitted only when both matrices are planned and their shared

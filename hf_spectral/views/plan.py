@@ -1,7 +1,7 @@
 """From named tensors (+ config, module classes) to the matrices to decompose and the tensors left out.
 
 Every stored tensor with 2 or more dimensions becomes a ``MatrixSpec`` or a ``SkippedTensor`` with a
-reason; 1-D tensors (biases, norms) are left out silently (paper-notes §1). Orientation comes from the
+reason; 1-D tensors (biases, norms) are left out silently (docs/definitions.md §1). Orientation comes from the
 owning module's class when known (``view="module"``), else from the registry's rules for the config's
 model type (``"registry"``), else from generic rules (``"default"``: 2-D as stored, a float tensor with
 3 or more dims is taken for a plain (not transposed) convolution). The order is ``named_parameters()``
@@ -74,7 +74,7 @@ def plan_matrices(
             skipped.append((key, _prefixed(item, prefix)))
             continue
         if item.main.ndim < 2:
-            continue  # biases, norms, scalars: excluded silently (paper-notes §1)
+            continue  # biases, norms, scalars: excluded silently (docs/definitions.md §1)
         model_name = _match(item, matcher)
         cls = types.get(model_name) if model_name else None
         is_buffer = model_name in buffer_set if model_name else False
@@ -313,7 +313,7 @@ def _squeeze(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _conv_shape(shape: tuple[int, ...], facts: dict[str, Any]) -> tuple[int, int]:
-    """(out, in, *k) → (out, in·∏k) (paper-notes §1)."""
+    """(out, in, *k) → (out, in·∏k) (docs/definitions.md §1)."""
     facts["kernel_size"] = tuple(int(k) for k in shape[2:])
     facts["in_channels"] = int(shape[1])
     return shape[0], math.prod(shape[1:])

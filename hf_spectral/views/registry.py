@@ -237,7 +237,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         name="resnet",
         keys=("resnet",),
-        # residual shortcuts are ignored (paper-notes §2); stages fix the order when names sort badly
+        # residual shortcuts are ignored (definitions §4); stages fix the order when names sort badly
         pairing=Sequential(
             stages=(r"(^|\.)embedder\.", r"(^|\.)encoder\.", r"(^|\.)classifier\."),
             exclude=(r"\.shortcut\.",),
