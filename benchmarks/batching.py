@@ -22,6 +22,7 @@ import torch
 from hf_spectral.batching import MAX_BATCH_ELEMENTS
 from hf_spectral.calibration import measure
 from hf_spectral.metrics import singular_values, singular_values_batch
+from readme_sections import replace_section  # benchmarks/ is on sys.path when run as a script
 
 README = Path(__file__).resolve().parent / "README.md"
 GROUPS = {"768x768 (attn.c_proj)": (768, 768), "2304x768 (attn.c_attn)": (2304, 768),
@@ -87,12 +88,7 @@ the unbatched path, and within 1e-10·σ₁ of it).
 
 {body}
 {end}"""
-    text = README.read_text()
-    if start in text and end in text:
-        text = text[: text.index(start)] + section + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    README.write_text(text)
+    replace_section(README, start, end, section)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from analyze import CACHE, MODULE_CACHE, README, build_checkpoint  # noqa: E402
+from readme_sections import replace_section  # noqa: E402
 
 RESULT = "PROFILE_RESULT "
 STAGES = ("interpreter", "imports", "resolve", "plan", "process_state", "read", "kernel", "metrics", "assemble", "write")
@@ -179,12 +180,7 @@ parent-measured rest as `exit`), the real CLI (`hf-spectral analyze`, wall time 
 
 Re-run: `python benchmarks/startup_profile.py` (about {minutes:.0f} min here).
 {END}"""
-    text = README.read_text()
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    README.write_text(text)
+    replace_section(README, START, END, section)
 
 
 if __name__ == "__main__":
