@@ -21,6 +21,7 @@ from hf_spectral.cli import main
 from hf_spectral.dry_run import estimate
 from hf_spectral.errors import SpectralError
 from hf_spectral.sources import hub, readers
+from hf_spectral.views.types import MatrixSpec
 from tiny_models import fake_hub_cache, private_module_cache_fixture, save_ddpm_pipeline, save_tiny
 
 private_module_cache = private_module_cache_fixture()
@@ -272,9 +273,13 @@ def test_flops_model_matches_the_kernels_arithmetic() -> None:
 def test_real_calibration_is_cached_per_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.undo()  # the real calibration_for
     monkeypatch.setenv("HF_SPECTRAL_CACHE", str(tmp_path / "cache"))
+    # the engine's batching choice measures only its probe (the first analysis pays hundredths of a second)
+    same = [MatrixSpec(f"m{i}", "linear", (f"m{i}",), (30, 20), (30, 20), "F32") for i in range(3)]
+    assert engine.use_batches(engine.AnalysisOptions(), torch.device("cpu"), same) in (True, False)
+    assert [p.name.split(".", 1)[1] for p in (tmp_path / "cache" / "calibration").iterdir()] == ["batching.json"]
     measured = calibration.calibration_for("cpu")
     assert measured.gemm_flops_per_s > 1e8 and 0 < measured.batched_speedup < 100
-    files = list((tmp_path / "cache" / "calibration").glob("*.json"))
+    files = list((tmp_path / "cache" / "calibration").glob("*.rates.json"))
     assert len(files) == 1
     fake = replace(measured, gemm_flops_per_s=123.0)
     files[0].write_text(json.dumps(fake.__dict__))
