@@ -142,6 +142,8 @@ def test_processes_split_the_work_by_cost_and_cpu_processes_share_cores(tmp_path
     assert two.cost.kernel_s < sum(two.cost.per_process_s)  # both processes work
     with pytest.raises(SystemExit):
         main(["analyze", str(folder), "--dry-run", "--processes", "x"])
+    assert main(["analyze", str(folder), "--dry-run", "--processes", "0"]) == 2
+    assert main(["analyze", str(folder), "--processes", "2"]) == 2  # only with --dry-run
 
 
 def test_batched_units_cost_their_members_over_the_measured_speedup(tmp_path: Path) -> None:

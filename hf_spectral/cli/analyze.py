@@ -51,6 +51,11 @@ def run_analyze(args: argparse.Namespace) -> int:
         from hf_spectral.cli.dry_run import run_dry_run
 
         return run_dry_run(args, options)
+    if args.processes is not None or args.recalibrate:
+        from hf_spectral.errors import SpectralError
+
+        raise SpectralError("--processes and --recalibrate apply to --dry-run: add --dry-run (a real run uses "
+                            "the processes it is launched with)")
     output = args.output or default_output(args.source)
     # Opened once: a Hub id is looked up (and fetched) one time, a run listed one time.
     found = classify(args.source, revision=args.revision)

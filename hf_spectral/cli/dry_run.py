@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from hf_spectral.cli.common import is_main_process
-from hf_spectral.engine import AnalysisOptions
+
+if TYPE_CHECKING:
+    from hf_spectral.dry_run import Estimate
+    from hf_spectral.engine import AnalysisOptions
 
 
 def run_dry_run(args: argparse.Namespace, options: AnalysisOptions) -> int:
@@ -23,7 +27,7 @@ def run_dry_run(args: argparse.Namespace, options: AnalysisOptions) -> int:
     return 0
 
 
-def format_estimate(estimate: "Estimate", limit: int | None = 40) -> str:  # noqa: F821
+def format_estimate(estimate: Estimate, limit: int | None = 40) -> str:
     """A per-matrix table of the plan with FLOPs, bytes and predicted seconds, then the totals."""
     single, dealt = estimate.single, estimate.cost
     rows = single.matrices
