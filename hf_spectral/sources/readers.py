@@ -77,9 +77,9 @@ def read_safetensors_header(path: Path) -> list[TensorInfo]:
 class SafetensorsReader:
     """Reads one model stored as one or more ``.safetensors`` files.
 
-    Headers of every file are checked when the reader is made (a truncated or corrupt file fails
-    here, not during the SVDs); tensors are read with ``safe_open`` (mmap, zero-copy) from handles
-    opened on first use and kept until ``close()``.
+    Headers of every file are parsed and checked when the reader is made (``read_safetensors_header``:
+    a truncated or corrupt file fails here, not during the SVDs, and no tensor data is touched); tensors
+    are read with ``safe_open`` (mmap, zero-copy) from handles opened on first use and kept until ``close()``.
     """
 
     def __init__(self, files: Iterable[Path | str], index_json: Path | str | None = None) -> None:
