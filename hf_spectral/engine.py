@@ -22,10 +22,10 @@ from hf_spectral import metrics
 from hf_spectral._version import __version__
 from hf_spectral.batching import BATCH_MODES, batchable, work_units
 from hf_spectral.errors import SpectralError
+from hf_spectral.metrics import PRECISIONS
 from hf_spectral.module_cache import module_info_for
 from hf_spectral.prefetch import read_ahead
 from hf_spectral.sources.types import Checkpoint
-from hf_spectral.metrics import PRECISIONS
 from hf_spectral.status import STATUS_FLAGGED, STATUS_OK, STATUS_SKIPPED, UNDEFINED_FLAGS
 from hf_spectral.store import Snapshot, jsonable
 from hf_spectral.tensor_info import DTYPE_EPS, TensorInfo, dtype_code
@@ -40,7 +40,6 @@ from hf_spectral.views import (
     select,
 )
 from hf_spectral.views.types import AlignmentMode, AlignmentPair, MatrixSlice, MatrixSpec, Reader, SkippedTensor
-
 
 
 @dataclass
@@ -479,8 +478,8 @@ def align(pair: AlignmentPair, specs: dict[str, MatrixSpec], readers: dict[str, 
             raise ValueError(f"unknown alignment mode {pair.mode!r}")
         diagonal = aligner(pair, load, specs, options.alignment_k, options.precision)
     except (SpectralError, ValueError, RuntimeError) as exc:
-        failed = isinstance(exc, (metrics.DecompositionError, metrics.MetricInputError)) or not isinstance(exc, SpectralError)
-        if not failed:
+        numerical = isinstance(exc, (metrics.DecompositionError, metrics.MetricInputError))
+        if isinstance(exc, SpectralError) and not numerical:
             raise  # an unreadable tensor: the run stops, as for a matrix
         return {"diagonal": np.zeros(0), "score": float("nan"), "flag": f"failed: {exc}"}
     return {"diagonal": diagonal.detach().cpu().numpy().astype(np.float64), "score": metrics.top_score(diagonal), "flag": ""}

@@ -33,13 +33,12 @@ from hf_spectral.errors import SpectralError
 from hf_spectral.sources.classify import ClassifiedSource, Revisions, SourceKind, SourceLike, classify
 from hf_spectral.sources.fingerprint import identity_keys
 from hf_spectral.sources.hub import expand_revisions, resolve_hub, step_from_name
+from hf_spectral.sources.local import TRAINER_STATE_FILE
 from hf_spectral.sources.resolve import open_source
 from hf_spectral.sources.types import Checkpoint
 from hf_spectral.store import LOG_HISTORY_FILE, Snapshot, read_snapshot
 
-TRAINER_STATE_FILE = "trainer_state.json"
 DEFAULT_CACHE = "spectral_cache"  # inside a Trainer run folder
-
 
 
 @dataclass

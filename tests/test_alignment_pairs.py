@@ -337,3 +337,13 @@ def test_grokking_transformer_pairs():
     ]
     assert [key(p) for p in pairs] == expected
     assert pairs[3].prev.heads == 4
+
+
+def test_every_alignment_mode_has_an_aligner():
+    """The engine dispatches pairs by mode through one table: every mode the views emit is in it."""
+    import typing
+
+    from hf_spectral.engine import ALIGNERS
+    from hf_spectral.views import AlignmentMode
+
+    assert set(ALIGNERS) == set(typing.get_args(AlignmentMode)) == {"out_in", "in_in", "conv_centre", "qk_heads"}

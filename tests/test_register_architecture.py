@@ -50,7 +50,7 @@ def test_registered_family_plans_orders_and_pairs() -> None:
     specs, _ = plan_matrices(infos(toy_tensors()), config=CONFIG)
     assert [s.name for s in specs][0] != "stem.weight" and specs[0].kind == "matrix"  # generic: unknown roles
     family = register_toy()
-    assert rules_for(CONFIG).name == "toy_chain" and registry.registered_families() == (family,)
+    assert rules_for(CONFIG).name == "toy_chain" and any(f is family for f in registry.registered_families())
     specs, _ = plan_matrices(infos(toy_tensors()), config=CONFIG)
     assert [(s.name, s.kind, s.shape) for s in specs] == [
         ("stem.weight", "linear", (4, 5)), ("proj.weight", "conv1d_hf", (6, 4)), ("head.weight", "linear", (3, 6))]

@@ -38,7 +38,7 @@ def add_output_arguments(parser: argparse.ArgumentParser, output_help: str, *, r
 
 def load_registrations(items: Sequence[str]) -> None:
     """Import each ``--register`` module (dotted name) or Python file, for its ``register_architecture``
-    calls. A file is imported under its stem, as ``python FILE`` would not run its ``main``."""
+    calls. A file is imported as a module: its ``if __name__ == "__main__":`` block does not run."""
     import importlib
     import importlib.util
     import sys

@@ -7,7 +7,7 @@ import functools
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 from matplotlib import rc_context
@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
-from hf_spectral.dynamics.steps import StepScale, compact_step, is_log_spaced
+from hf_spectral.dynamics.steps import StepScale, compact_step, is_log_spaced  # noqa: F401 (is_log_spaced: plots API)
 from hf_spectral.errors import SpectralError
 from hf_spectral.store import atomic_file
 

@@ -44,6 +44,7 @@ from hf_spectral.sources.types import Checkpoint, ModelPart, TensorReader
 from hf_spectral.store import is_snapshot
 
 _TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+TRAINER_STATE_FILE = "trainer_state.json"  # transformers' trainer_utils.TRAINER_STATE_NAME, without importing it
 _RUN_DIR = re.compile(r"^checkpoint([-_])(\d+)$")
 
 
@@ -109,7 +110,7 @@ def _model_subfolders(folder: Path) -> list[str]:
 
 def _step_of(folder: Path) -> int | None:
     """``global_step`` from ``trainer_state.json``, else N of a ``checkpoint-N`` folder name."""
-    state_path = folder / "trainer_state.json"
+    state_path = folder / TRAINER_STATE_FILE
     if state_path.is_file():
         state = read_json(state_path)
         if isinstance(state, dict) and isinstance(state.get("global_step"), int):

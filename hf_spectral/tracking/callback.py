@@ -32,7 +32,6 @@ from hf_spectral.tracking.sharding import sharded_kind
 logger = logging.getLogger("hf_spectral.tracking")
 
 
-
 class SpectralCallback(TrainerCallback):
     """Snapshot the spectra of every weight matrix of the model being trained, on a schedule.
 

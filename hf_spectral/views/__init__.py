@@ -6,10 +6,12 @@ from hf_spectral.views.alignment import alignment_pairs
 from hf_spectral.views.naming import natural_key
 from hf_spectral.views.plan import compile_patterns, plan_matrices, select
 from hf_spectral.views.registry import rules_for
-from hf_spectral.views.types import AlignmentPair, MatrixSlice, MatrixSpec, SkippedTensor
+from hf_spectral.views.types import AlignmentMode, AlignmentPair, MatrixKind, MatrixSlice, MatrixSpec, SkippedTensor
 
 __all__ = [
+    "AlignmentMode",
     "AlignmentPair",
+    "MatrixKind",
     "MatrixSlice",
     "MatrixSpec",
     "SkippedTensor",

@@ -19,13 +19,10 @@ Range = tuple[int, int]
 # What a matrix is; it decides the orientation and how it pairs.
 MatrixKind = Literal["linear", "conv1d_hf", "conv", "conv_transpose", "embedding", "lstm_ih", "lstm_hh",
                      "fused_qkv", "matrix"]
-MATRIX_KINDS: tuple[MatrixKind, ...] = ("linear", "conv1d_hf", "conv", "conv_transpose", "embedding", "lstm_ih",
-                                        "lstm_hh", "fused_qkv", "matrix")
 ViewSource = Literal["module", "registry", "default"]
 Composition = Literal["prune", "weight_norm"]
 QKVLayout = Literal["blocks", "per_head"]
 AlignmentMode = Literal["out_in", "conv_centre", "qk_heads", "in_in"]
-ALIGNMENT_MODES: tuple[AlignmentMode, ...] = ("out_in", "conv_centre", "qk_heads", "in_in")
 
 _FACT = {"default": None, "compare": False, "hash": False}  # kind-specific facts do not make two specs differ
 
