@@ -342,12 +342,9 @@ torch {context['torch']}, weightwatcher {context['weightwatcher']}:
 
 Re-run: `python benchmarks/analyze.py` (about {context['minutes']:.0f} min here); `--repeats N`, `--methods a b`.
 {END}"""
-    text = README.read_text() if README.is_file() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    README.write_text(text)
+    from readme_sections import replace_section  # benchmarks/ is on sys.path when run as a script
+
+    replace_section(README, START, END, section)
 
 
 def main() -> None:

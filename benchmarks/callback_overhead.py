@@ -40,7 +40,7 @@ def build_trainer(output_dir: str, steps: int, callbacks: list, args: argparse.N
     data = Dataset.from_dict({"input_ids": ids, "labels": ids})
     training = TrainingArguments(
         output_dir=output_dir, max_steps=steps, per_device_train_batch_size=args.batch, learning_rate=6e-4,
-        use_cpu=True, report_to=[], save_strategy="no", logging_steps=50, disable_tqdm=True, seed=0,
+        use_cpu=not args.gpu, report_to=[], save_strategy="no", logging_steps=50, disable_tqdm=True, seed=0,
     )
     return Trainer(model=model, args=training, train_dataset=data, callbacks=callbacks)
 
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--gpu", action="store_true", help="train on the GPU (benchmarks/gpu_check.sh); default: CPU")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

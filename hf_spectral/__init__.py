@@ -19,6 +19,7 @@ _PUBLIC = {
     "analyze_series": "hf_spectral.analyzer",
     "AnalysisOptions": "hf_spectral.engine",
     "analyze_model": "hf_spectral.engine",
+    "estimate": "hf_spectral.dry_run",
     # snapshots
     "Snapshot": "hf_spectral.store",
     "read_snapshot": "hf_spectral.store",
@@ -60,6 +61,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from hf_spectral.cards import update_model_card
     from hf_spectral.comparison import compare
     from hf_spectral.dynamics import Comparison, Dynamics, compute_dynamics, load_dynamics, save_dynamics
+    from hf_spectral.dry_run import estimate
     from hf_spectral.engine import AnalysisOptions, analyze_model
     from hf_spectral.errors import SpectralError
     from hf_spectral.highlights import key_events

@@ -1,5 +1,3 @@
-import sys
+from hf_spectral.cli import run
 
-from hf_spectral.cli import main
-
-sys.exit(main())
+run()

@@ -35,6 +35,7 @@ def analyze(
     progress: bool = True,
     heavy_tail: bool = False,
     view: str = "paper",
+    batch: str = "auto",
 ) -> Snapshot:
     """Spectra of every weight matrix of one checkpoint: a local file or folder, a diffusers
     pipeline, or a Hub model id at ``revision``. Writes the snapshot to ``output`` when given.
@@ -43,7 +44,7 @@ def analyze(
     For a Trainer run (several ``checkpoint-*`` folders) use ``analyze_series``.
     """
     options = AnalysisOptions(include, exclude, top_k, device, precision, alignment, progress=progress,
-                              heavy_tail=heavy_tail, view=view)
+                              heavy_tail=heavy_tail, view=view, batch=batch)
     checkpoints = resolve(str(source), revision=revision, variant=variant)
     return analyze_resolved(checkpoints, options, source=str(source), output=output)
 
@@ -116,6 +117,11 @@ def analyze_resolved_series(
         for checkpoint, hit in zip(checkpoints, cached):
             plans.append(None if hit else plan_checkpoint(checkpoint, options))
             checkpoint.close()  # no file stays mapped while the others are planned; readers reopen on use
+        todo = [i for i, hit in enumerate(cached) if not hit]
+        processes = process_state().num_processes
+        if cache is not None and processes > 1 and len(todo) >= processes:
+            _run_dealt_by_checkpoint(todo, checkpoints, plans, folders, keys, options)
+            return [read_snapshot(folder) for folder in folders]
         snapshots = []
         for checkpoint, folder, key, hit, plan in zip(checkpoints, folders, keys, cached, plans):
             if hit:
@@ -145,6 +151,32 @@ def _shared_cache(checkpoints: Sequence[Checkpoint], options: AnalysisOptions) -
         folders.append(None if found is None else found[0])
         keys.append("" if found is None else found[1])
     return folders, keys
+def _run_dealt_by_checkpoint(todo: list[int], checkpoints: list[Checkpoint], plans: list[Plan | None],
+                             folders: list[Path], keys: list[str], options: AnalysisOptions) -> None:
+    """A sweep under ``accelerate launch``: whole checkpoints dealt over the processes by cost, each
+    decomposed by one process alone and written to its cache folder, with no collective call per
+    checkpoint. A failure is raised in every process after all have finished."""
+    from accelerate.utils import gather_object
+
+    from hf_spectral.engine import deal_by_cost
+
+    state = process_state()
+    costs = [plans[i].total_cost for i in todo]  # type: ignore[union-attr]
+    mine = [todo[j] for j in deal_by_cost(costs, state.num_processes)[state.process_index]]
+    failures: list[str] = []
+    for i in mine:
+        try:
+            meta = {**checkpoint_meta(checkpoints[i]), "cache_key": keys[i], "dealt_to_process": state.process_index}
+            snapshot = run_plan(plans[i], options, meta, alone=True)  # type: ignore[arg-type]
+            write_snapshot(snapshot, folders[i])
+        except SpectralError as exc:
+            failures.append(str(exc))
+            break
+        finally:
+            checkpoints[i].close()
+    failures = gather_object(failures)
+    if failures:
+        raise SpectralError(failures[0])
 
 
 def _cached(folder: Path | None, key: str) -> bool:

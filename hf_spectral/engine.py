@@ -20,9 +20,11 @@ from tqdm.auto import tqdm
 
 from hf_spectral import metrics
 from hf_spectral._version import __version__
+from hf_spectral.batching import BATCH_MODES, batchable, work_units
 from hf_spectral.errors import SpectralError
 from hf_spectral.metrics import PRECISIONS
 from hf_spectral.module_cache import module_info_for
+from hf_spectral.prefetch import read_ahead
 from hf_spectral.sources.types import Checkpoint
 from hf_spectral.status import FLAG_SVD_FAILED, STATUS_FLAGGED, STATUS_OK, STATUS_SKIPPED, UNDEFINED_FLAGS
 from hf_spectral.store import Snapshot, jsonable
@@ -58,6 +60,8 @@ class AnalysisOptions:
                 alpha_weighted, log norms, MP soft rank (``metrics.HEAVY_TAIL_METRICS``).
     view:       ESD of a 2-D conv kernel for those metrics: ``paper`` (the flattened (out, in·k·k)
                 matrix, as every other metric) or ``ww`` (weightwatcher's: the k·k (out × in) slices pooled, λ/2).
+    batch:      ``auto`` (batch same-shaped matrices where the device measured faster batched: see
+                ``hf_spectral.calibration``), ``on`` or ``off``. Results agree to rounding either way.
     """
 
     include: str | Sequence[str] | None = None
@@ -70,8 +74,11 @@ class AnalysisOptions:
     progress: bool = True
     heavy_tail: bool = False
     view: str = "paper"
+    batch: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.batch not in BATCH_MODES:
+            raise SpectralError(f"unknown batch mode {self.batch!r}; use one of {', '.join(BATCH_MODES)}")
         compile_patterns(self.include, "include")
         compile_patterns(self.exclude, "exclude")
         if self.view not in VIEWS:
@@ -87,6 +94,7 @@ class AnalysisOptions:
     def to_meta(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("progress")
+        out.pop("batch")  # how the work is grouped, not what is computed: snapshots (and cache keys) match
         return out
 
 
@@ -248,43 +256,56 @@ def _model_type(config: dict | None) -> str:
 class _Task:
     index: int
     cost: float
-    spec: MatrixSpec | None = None
+    members: tuple[int, ...] = ()  # indices of the planned matrices of this unit (several: one batch)
     pair: AlignmentPair | None = None
 
 
-def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None = None) -> Snapshot:
+def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None = None, *,
+             alone: bool = False) -> Snapshot:
     """Decompose every planned matrix (dealt over accelerate processes) and build the snapshot.
 
     Every process returns the same gathered snapshot; only callers on the main process should write it.
     A ``SpectralError`` in any process (an unreadable tensor) is raised in every process.
+    ``alone``: this process does the whole plan by itself (checkpoints of a sweep dealt over processes).
     """
     from accelerate.utils import gather_object
 
     state = process_state()
+    workers, rank = (1, 0) if alone else (state.num_processes, state.process_index)
     device = resolve_device(options.device, state)
     by_name = {spec.name: spec for spec in plan.specs}
-    tasks = [_Task(i, spec.cost, spec=spec) for i, spec in enumerate(plan.specs)]
+    units = work_units(plan.specs, batched=use_batches(options, device, plan.specs), top_k=options.top_k,
+                       num_processes=workers)
+    tasks = [_Task(unit[0], sum(plan.specs[i].cost for i in unit), members=tuple(unit)) for unit in units]
     for pair in plan.pairs:
         cost = by_name[pair.prev.matrix].cost + by_name[pair.next.matrix].cost
-        tasks.append(_Task(len(tasks), cost, pair=pair))
-    mine = [tasks[i] for i in deal_by_cost([t.cost for t in tasks], state.num_processes)[state.process_index]]
+        tasks.append(_Task(len(plan.specs) + len(tasks) - len(units), cost, pair=pair))
+    mine = [tasks[i] for i in deal_by_cost([t.cost for t in tasks], workers)[rank]]
 
     started = time.perf_counter()
     results: list[tuple[int, dict[str, Any]]] = []
     show = options.progress and state.is_main_process
     with _cpu_threads_for(state, device), torch.no_grad():
-        for task in tqdm(mine, desc="SVD", unit="matrix", disable=not show, leave=False):
+        bar = tqdm(total=sum(max(1, len(t.members)) for t in mine), desc="SVD", unit="matrix", disable=not show,
+                   leave=False)
+        for task, loaded in read_ahead(mine, lambda t: _load_unit(t, plan, options, device)):
             try:
-                if task.spec is not None:
-                    result = decompose(task.spec, plan.readers[task.spec.name], options, device)
+                if task.pair is not None:
+                    done_now = [(task.index, align(task.pair, by_name, plan.readers, options, device))]
+                elif len(task.members) == 1:
+                    spec = plan.specs[task.index]
+                    done_now = [(task.index, decompose(spec, plan.readers[spec.name], options, device, loaded()[0]))]
                 else:
-                    result = align(task.pair, by_name, plan.readers, options, device)
+                    specs = [plan.specs[i] for i in task.members]
+                    done_now = list(zip(task.members, decompose_batch(specs, loaded(), options, device)))
             except SpectralError as exc:
                 # Report instead of raising here: the other processes would wait forever in the gather.
                 results.append((-1, {"error": str(exc)}))
                 break
-            results.append((task.index, result))
-    if state.num_processes > 1:
+            results += done_now
+            bar.update(len(done_now))
+        bar.close()
+    if workers > 1:
         results = gather_object(results)
     elapsed = time.perf_counter() - started
 
@@ -292,16 +313,16 @@ def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None =
     if errors:
         raise SpectralError(errors[0])
     done = dict(results)
-    missing = [t.index for t in tasks if t.index not in done]
+    missing = [i for i in range(len(plan.specs) + len(plan.pairs)) if i not in done]
     if missing:  # pragma: no cover - would be a bug in dealing or gathering
-        raise RuntimeError(f"lost {len(missing)} results while gathering from {state.num_processes} processes")
+        raise RuntimeError(f"lost {len(missing)} results while gathering from {workers} processes")
     matrix_results = [done[i] for i in range(len(plan.specs))]
-    pair_results = [done[i] for i in range(len(plan.specs), len(tasks))]
+    pair_results = [done[i] for i in range(len(plan.specs), len(plan.specs) + len(plan.pairs))]
     snapshot_meta = {
         **(meta or {}),
         "options": options.to_meta(),
         "device": str(device),
-        "num_processes": state.num_processes,
+        "num_processes": workers,
         "seconds": round(elapsed, 3),
         "model_types": plan.model_types,
         "hf_spectral_version": __version__,
@@ -310,9 +331,12 @@ def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None =
     return _assemble(plan, matrix_results, pair_results, jsonable(snapshot_meta))
 
 
-def decompose(spec: MatrixSpec, read: Reader, options: AnalysisOptions, device: torch.device) -> dict[str, Any]:
-    """Singular values, metrics and (optionally) top-k vectors of one planned matrix."""
-    matrix = _materialize(spec, read, options.precision).to(device)
+def decompose(spec: MatrixSpec, read: Reader, options: AnalysisOptions, device: torch.device,
+              matrix: torch.Tensor | None = None) -> dict[str, Any]:
+    """Singular values, metrics and (optionally) top-k vectors of one planned matrix (``matrix``: it,
+    already read onto ``device``)."""
+    if matrix is None:
+        matrix = _materialize(spec, read, options.precision).to(device)
     shape = (int(matrix.shape[0]), int(matrix.shape[1]))
     if not all_finite(matrix):
         values = metrics.non_finite_metrics(shape)
@@ -334,6 +358,12 @@ def decompose(spec: MatrixSpec, read: Reader, options: AnalysisOptions, device: 
         if options.heavy_tail:
             failed.update(metrics.undefined_heavy_tail_metrics(FLAG_SVD_FAILED))
         return {"metrics": failed, "sigma": None, "vectors": None}
+    return _spectrum_result(spec, matrix, sigma, vectors, options)
+
+
+def _spectrum_result(spec: MatrixSpec, matrix: torch.Tensor, sigma: torch.Tensor, vectors: Any,
+                     options: AnalysisOptions) -> dict[str, Any]:
+    shape = (int(matrix.shape[0]), int(matrix.shape[1]))
     # The noise floor is the stored dtype's precision (a bf16 weight cannot resolve σ below ~1e-2·σ₁).
     eps = max(DTYPE_EPS.get(spec.dtype, DTYPE_EPS["F32"]), DTYPE_EPS["F64" if options.precision == "float64" else "F32"])
     values = metrics.spectrum_metrics(sigma, shape, eps=eps)
@@ -346,13 +376,58 @@ def heavy_tail(spec: MatrixSpec, matrix: torch.Tensor, sigma: torch.Tensor, eps:
                view: str) -> dict[str, float | str]:
     """Heavy-tail metrics of one matrix's ESD: λ = σ² of the planned matrix, or, in the ``ww`` view,
     weightwatcher's pooled (out × in) slices of a 2-D conv kernel."""
-    kernel_size = tuple(spec.extra.get("kernel_size", ()))
+    kernel_size = tuple(spec.kernel_size or ())
     if view == "ww" and spec.kind in CONV_KINDS and len(kernel_size) == 2:
         out_ch = matrix.shape[0]
         in_ch = matrix.shape[1] // (kernel_size[0] * kernel_size[1])
         evals = metrics.conv_slice_eigenvalues(matrix.reshape(out_ch, in_ch, *kernel_size))
         return metrics.heavy_tail_metrics(evals, (out_ch, in_ch), eps=eps)
     return metrics.heavy_tail_metrics(metrics.esd(sigma), tuple(matrix.shape), eps=eps)
+def _load_unit(task: _Task, plan: Plan, options: AnalysisOptions, device: torch.device) -> list[torch.Tensor]:
+    """The matrices of one unit of work, read onto ``device`` (run ahead, in a background thread)."""
+    if task.pair is not None:
+        return []  # alignment reads its slices itself
+    return [_materialize(plan.specs[i], plan.readers[plan.specs[i].name], options.precision).to(device)
+            for i in task.members]
+
+
+def decompose_batch(specs: Sequence[MatrixSpec], matrices: list[torch.Tensor], options: AnalysisOptions,
+                    device: torch.device) -> list[dict[str, Any]]:
+    """``decompose`` of several same-shaped matrices (singular values only, already read onto
+    ``device``) with one batched call.
+
+    A matrix with inf/NaN, or a batch that fails, goes the unbatched way, so every row is what
+    ``decompose`` gives it.
+    """
+    finite = [i for i, matrix in enumerate(matrices) if all_finite(matrix)]
+    results: dict[int, dict[str, Any]] = {}
+    try:
+        sigmas = metrics.singular_values_batch([matrices[i] for i in finite], precision=options.precision)
+    except metrics.DecompositionError:
+        sigmas, finite = [], []
+    for i, sigma in zip(finite, sigmas):
+        results[i] = _spectrum_result(specs[i], matrices[i], sigma, None, options)
+    return [results[i] if i in results else decompose(spec, _already_read, options, device, matrices[i])
+            for i, spec in enumerate(specs)]
+
+
+def _already_read(name: str) -> torch.Tensor:
+    raise RuntimeError(f"{name} should have been read ahead")  # pragma: no cover - decompose got the matrix
+
+
+def use_batches(options: AnalysisOptions, device: torch.device, specs: Sequence[MatrixSpec]) -> bool:
+    """Whether to batch same-shaped matrices: ``on``/``off``, or (``auto``) what the device measured
+    (asked only when ``specs`` has two batchable matrices of one shape: nothing to measure otherwise)."""
+    if options.top_k or options.batch == "off":
+        return False
+    if options.batch == "on":
+        return True
+    shapes = [(spec.shape, spec.dtype) for spec in specs if batchable(spec, options.top_k)]
+    if len(set(shapes)) == len(shapes):
+        return False
+    from hf_spectral.calibration import batching_wins
+
+    return batching_wins(device)
 
 
 def all_finite(matrix: torch.Tensor) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 
 from hf_spectral._version import __version__
 from hf_spectral.atomic import atomic_file
+from hf_spectral.caches import cache_root
 from hf_spectral.views import module_types_from_config
 
 
@@ -48,8 +49,6 @@ _VOLATILE_CONFIG_KEYS = ("_name_or_path", "_commit_hash", "transformers_version"
 
 
 def _module_cache_path(config: dict[str, Any]) -> Path | None:
-    from hf_spectral.snapshot_cache import cache_root
-
     base = cache_root()
     if base is None:
         return None

@@ -24,23 +24,12 @@ from pathlib import Path
 
 from hf_spectral._version import __version__
 from hf_spectral.atomic import atomic_file
+from hf_spectral.caches import cache_root
 from hf_spectral.sources.types import Checkpoint
 from hf_spectral.store import FORMAT_VERSION
 
 SNAPSHOTS_DIR = "snapshots"
 _BY_FILE = "by-file"
-_OFF = ("", "0", "off", "false", "no")
-
-
-def cache_root() -> Path | None:
-    """hf_spectral's cache folder (``$HF_SPECTRAL_CACHE``, else ``$XDG_CACHE_HOME/hf_spectral``, else
-    ``~/.cache/hf_spectral``), or None when ``HF_SPECTRAL_CACHE`` turns caching off."""
-    root = os.environ.get("HF_SPECTRAL_CACHE")
-    if root is not None and root.strip().lower() in _OFF:
-        return None
-    if root:
-        return Path(root).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hf_spectral"
 
 
 def snapshot_folder(checkpoint: Checkpoint, options_meta: dict) -> tuple[Path, str] | None:

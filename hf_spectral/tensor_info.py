@@ -35,6 +35,11 @@ class TensorInfo:
             n *= d
         return n
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the tensor's data takes in its file (sub-byte and unknown dtypes count 1 byte)."""
+        return self.numel * DTYPE_BYTES.get(self.dtype, 1)
+
 
 # THE dtype table: torch dtype name -> the code safetensors writes in a file header for it (checked
 # against safetensors in tests/test_dtype_codes.py). Live models (the engine) and ``.bin`` files
@@ -49,6 +54,11 @@ TORCH_TO_CODE: dict[str, str] = {
     "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL",
     "complex64": "C64", "complex128": "C128",
 }
+
+# Bytes per element of each safetensors dtype code (the format's own table).
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E4M3FNUZ": 1,
+               "F8_E5M2FNUZ": 1, "F8_E8M0": 1, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
+               "U16": 2, "U8": 1, "BOOL": 1, "C64": 8, "C128": 16}
 
 # Machine epsilon of each stored float dtype: the noise floor of a stored weight, used as the
 # tolerance for numerical rank (numpy.linalg.matrix_rank's rule, with the data's own precision).

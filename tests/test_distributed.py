@@ -86,3 +86,42 @@ def torch_cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+@pytest.mark.slow
+def test_two_processes_deal_the_checkpoints_of_a_sweep(tmp_path: Path) -> None:
+    """A Trainer run under a 2-process launch: whole checkpoints are dealt to the processes (each
+    decomposes its own alone), and every snapshot equals the one-process analysis."""
+    import torch
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    gen = torch.Generator().manual_seed(0)
+    for step in (10, 20, 30, 40):
+        folder = run / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        save_file({f"layer.{i}.weight": torch.randn(24, 16, generator=gen) for i in range(3)},
+                  folder / "model.safetensors")
+    script = tmp_path / "cli.py"
+    script.write_text("import sys\nfrom hf_spectral.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    command = two_cpu_processes(script, "analyze", str(run), "--output", str(tmp_path / "two"), "--no-progress",
+                                "--device", "cpu")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    from safetensors.numpy import load_file
+
+    one = hf_spectral.analyze_series(str(run), progress=False, device="cpu")
+    dealt = []
+    for snapshot in one:
+        label = snapshot.meta["label"]
+        two = hf_spectral.read_snapshot(tmp_path / "two" / label)
+        pd.testing.assert_frame_equal(snapshot.table, two.table, check_exact=False, rtol=1e-9, atol=1e-12)
+        for name, weight in load_file(run / label / "model.safetensors").items():
+            reference = np.linalg.svd(weight.astype(np.float64), compute_uv=False)
+            assert np.abs(two.spectra[name] - reference).max() <= 1e-4 * reference[0]
+        dealt.append(two.meta["dealt_to_process"])
+        assert two.meta["num_processes"] == 1  # decomposed by one process alone
+    assert sorted(dealt) == [0, 0, 1, 1]  # four equal checkpoints, two each

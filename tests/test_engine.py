@@ -233,7 +233,7 @@ def test_gpt2_analysis_imports_no_modeling_code(saved: dict, tmp_path: Path) -> 
                          check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "11 []"  # wte, wpe, 2 × 4 blocks, lm_head
-    assert not (tmp_path / "empty_cache").exists()  # nothing to remember: no module info was computed
+    assert not (tmp_path / "empty_cache" / "module_types").exists()  # no module info was computed
 
 
 @pytest.mark.parametrize("name", ["gpt2", "wav2vec2"])

@@ -21,14 +21,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hf_spectral"
 # Layer of each module (longest prefix wins), bottom first: a module may import its own layer and lower ones.
 LAYERS: dict[str, int] = {
     "hf_spectral._version": 0, "hf_spectral._lazy": 0, "hf_spectral.errors": 0, "hf_spectral.status": 0,
-    "hf_spectral.tensor_info": 0, "hf_spectral.atomic": 0,
+    "hf_spectral.tensor_info": 0, "hf_spectral.atomic": 0, "hf_spectral.caches": 0,
     "hf_spectral.metrics": 1,
     "hf_spectral.views": 2,
     "hf_spectral.store": 3,
     "hf_spectral.sources": 4,
     "hf_spectral.dynamics": 5,  # beside the engine: it reads snapshots (see DYNAMICS_MAY_IMPORT)
     "hf_spectral.module_cache": 5, "hf_spectral.snapshot_cache": 5, "hf_spectral.engine": 5,
+    "hf_spectral.batching": 5, "hf_spectral.prefetch": 5, "hf_spectral.calibration": 5,
     "hf_spectral.analyzer": 6, "hf_spectral.series": 6, "hf_spectral.comparison": 6,
+    "hf_spectral.cost": 6, "hf_spectral.dry_run": 6,
     "hf_spectral.tracking": 7, "hf_spectral.experiments": 7,
     "hf_spectral.highlights": 8, "hf_spectral.plots": 8, "hf_spectral.report": 8, "hf_spectral.cards": 8,
     "hf_spectral.cli": 8, "hf_spectral.__main__": 8,

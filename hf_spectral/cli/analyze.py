@@ -32,6 +32,13 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("source", metavar="SOURCE", help="file, folder, Trainer output folder or Hub model id")
     add_analysis_arguments(parser)
     add_output_arguments(parser, "snapshot folder (default: spectral/<source name>)", rows="row")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and its predicted cost (FLOPs, bytes, "
+                        "seconds on this machine) from safetensors headers only: no tensor data is read, no weights "
+                        "are downloaded")
+    parser.add_argument("--processes", type=int, metavar="N", help="with --dry-run: predict for N processes "
+                        "(accelerate launch --num_processes N; default: the processes launched)")
+    parser.add_argument("--recalibrate", action="store_true", help="with --dry-run: measure this machine's kernel "
+                        "speed again (it is measured once and cached; a busy machine measures slow rates)")
     parser.set_defaults(run=run_analyze)
 
 
@@ -41,6 +48,15 @@ def run_analyze(args: argparse.Namespace) -> int:
     from hf_spectral.sources import classify, open_source
 
     options = AnalysisOptions(**analysis_options(args))
+    if args.dry_run:
+        from hf_spectral.cli.dry_run import run_dry_run
+
+        return run_dry_run(args, options)
+    if args.processes is not None or args.recalibrate:
+        from hf_spectral.errors import SpectralError
+
+        raise SpectralError("--processes and --recalibrate apply to --dry-run: add --dry-run (a real run uses "
+                            "the processes it is launched with)")
     output = args.output or default_output(args.source)
     # Opened once: a Hub id is looked up (and fetched) one time, a run listed one time.
     found = classify(args.source, revision=args.revision)

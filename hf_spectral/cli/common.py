@@ -27,6 +27,9 @@ def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ESD of conv kernels for the heavy_tail metrics: paper (flattened, default) or ww "
                         "(weightwatcher's pooled k*k slices)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--batch", default="auto", choices=["auto", "on", "off"],
+                        help="decompose same-shaped matrices in batched calls: auto (default: where this device "
+                        "measured faster), on, off")
     parser.add_argument("--register", action="append", metavar="MODULE|FILE.py", default=[],
                         help="import this module or file first: its hf_spectral.register_architecture calls tell the "
                         "analyzer about your own model family (e.g. --register recipes/grokking.py); repeatable")
@@ -72,7 +75,8 @@ def analysis_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``AnalysisOptions`` keyword arguments given on the command line."""
     options = dict(include=args.include, exclude=args.exclude, top_k=args.top_k, device=args.device,
                    precision=args.dtype, alignment=args.alignment, progress=not args.no_progress,
-                   heavy_tail=args.metrics == "heavy_tail", view=args.view)
+                   heavy_tail=args.metrics == "heavy_tail", view=args.view,
+                   batch=args.batch)
     if getattr(args, "no_alignment", False):
         options["alignment"] = False
     return options

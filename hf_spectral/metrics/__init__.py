@@ -32,6 +32,7 @@ from hf_spectral.metrics.heavy_tail import (
     power_law_fit,
     undefined_heavy_tail_metrics,
 )
+from hf_spectral.metrics.batched import singular_values_batch
 from hf_spectral.metrics.spectrum import (
     FLAG_NON_FINITE,
     FLAG_RANK_DEFICIENT,
@@ -86,6 +87,7 @@ __all__ = [
     "qk_head_alignment",
     "qk_head_alignment_per_head",
     "singular_values",
+    "singular_values_batch",
     "spectrum_metrics",
     "subspace_overlap",
     "top_score",

@@ -6,6 +6,7 @@ re-opens its files there on first use.
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any, Iterable
@@ -15,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 
 from hf_spectral.errors import SpectralError
 from hf_spectral.sources.layout import index_weight_map
-from hf_spectral.tensor_info import TensorInfo, dtype_code
+from hf_spectral.tensor_info import DTYPE_BYTES, TensorInfo, dtype_code
 
 def _bad_file(path: Path, error: Exception) -> SpectralError:
     # the library's first sentence, capped: the message must stay one short line
@@ -23,12 +24,62 @@ def _bad_file(path: Path, error: Exception) -> SpectralError:
     return SpectralError(f"{path} is truncated or corrupt ({detail}): re-download or re-save it")
 
 
+_MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+
+
+def read_safetensors_header(path: Path) -> list[TensorInfo]:
+    """Names, shapes and dtypes of a ``.safetensors`` file in data order, from its header alone.
+
+    Reads the 8-byte length and the JSON header (a few kB) and nothing else: planning and
+    ``--dry-run`` never touch tensor data. Checks what ``safe_open`` checks (length, JSON, offsets
+    that tile the data exactly and match each shape), so a truncated or corrupt file fails here.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise ValueError("header too small")
+            length = int.from_bytes(prefix, "little")
+            if length > _MAX_HEADER_BYTES or 8 + length > size:
+                raise ValueError(f"invalid header length {length}")
+            header = json.loads(handle.read(length).decode("utf-8"))
+    except OSError as e:
+        raise _bad_file(path, e) from e
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _bad_file(path, e) from e
+    if not isinstance(header, dict):
+        raise _bad_file(path, ValueError("header is not a JSON object"))
+    entries = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = str(entry["dtype"]), tuple(int(d) for d in entry["shape"]), entry["data_offsets"]
+            begin, end = int(begin), int(end)
+        except (KeyError, TypeError, ValueError) as e:
+            raise _bad_file(path, ValueError(f"bad header entry for {name}")) from e
+        info = TensorInfo(name, shape, dtype)
+        if dtype not in DTYPE_BYTES or end - begin != info.nbytes:
+            raise _bad_file(path, ValueError(f"tensor {name}: offsets do not match its {dtype} shape {list(shape)}"))
+        entries.append((begin, end, info))
+    entries.sort(key=lambda e: (e[0], e[1]))
+    position = 0
+    for begin, end, info in entries:
+        if begin != position:
+            raise _bad_file(path, ValueError(f"tensor {info.name}: data offsets do not tile the file"))
+        position = end
+    if 8 + length + position != size:
+        raise _bad_file(path, ValueError(f"the header describes {8 + length + position} bytes, the file has {size}"))
+    return [info for _, _, info in entries]
+
+
 class SafetensorsReader:
     """Reads one model stored as one or more ``.safetensors`` files.
 
-    Headers of every file are checked when the reader is made (a truncated or corrupt file fails
-    here, not during the SVDs); tensors are read with ``safe_open`` (mmap, zero-copy) from handles
-    opened on first use and kept until ``close()``.
+    Headers of every file are parsed and checked when the reader is made (``read_safetensors_header``:
+    a truncated or corrupt file fails here, not during the SVDs, and no tensor data is touched); tensors
+    are read with ``safe_open`` (mmap, zero-copy) from handles opened on first use and kept until ``close()``.
     """
 
     def __init__(self, files: Iterable[Path | str], index_json: Path | str | None = None) -> None:
@@ -53,23 +104,14 @@ class SafetensorsReader:
         for i, path in enumerate(self.files):
             if not path.is_file():
                 raise SpectralError(f"no such file: {path}: re-download the model")
-            try:
-                with safe_open(str(path), framework="pt") as handle:
-                    # data order = the order the writer laid tensors out (stable, disk-friendly)
-                    names = handle.offset_keys() if hasattr(handle, "offset_keys") else handle.keys()
-                    for name in names:
-                        view = handle.get_slice(name)
-                        if name in where:
-                            raise SpectralError(
-                                f"tensor {name} is stored in both {self.files[where[name]].name} and {path.name} "
-                                f"({path.parent}): re-save the model"
-                            )
-                        where[name] = i
-                        infos.append(TensorInfo(name, tuple(int(d) for d in view.get_shape()), view.get_dtype()))
-            except SafetensorError as e:
-                raise _bad_file(path, e) from e
-            except OSError as e:
-                raise _bad_file(path, e) from e
+            for info in read_safetensors_header(path):
+                if info.name in where:
+                    raise SpectralError(
+                        f"tensor {info.name} is stored in both {self.files[where[info.name]].name} and {path.name} "
+                        f"({path.parent}): re-save the model"
+                    )
+                where[info.name] = i
+                infos.append(info)
         if self.index_json is not None:
             self._check_index(where)
         return infos, where

@@ -21,9 +21,9 @@ seen: list[dict] = []
 real_decompose, real_align = engine.decompose, engine.align
 
 
-def decompose(spec, read, options, device):  # type: ignore[no-untyped-def]
+def decompose(spec, read, options, device, *matrix):  # type: ignore[no-untyped-def]
     seen.append({"task": spec.name, "threads": torch.get_num_threads()})
-    return real_decompose(spec, read, options, device)
+    return real_decompose(spec, read, options, device, *matrix)
 
 
 def align(pair, specs, readers, options, device):  # type: ignore[no-untyped-def]
