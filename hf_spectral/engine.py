@@ -306,8 +306,9 @@ def decompose(spec: MatrixSpec, read: Reader, options: AnalysisOptions, device: 
     except metrics.DecompositionError as exc:
         failed = dict(metrics.non_finite_metrics(shape), flag=f"svd_failed: {exc}")
         return {"metrics": failed, "sigma": None, "vectors": None}
-    # The noise floor is the stored dtype's precision (a bf16 weight cannot resolve σ below ~1e-2·σ₁).
-    eps = max(DTYPE_EPS.get(spec.dtype, DTYPE_EPS["F32"]), DTYPE_EPS["F64" if options.precision == "float64" else "F32"])
+    # The noise floor is the computation's precision, not the stored dtype's: a bf16 weight is exact once
+    # upcast (metrics.spectrum's module docstring says why).
+    eps = DTYPE_EPS["F64" if options.precision == "float64" else "F32"]
     values = metrics.spectrum_metrics(sigma, shape, eps=eps)
     return {"metrics": values, "sigma": sigma.cpu().numpy(), "vectors": vectors}
 
