@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hf_spectral._lazy import lazy_exports
+from hf_spectral._version import __version__
 
-__version__ = "0.1.0"
 
 _PUBLIC = {
     # analyzer
@@ -29,11 +29,11 @@ _PUBLIC = {
     # dynamics
     "Dynamics": "hf_spectral.dynamics",
     "compute_dynamics": "hf_spectral.dynamics",
-    "dynamics_from_source": "hf_spectral.dynamics",
-    "load_series": "hf_spectral.dynamics",
+    "dynamics_from_source": "hf_spectral.series",
+    "load_series": "hf_spectral.series",
     "save_dynamics": "hf_spectral.dynamics",
     "load_dynamics": "hf_spectral.dynamics",
-    "compare": "hf_spectral.dynamics",
+    "compare": "hf_spectral.comparison",
     "Comparison": "hf_spectral.dynamics",
     # faces
     "write_report": "hf_spectral.report",
@@ -52,19 +52,12 @@ __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)
 if TYPE_CHECKING:  # pragma: no cover
     from hf_spectral.analyzer import analyze, analyze_series
     from hf_spectral.cards import update_model_card
-    from hf_spectral.dynamics import (
-        Comparison,
-        Dynamics,
-        compare,
-        compute_dynamics,
-        dynamics_from_source,
-        load_dynamics,
-        load_series,
-        save_dynamics,
-    )
+    from hf_spectral.comparison import compare
+    from hf_spectral.dynamics import Comparison, Dynamics, compute_dynamics, load_dynamics, save_dynamics
     from hf_spectral.engine import AnalysisOptions, analyze_model
     from hf_spectral.errors import SpectralError
     from hf_spectral.highlights import key_events
     from hf_spectral.report import write_report
+    from hf_spectral.series import dynamics_from_source, load_series
     from hf_spectral.store import Snapshot, read_snapshot, write_snapshot
     from hf_spectral.tracking import SpectralCallback, SpectralTracker

@@ -17,6 +17,7 @@ from typing import Any
 import jinja2
 from huggingface_hub import ModelCard, ModelCardData
 
+from hf_spectral._version import __version__
 from hf_spectral.dynamics.types import Dynamics
 from hf_spectral.errors import SpectralError
 from hf_spectral.store import atomic_file
@@ -97,8 +98,6 @@ def replace_section(text: str, section: str, *, where: str = "the model card") -
 
 def render_section(dynamics: Dynamics, images: list[dict[str, str]], missing: list[str], metric: str | None, threshold: float) -> str:
     """The section's Markdown (without markers), from ``model_cards/spectral_section.md``."""
-    from hf_spectral import __version__
-
     steps = dynamics.steps
     span = f"{len(steps)} snapshots (steps {steps[0]:,}–{steps[-1]:,})" if len(steps) > 1 else f"one snapshot (step {steps[0]:,})" if steps else "no snapshot"
     intro = (f"Singular values of every weight matrix ({len(dynamics.matrices)} matrices) across {span}, computed with hf-spectral "

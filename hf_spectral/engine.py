@@ -10,7 +10,7 @@ import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,23 +19,26 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from hf_spectral import metrics
+from hf_spectral._version import __version__
 from hf_spectral.errors import SpectralError
 from hf_spectral.module_cache import module_info_for
 from hf_spectral.sources.types import Checkpoint
-from hf_spectral.store import STATUS_FLAGGED, STATUS_OK, STATUS_SKIPPED, Snapshot, jsonable
+from hf_spectral.metrics import PRECISIONS
+from hf_spectral.status import STATUS_FLAGGED, STATUS_OK, STATUS_SKIPPED, UNDEFINED_FLAGS
+from hf_spectral.store import Snapshot, jsonable
 from hf_spectral.tensor_info import DTYPE_EPS, TensorInfo, dtype_code
 from hf_spectral.views import (
     alignment_pairs,
+    build_matrix,
+    compile_patterns,
     config_from_model,
     module_types_from_model,
     plan_matrices,
     rules_for,
     select,
 )
-from hf_spectral.views.types import AlignmentPair, MatrixSlice, MatrixSpec, Reader, SkippedTensor
+from hf_spectral.views.types import AlignmentMode, AlignmentPair, MatrixSlice, MatrixSpec, Reader, SkippedTensor
 
-PRECISIONS = ("float32", "float64")
-UNDEFINED_FLAGS = {"zero_matrix", "non_finite"}  # metrics not defined: the row is flagged
 
 
 @dataclass
@@ -61,6 +64,8 @@ class AnalysisOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        compile_patterns(self.include, "include")
+        compile_patterns(self.exclude, "exclude")
         if self.precision not in PRECISIONS:
             raise SpectralError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if self.top_k < 0:
@@ -194,7 +199,7 @@ def _drop_tied(specs: list[MatrixSpec], skipped: list[SkippedTensor],
     kept: list[MatrixSpec] = []
     alive: list[torch.Tensor] = []  # hold every tensor read: a freed storage's address could be reused
     for spec in specs:
-        if spec.extra.get("composed") or len(spec.tensors) != 1:
+        if spec.composed or len(spec.tensors) != 1:
             kept.append(spec)
             continue
         try:
@@ -282,7 +287,7 @@ def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None =
         "num_processes": state.num_processes,
         "seconds": round(elapsed, 3),
         "model_types": plan.model_types,
-        "hf_spectral_version": _version(),
+        "hf_spectral_version": __version__,
     }
     # JSON types from the start, so that a snapshot read back from disk equals the one computed.
     return _assemble(plan, matrix_results, pair_results, jsonable(snapshot_meta))
@@ -325,7 +330,7 @@ def all_finite(matrix: torch.Tensor) -> bool:
 
 def _materialize(spec: MatrixSpec, read: Reader, precision: str = "float32") -> torch.Tensor:
     """The matrix of ``spec``; a tensor that cannot be read is a one-line error naming the layer."""
-    if precision == "float64" and spec.extra.get("composed"):
+    if precision == "float64" and spec.composed:
         # g·v/‖v‖ (weight norm) or W·mask rounded in float32 would be off by ~1e-7·σ₁: compose in float64.
         stored = read
 
@@ -333,7 +338,7 @@ def _materialize(spec: MatrixSpec, read: Reader, precision: str = "float32") -> 
             return stored(name).to(torch.float64)
 
     try:
-        matrix = spec.materialize(read)
+        matrix = build_matrix(spec, read)
     except SpectralError:
         raise
     except (OSError, KeyError, SafetensorError) as exc:
@@ -349,9 +354,42 @@ def _materialize(spec: MatrixSpec, read: Reader, precision: str = "float32") -> 
     return matrix
 
 
+Loader = Callable[..., torch.Tensor]  # (MatrixSlice, sliced=True) -> the slice's matrix on the device
+
+
+def _gate_alignment(pair: AlignmentPair, load: Loader, specs: dict[str, MatrixSpec], k: int, precision: str) -> torch.Tensor:
+    # LSTM: the gate's block of the left vectors of the whole stacked (i, f, g, o) matrix, as the
+    # authors do, not the vectors of the gate's sub-matrix.
+    rows = pair.prev.rows or (0, specs[pair.prev.matrix].shape[0])
+    u_prev = metrics.decompose(load(pair.prev, sliced=False), k, precision=precision).u[rows[0]:rows[1]]
+    v_next = metrics.decompose(load(pair.next), k, precision=precision).v
+    return metrics.alignment_diagonal(u_prev, v_next, k)
+
+
+def _conv_centre_alignment(pair: AlignmentPair, load: Loader, specs: dict[str, MatrixSpec], k: int,
+                           precision: str) -> torch.Tensor:
+    # Column slices (UNet skip halves) are in flattened (channel·kernel) units: slice, then unflatten.
+    kernel_size = pair.kernel_size or specs[pair.next.matrix].kernel_size or ()
+    kernel = load(pair.next)
+    kernel = kernel.reshape(kernel.shape[0], -1, *kernel_size)
+    return metrics.conv_centre_alignment(load(pair.prev), kernel, k, precision=precision)
+
+
+# alignment mode -> (pair, load, specs, k, precision) -> diagonal; every AlignmentMode has one
+ALIGNERS: dict[AlignmentMode, Callable[[AlignmentPair, Loader, dict[str, MatrixSpec], int, str], torch.Tensor]] = {
+    "out_in": lambda pair, load, specs, k, precision: metrics.out_in_alignment(
+        load(pair.prev), load(pair.next), k, precision=precision),
+    "in_in": lambda pair, load, specs, k, precision: metrics.in_in_alignment(
+        load(pair.prev), load(pair.next), k, precision=precision),
+    "qk_heads": lambda pair, load, specs, k, precision: metrics.qk_head_alignment(
+        load(pair.prev), load(pair.next), pair.prev.heads or 1, k, precision=precision),
+    "conv_centre": _conv_centre_alignment,
+}
+
+
 def align(pair: AlignmentPair, specs: dict[str, MatrixSpec], readers: dict[str, Reader],
           options: AnalysisOptions, device: torch.device) -> dict[str, Any]:
-    """Alignment diagonal of one consecutive-layer pair."""
+    """Alignment diagonal of one consecutive-layer pair (its mode's function in ``ALIGNERS``)."""
 
     def load(where: MatrixSlice, sliced: bool = True) -> torch.Tensor:
         matrix = _materialize(specs[where.matrix], readers[where.matrix], options.precision).to(device)
@@ -359,35 +397,15 @@ def align(pair: AlignmentPair, specs: dict[str, MatrixSpec], readers: dict[str, 
             raise ValueError(f"non-finite weights in {where.matrix}")
         return _slice(matrix, where) if sliced else matrix
 
-    k, precision = options.alignment_k, options.precision
     try:
-        if pair.extra.get("gate"):
-            # LSTM: the gate's block of the left vectors of the whole stacked (i, f, g, o) matrix, as
-            # the authors do, not the vectors of the gate's sub-matrix.
-            rows = pair.prev.rows or (0, specs[pair.prev.matrix].shape[0])
-            u_prev = metrics.decompose(load(pair.prev, sliced=False), k, precision=precision).u[rows[0]:rows[1]]
-            v_next = metrics.decompose(load(pair.next), k, precision=precision).v
-            diagonal = metrics.alignment_diagonal(u_prev, v_next, k)
-        elif pair.mode == "conv_centre":
-            # Column slices (UNet skip halves) are in flattened (channel·kernel) units: slice, then unflatten.
-            kernel_size = pair.extra.get("kernel_size") or specs[pair.next.matrix].extra.get("kernel_size", ())
-            kernel = load(pair.next)
-            kernel = kernel.reshape(kernel.shape[0], -1, *kernel_size)
-            diagonal = metrics.conv_centre_alignment(load(pair.prev), kernel, k, precision=precision)
-        elif pair.mode == "out_in":
-            diagonal = metrics.out_in_alignment(load(pair.prev), load(pair.next), k, precision=precision)
-        elif pair.mode == "in_in":
-            diagonal = metrics.in_in_alignment(load(pair.prev), load(pair.next), k, precision=precision)
-        elif pair.mode == "qk_heads":
-            heads = pair.prev.heads or 1
-            diagonal = metrics.qk_head_alignment(load(pair.prev), load(pair.next), heads, k, precision=precision)
-        else:
+        aligner = _gate_alignment if pair.gate else ALIGNERS.get(pair.mode)
+        if aligner is None:
             raise ValueError(f"unknown alignment mode {pair.mode!r}")
-    except SpectralError as exc:
-        if not isinstance(exc, (metrics.DecompositionError, metrics.MetricInputError)):
+        diagonal = aligner(pair, load, specs, options.alignment_k, options.precision)
+    except (SpectralError, ValueError, RuntimeError) as exc:
+        failed = isinstance(exc, (metrics.DecompositionError, metrics.MetricInputError)) or not isinstance(exc, SpectralError)
+        if not failed:
             raise  # an unreadable tensor: the run stops, as for a matrix
-        return {"diagonal": np.zeros(0), "score": float("nan"), "flag": f"failed: {exc}"}
-    except (ValueError, RuntimeError) as exc:
         return {"diagonal": np.zeros(0), "score": float("nan"), "flag": f"failed: {exc}"}
     return {"diagonal": diagonal.detach().cpu().numpy().astype(np.float64), "score": metrics.top_score(diagonal), "flag": ""}
 
@@ -527,12 +545,6 @@ def _cpu_threads_for(state: Any, device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _version() -> str:
-    from hf_spectral import __version__
-
-    return __version__
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hf_spectral.dynamics.steps import StepScale
 from hf_spectral.dynamics.types import Dynamics
 from hf_spectral.errors import SpectralError
+from hf_spectral.status import STATUS_FLAGGED, STATUS_OK
 
 ERANK = "normalized_effective_rank"
 SETTLED = 0.9  # an agreement score (mean of the top-10 S_ii) at or above this counts as settled
@@ -27,7 +29,7 @@ def mean_erank(dyn: Dynamics) -> pd.Series:
         series = summary.set_index("step")[column].astype(float)
     elif len(dyn.trajectories) and ERANK in dyn.trajectories:
         table = dyn.trajectories
-        defined = table[table.get("status", "ok") == "ok"] if "status" in table else table
+        defined = table[table["status"] == STATUS_OK] if "status" in table else table
         series = defined.groupby("step")[ERANK].mean().astype(float)
     else:
         return pd.Series(dtype=float)
@@ -109,8 +111,6 @@ def key_events(dyn: Dynamics, metric: str | None = "auto", threshold: float = 0.
     training log raises SpectralError (a typo should not read as "never crossed"); without a
     training log, with ``metric=None``, or "auto" finding no accuracy, the metric fields are None.
     """
-    from hf_spectral.plots._common import StepAxis
-
     if metric == "auto":
         metric = default_metric(dyn)
 
@@ -122,7 +122,7 @@ def key_events(dyn: Dynamics, metric: str | None = "auto", threshold: float = 0.
         events["metric_final"] = float(values.iloc[-1])
 
     erank = mean_erank(dyn).dropna()
-    axis = StepAxis.for_steps(erank.index, scale)
+    axis = StepScale.for_steps(erank.index, scale)
     events.update(
         slope_axis=axis.name, rank_drop_interval=None, rank_drop_step=None, rank_drop_slope=None,
         erank_before=None, erank_after=None, erank_noise=rank_noise(erank),
@@ -227,7 +227,7 @@ def layer_changes(dyn: Dynamics) -> pd.DataFrame:
         e0, e1 = first_last(ERANK)
         s0, s1 = first_last("normalized_stable_rank")
         n0, n1 = first_last("spectral_norm")
-        flags = sorted({str(f) for f in group.get("flag", pd.Series(dtype=object)).dropna() if str(f) not in ("", "ok", "None")})
+        flags = sorted({str(f) for f in group.get("flag", pd.Series(dtype=object)).dropna() if str(f) not in ("", STATUS_OK, "None")})
         first = group.iloc[0]
         rows.append({
             "matrix": matrix,
@@ -238,7 +238,7 @@ def layer_changes(dyn: Dynamics) -> pd.DataFrame:
             "agreement_first": first_scores.get(matrix, math.nan),
             "settled_step": settled.get(matrix, math.nan),
             "flags": ", ".join(flags),
-            "flagged": bool((group["status"] == "flagged").any()) if "status" in group else False,
+            "flagged": bool((group["status"] == STATUS_FLAGGED).any()) if "status" in group else False,
         })
     order = {name: i for i, name in enumerate(dyn.matrices)}
     out = pd.DataFrame(rows, columns=columns)

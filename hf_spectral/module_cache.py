@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hf_spectral import __version__
+from hf_spectral._version import __version__
 from hf_spectral.views import module_types_from_config
 
 

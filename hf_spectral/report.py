@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import pandas as pd
 from matplotlib.figure import Figure
 
+from hf_spectral._version import __version__
 from hf_spectral.dynamics.types import Dynamics
 from hf_spectral.errors import SpectralError
 from hf_spectral.store import atomic_file
@@ -144,7 +145,7 @@ def write_report(
         figures="\n".join(sections),
         notes=_notes_html(skipped),
         table=_table_html(changes),
-        version=html.escape(_version()),
+        version=html.escape(__version__),
     )
     index = out / "index.html"
     _write_atomic(index, page)
@@ -239,10 +240,6 @@ def _template() -> Template:
     return Template(resources.files("hf_spectral").joinpath("templates/report.html").read_text(encoding="utf-8"))
 
 
-def _version() -> str:
-    from hf_spectral import __version__
-
-    return __version__
 
 
 def _write_atomic(path: Path, text: str) -> None:

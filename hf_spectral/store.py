@@ -30,17 +30,17 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from hf_spectral.errors import SpectralError
+from hf_spectral.status import FLAG_RANK_DEFICIENT, STATUS_FLAGGED, STATUS_OK, STATUS_SKIPPED  # noqa: F401 (re-exported)
 
 FORMAT_VERSION = 1
 MATRICES_FILE = "matrices.parquet"
 ALIGNMENT_FILE = "alignment.parquet"
 ARRAYS_FILE = "spectra.safetensors"
 META_FILE = "meta.json"
+# A callback record: snapshot folders (step-N/) and the training metrics beside them.
+LOG_HISTORY_FILE = "log_history.json"
+RECORD_FOLDER = "spectral"  # the callback's default record: <TrainingArguments.output_dir>/spectral
 
-STATUS_OK = "ok"
-STATUS_FLAGGED = "flagged"
-STATUS_SKIPPED = "skipped"
-FLAG_RANK_DEFICIENT = "rank_deficient"  # metrics.spectrum's flag; spelled here so the store needs no torch
 
 
 @dataclass

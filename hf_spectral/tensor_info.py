@@ -36,9 +36,15 @@ class TensorInfo:
         return n
 
 
-_TORCH_TO_CODE = {
+# THE dtype table: torch dtype name -> the code safetensors writes in a file header for it (checked
+# against safetensors in tests/test_dtype_codes.py). Live models (the engine) and ``.bin`` files
+# (TorchBinReader) are described through it; safetensors files carry the codes themselves.
+# complex128 cannot be stored in safetensors: its code follows C64's pattern.
+TORCH_TO_CODE: dict[str, str] = {
     "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
     "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+    "float8_e4m3fnuz": "F8_E4M3FNUZ", "float8_e5m2fnuz": "F8_E5M2FNUZ", "float8_e8m0fnu": "F8_E8M0",
+    "float4_e2m1fn_x2": "F4",
     "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8",
     "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL",
     "complex64": "C64", "complex128": "C128",
@@ -51,6 +57,6 @@ DTYPE_EPS = {"F64": 2.220446049250313e-16, "F32": 1.1920929e-07, "F16": 9.765625
 
 
 def dtype_code(dtype: object) -> str:
-    """The safetensors code ("F32", "BF16", ...) of a torch dtype."""
+    """The safetensors code ("F32", "BF16", ...) of a torch dtype (or its name, ``"float32"``)."""
     name = str(dtype).removeprefix("torch.")
-    return _TORCH_TO_CODE.get(name, name.upper())
+    return TORCH_TO_CODE.get(name, name.upper())

@@ -143,11 +143,11 @@ def test_layer_names_are_escaped_in_markdown(tmp_path):
 
 
 def test_card_command(tmp_path, monkeypatch, capsys, quick_figures):
-    import hf_spectral.dynamics as dynamics_module
+    import hf_spectral.series as series_module
     from hf_spectral.cli import main
 
     calls = []
-    monkeypatch.setattr(dynamics_module, "dynamics_from_source",
+    monkeypatch.setattr(series_module, "dynamics_from_source",
                         lambda source, **kw: calls.append((source, kw)) or make_dynamics(steps=(0, 100), agreement=False, alignment=False, training=False),
                         raising=False)
     run = tmp_path / "run"

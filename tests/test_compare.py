@@ -13,7 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hf_spectral.dynamics import Comparison, compare
+from hf_spectral.comparison import compare
+from hf_spectral.dynamics import Comparison
 from hf_spectral.errors import SpectralError
 from tiny_models import save_tiny
 

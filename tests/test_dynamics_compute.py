@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hf_spectral.dynamics import TABLES, compute_dynamics, load_dynamics, load_series, save_dynamics
+from hf_spectral.dynamics import TABLES, compute_dynamics, load_dynamics, save_dynamics
+from hf_spectral.series import load_series
 from hf_spectral.dynamics.compute import COLUMNS
 from hf_spectral.engine import AnalysisOptions, analyze_model
 from hf_spectral.errors import SpectralError

@@ -13,8 +13,9 @@ from safetensors.torch import load_file, save_file
 
 import hf_spectral.engine as engine
 from hf_spectral.analyzer import analyze
-from hf_spectral.dynamics import compute_dynamics, dynamics_from_source, load_series
-from hf_spectral.dynamics.series import expand_revisions, step_from_name
+from hf_spectral.dynamics import compute_dynamics
+from hf_spectral.series import dynamics_from_source, load_series
+from hf_spectral.sources.hub import expand_revisions, step_from_name
 from hf_spectral.engine import AnalysisOptions, analyze_model
 from hf_spectral.errors import SpectralError
 from hf_spectral.store import write_snapshot
@@ -297,7 +298,7 @@ def test_explicit_list_keeps_order_and_reports_identical(tmp_path: Path, monkeyp
 def test_identity_keys_hash_in_full_only_candidates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
-    from hf_spectral.dynamics.series import identity_keys
+    from hf_spectral.sources.fingerprint import identity_keys
     from hf_spectral.sources.types import Checkpoint, ModelPart
 
     rng = np.random.default_rng(0)

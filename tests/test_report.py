@@ -163,6 +163,7 @@ def test_bad_input_raises_one_line_errors(tmp_path):
 def fake_dynamics(monkeypatch):
     """Stand in for hf_spectral.dynamics (another engineer's layer): record the call, return tables."""
     import hf_spectral.dynamics as dynamics_module
+    import hf_spectral.series as series_module
 
     calls = []
 
@@ -170,7 +171,7 @@ def fake_dynamics(monkeypatch):
         calls.append((source, kwargs))
         return make_dynamics(steps=(0, 10, 100), agreement=False, alignment=False)
 
-    monkeypatch.setattr(dynamics_module, "dynamics_from_source", dynamics_from_source, raising=False)
+    monkeypatch.setattr(series_module, "dynamics_from_source", dynamics_from_source, raising=False)
     monkeypatch.setattr(dynamics_module, "load_dynamics", lambda path: calls.append((str(path), "loaded")) or make_dynamics(steps=(0, 10, 100), agreement=False, alignment=False), raising=False)
     return calls
 

@@ -129,7 +129,7 @@ def test_live_model_matrices_equal_module_weights(name):
     check_accounted(state, specs, skipped)
     assert specs
     for spec in specs:
-        mat = spec.materialize(state.__getitem__)
+        mat = build_matrix(spec, state.__getitem__)
         assert mat.dim() == 2 and tuple(mat.shape) == spec.shape and mat.dtype == torch.float32
         np.testing.assert_allclose(mat.double().numpy(), reference(model, spec.name), rtol=1e-6, atol=1e-7,
                                    err_msg=spec.name)

@@ -7,7 +7,7 @@ import importlib
 import sys
 from typing import Sequence
 
-from hf_spectral import __version__
+from hf_spectral._version import __version__
 from hf_spectral.errors import SpectralError
 
 COMMANDS = ("analyze", "dynamics", "report", "card", "compare")

@@ -39,13 +39,14 @@ def add_command(commands: argparse._SubParsersAction) -> None:
 def run_analyze(args: argparse.Namespace) -> int:
     from hf_spectral.analyzer import analyze_resolved, analyze_resolved_series, default_output
     from hf_spectral.engine import AnalysisOptions
-    from hf_spectral.sources import resolve
+    from hf_spectral.sources import classify, open_source
 
     options = AnalysisOptions(**analysis_options(args))
     output = args.output or default_output(args.source)
-    # Resolved once: a Hub id is looked up (and fetched) one time, a run listed one time.
-    checkpoints = resolve(args.source, revision=args.revision, variant=args.variant)
-    if len(checkpoints) == 1:
+    # Opened once: a Hub id is looked up (and fetched) one time, a run listed one time.
+    found = classify(args.source, revision=args.revision)
+    checkpoints = open_source(found, variant=args.variant)
+    if not found.is_series:
         snapshot = analyze_resolved(checkpoints, options, source=args.source, output=output)
         if is_main_process():
             print(format_table(snapshot, limit=None if args.all else 40))

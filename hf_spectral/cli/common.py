@@ -84,7 +84,7 @@ def load_dynamics_for(args: argparse.Namespace) -> Any:
         from hf_spectral.dynamics import load_dynamics
 
         return load_dynamics(Path(args.sources[0]))
-    from hf_spectral.dynamics import dynamics_from_source
+    from hf_spectral.series import dynamics_from_source
 
     return dynamics_from_source(series_sources(args), revisions=series_revisions(args), reference=args.reference,
                                 cache_dir=args.cache_dir, top=args.top, variant=args.variant, **analysis_options(args))

@@ -50,7 +50,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from hf_spectral.dynamics import compare
+    from hf_spectral.comparison import compare
 
     result = compare(
         args.a, args.b, revision_a=args.revision_a or args.revision, revision_b=args.revision_b or args.revision,

@@ -28,12 +28,14 @@ def add_command(commands: argparse._SubParsersAction) -> None:
 
 def run_dynamics(args: argparse.Namespace) -> int:
     from hf_spectral.analyzer import default_output
-    from hf_spectral.dynamics import compute_dynamics, load_series, save_dynamics
-    from hf_spectral.sources.resolve import run_checkpoints
+    from hf_spectral.dynamics import compute_dynamics, save_dynamics
+    from hf_spectral.series import load_series
+    from hf_spectral.sources import SourceKind, classify
 
     output = args.output or default_output(args.sources[0]) / "dynamics"
     cache = args.cache_dir
-    single_run = len(args.sources) == 1 and Path(args.sources[0]).is_dir() and run_checkpoints(Path(args.sources[0]))
+    # A Trainer run caches its snapshots inside itself (<run>/spectral_cache); anything else beside the output.
+    single_run = classify(series_sources(args), revisions=series_revisions(args)).kind is SourceKind.TRAINER_RUN
     if cache is None and not single_run:
         cache = output.parent / f"{output.name}-snapshots"
     snapshots = load_series(series_sources(args), revisions=series_revisions(args), cache_dir=cache,

@@ -1,9 +1,10 @@
 """Dynamics: a series of snapshots → trajectories, agreement with a reference, alignment over time;
-and the comparison of two checkpoints.
+and the tables comparing two checkpoints' snapshots.
 
-Names load lazily, so that importing ``hf_spectral.dynamics.types`` (plots, report) stays cheap.
-The comparison lives in ``comparison.py``: a submodule named ``compare`` would shadow the function
-``compare`` as an attribute of this package once imported.
+This package only reads snapshots (it imports ``store``, ``metrics`` and its own modules): making
+them — loading a series, comparing two checkpoints — is ``hf_spectral.series`` and
+``hf_spectral.comparison``, beside the analyzer. Names load lazily, so that importing
+``hf_spectral.dynamics.types`` (plots, report) stays cheap.
 """
 
 from __future__ import annotations
@@ -16,11 +17,8 @@ _PUBLIC = {
     "Dynamics": "hf_spectral.dynamics.types",
     "TABLES": "hf_spectral.dynamics.types",
     "compute_dynamics": "hf_spectral.dynamics.compute",
-    "load_series": "hf_spectral.dynamics.series",
-    "dynamics_from_source": "hf_spectral.dynamics.series",
     "save_dynamics": "hf_spectral.dynamics.io",
     "load_dynamics": "hf_spectral.dynamics.io",
-    "compare": "hf_spectral.dynamics.comparison",
     "Comparison": "hf_spectral.dynamics.comparison",
 }
 
@@ -31,8 +29,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hf_spectral.dynamics.comparison import Comparison, compare
+    from hf_spectral.dynamics.comparison import Comparison
     from hf_spectral.dynamics.compute import compute_dynamics
     from hf_spectral.dynamics.io import load_dynamics, save_dynamics
-    from hf_spectral.dynamics.series import dynamics_from_source, load_series
     from hf_spectral.dynamics.types import TABLES, Dynamics

@@ -1,36 +1,28 @@
-"""Compare two checkpoints (two LMC branches, a pruned and a dense model, a fine-tune and its base):
-per-matrix agreement of singular vectors (paper Eq. 5), both spectra, and the spectrum of W_A − W_B.
+"""The comparison of two checkpoints as tables, computed from their snapshots (A, B and W_A − W_B):
+per-matrix agreement of singular vectors (paper Eq. 5), both spectra, and the spectrum of the difference.
 
-All three decompositions go through the engine; W_A − W_B is read through a ``DifferenceReader``.
+The snapshots are made by ``hf_spectral.comparison.compare`` (it drives the engine); this module only
+reads them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from hf_spectral import metrics
-from hf_spectral.dynamics.compute import DEFAULT_TOP, agreement_of
+from hf_spectral.dynamics.compute import agreement_of
 from hf_spectral.dynamics.io import write_tables
-from hf_spectral.engine import AnalysisOptions, analyze_checkpoint
 from hf_spectral.errors import SpectralError
-from hf_spectral.sources import resolve
-from hf_spectral.sources.difference import DifferenceReader
-from hf_spectral.sources.types import Checkpoint, ModelPart, TensorReader
 from hf_spectral.store import Snapshot
-from hf_spectral.tensor_info import TensorInfo
-from hf_spectral.views import build_matrix, plan_matrices
-from hf_spectral.views.modules import composed_name
-from hf_spectral.views.types import MatrixSpec
 
 META_FILE = "comparison.json"
 TABLE_COLUMNS = {
@@ -88,132 +80,11 @@ class Comparison:
         return cls(**tables, meta=meta)
 
 
-def compare(
-    a: str | os.PathLike,
-    b: str | os.PathLike,
-    *,
-    revision_a: str | None = None,
-    revision_b: str | None = None,
-    top_k: int = 20,
-    include: str | Sequence[str] | None = None,
-    exclude: str | Sequence[str] | None = None,
-    variant: str | None = None,
-    top: int = DEFAULT_TOP,
-    **analysis_options: Any,
-) -> Comparison:
-    """Compare checkpoint ``a`` with checkpoint ``b`` (files, folders or Hub ids, each at an optional
-    revision): agreement of their top-``top_k`` singular vectors, both spectra and the spectrum of
-    W_A − W_B, for every matrix both hold with the same shape."""
-    analysis_options.setdefault("alignment", False)
-    options = AnalysisOptions(include=include, exclude=exclude, top_k=top_k, **analysis_options)
-    first = _one_checkpoint(a, revision_a, variant)
-    try:
-        second = _one_checkpoint(b, revision_b, variant)
-    except BaseException:
-        first.close()
-        raise
-    try:
-        snap_a = analyze_checkpoint(first, options)
-        snap_b = analyze_checkpoint(second, options)
-        shared, mismatches = _match(snap_a, snap_b)
-        if not shared:
-            raise SpectralError(
-                f"{first.source} and {second.source} share no weight matrix of the same shape; compare checkpoints "
-                "of the same architecture (or select matrices with --include)"
-            )
-        precision = torch.float64 if options.precision == "float64" else torch.float32
-        difference = difference_checkpoint(first, second, dtype=precision)
-        try:
-            snap_d = analyze_checkpoint(difference, dataclasses.replace(options, top_k=0, alignment=False))
-        finally:
-            difference.close()
-    finally:
-        first.close()
-        second.close()
-    meta = {"a": _describe(first), "b": _describe(second), "top": int(top), "options": options.to_meta()}
-    return _tables(snap_a, snap_b, snap_d, shared, mismatches, int(top), meta)
-
-
-# --------------------------------------------------------------------------------------------------
-# The difference checkpoint
-
-
-def difference_checkpoint(a: Checkpoint, b: Checkpoint, *, dtype: torch.dtype = torch.float32) -> Checkpoint:
-    """A checkpoint whose tensors read as W_A − W_B, one part per component both hold (A's configs).
-
-    Composed weights (pruned ``orig·mask``, weight norm ``g·v/‖v‖``) are composed on each side first
-    — the difference of the parts is not the difference of the weights — so a pruned model compares
-    with its dense original by the weight's name.
-    """
-    theirs = {part.component: part for part in b.parts}
-    parts = []
-    for part in a.parts:
-        other = theirs.get(part.component)
-        if other is None:
-            continue
-        reader = DifferenceReader(_composed(part), _composed(other), dtype=dtype)
-        parts.append(ModelPart(part.component, reader, part.config))
-    if not parts:
-        raise SpectralError(f"{a.source} and {b.source} share no model component; compare models of the same kind")
-    return Checkpoint(label=f"{a.label} - {b.label}", path=a.path, parts=parts, source=f"{a.source} - {b.source}",
-                      meta={"difference_of": [str(a.path), str(b.path)]})
-
-
-class ComposedReader:
-    """A reader presenting each composed weight as the one tensor ``X.weight`` it stands for (its
-    stored parts hidden), every other tensor as stored."""
-
-    def __init__(self, reader: TensorReader, composed: Sequence[MatrixSpec]) -> None:
-        self.reader = reader
-        self.files = reader.files
-        self._built: dict[str, MatrixSpec] = {spec.name: spec for spec in composed}
-        infos: list[TensorInfo] = []
-        for info in reader.tensors():
-            base = composed_name(info.name)
-            if base is None:
-                infos.append(info)
-            elif base in self._built and info.name == self._built[base].tensors[0]:
-                spec = self._built[base]
-                infos.append(TensorInfo(spec.name, tuple(spec.tensor_shape), spec.dtype))
-            # other parts (and halves of weights that cannot be composed) are hidden
-        self._infos = infos
-
-    def tensors(self) -> list[TensorInfo]:
-        return list(self._infos)
-
-    def read(self, name: str) -> torch.Tensor:
-        spec = self._built.get(name)
-        if spec is None:
-            return self.reader.read(name)
-        # build_matrix composes then reshapes to ``shape``: asking for the stored shape, with no
-        # transposition, gives the composed weight as it would be stored.
-        stored = dataclasses.replace(spec, kind="matrix", shape=tuple(spec.tensor_shape),
-                                     extra={"composed": spec.extra["composed"]})
-        return build_matrix(stored, self.reader.read)
-
-    def close(self) -> None:
-        """Nothing to release: the wrapped reader is closed with its checkpoint."""
-
-    def __enter__(self) -> "ComposedReader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _composed(part: ModelPart) -> TensorReader:
-    infos = part.reader.tensors()
-    if not any(composed_name(t.name) for t in infos):
-        return part.reader
-    specs, _ = plan_matrices(infos, config=part.config)
-    return ComposedReader(part.reader, [s for s in specs if s.extra.get("composed")])
-
-
 # --------------------------------------------------------------------------------------------------
 # Tables
 
 
-def _match(a: Snapshot, b: Snapshot) -> tuple[list[str], list[dict[str, str]]]:
+def match_matrices(a: Snapshot, b: Snapshot) -> tuple[list[str], list[dict[str, str]]]:
     """Matrices of A also in B with the same shape (A's order), and the others with a reason."""
     rows_a = {r["name"]: r for r in a.matrices.to_dict("records")}
     rows_b = {r["name"]: r for r in b.matrices.to_dict("records")}
@@ -231,8 +102,9 @@ def _match(a: Snapshot, b: Snapshot) -> tuple[list[str], list[dict[str, str]]]:
     return shared, mismatches
 
 
-def _tables(a: Snapshot, b: Snapshot, d: Snapshot, shared: list[str], mismatches: list[dict[str, str]], top: int,
-            meta: dict[str, Any]) -> Comparison:
+def comparison_tables(a: Snapshot, b: Snapshot, d: Snapshot, shared: list[str], mismatches: list[dict[str, str]],
+                      top: int, meta: dict[str, Any]) -> Comparison:
+    """The ``Comparison`` of snapshots ``a`` and ``b`` (and ``d`` of W_A − W_B) over the ``shared`` matrices."""
     rows_a = a.matrices.set_index("name")
     rows_b = b.matrices.set_index("name")
     rows_d = d.table.drop_duplicates("name").set_index("name")  # skipped rows too: their flag says why
@@ -302,25 +174,3 @@ def _empty(name: str) -> pd.DataFrame:
 
 
 _TEXT = {"matrix", "component", "kind", "diff_flag", "model", "reason"}
-
-
-# --------------------------------------------------------------------------------------------------
-# Sources
-
-
-def _one_checkpoint(source: str | os.PathLike, revision: str | None, variant: str | None) -> Checkpoint:
-    checkpoints = resolve(str(source), revision=revision, variant=variant)
-    if len(checkpoints) != 1:
-        for c in checkpoints:
-            c.close()
-        labels = ", ".join(c.label for c in checkpoints[:4])
-        raise SpectralError(
-            f"{source} holds {len(checkpoints)} checkpoints ({labels}, ...); compare two single checkpoints, "
-            f"e.g. {checkpoints[-1].path}"
-        )
-    return checkpoints[0]
-
-
-def _describe(checkpoint: Checkpoint) -> dict[str, Any]:
-    return {"source": checkpoint.source, "label": checkpoint.label, "path": str(checkpoint.path),
-            "revision": checkpoint.revision, "commit": checkpoint.commit, "step": checkpoint.step}

@@ -39,15 +39,13 @@ import numpy as np
 import torch
 
 from hf_spectral.errors import SpectralError
+from hf_spectral.status import FLAG_NON_FINITE, FLAG_RANK_DEFICIENT, FLAG_ZERO  # noqa: F401 (re-exported by metrics)
 
 PRECISIONS = ("float32", "float64")
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
 # The authors retry a failed SVD on W + 1e-10·I (safe_svd in evaluate_run.py).
 RETRY_JITTER = 1e-10
 
-FLAG_ZERO = "zero_matrix"
-FLAG_RANK_DEFICIENT = "rank_deficient"
-FLAG_NON_FINITE = "non_finite"
 
 SPECTRUM_METRICS = (
     "rank_dim",

@@ -11,6 +11,7 @@ from hf_spectral.dynamics.types import Dynamics
 from hf_spectral.plots._common import (
     StepAxis, draw_heatmap, heatmap_height, new_figure, note, pivot, require, short_names, styled, thin_labels,
 )
+from hf_spectral.status import STATUS_FLAGGED
 
 LABELS = {
     "normalized_effective_rank": "normalized effective rank",
@@ -33,7 +34,7 @@ def _metric_grid(dyn: Dynamics, metric: str) -> tuple[list[str], list[float], np
     matrices, steps = dyn.matrices, sorted(table["step"].unique().tolist())
     # Flagged rows (zero or non-finite matrices) have no defined metric: NaN → a gap, never a value.
     if "status" in table:
-        table = table.assign(**{metric: table[metric].where(table["status"] != "flagged")})
+        table = table.assign(**{metric: table[metric].where(table["status"] != STATUS_FLAGGED)})
     return matrices, steps, pivot(table, "matrix", metric, matrices, steps)
 
 

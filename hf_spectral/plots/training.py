@@ -12,6 +12,7 @@ from matplotlib.patches import Patch
 from hf_spectral.dynamics.types import Dynamics
 from hf_spectral.highlights import ERANK, key_events, mean_erank, metric_series, training_metrics
 from hf_spectral.plots._common import StepAxis, new_figure, pivot, require, styled
+from hf_spectral.status import STATUS_FLAGGED
 
 
 def companion_metrics(dyn: Dynamics, metric: str, limit: int = 2) -> list[str]:
@@ -58,7 +59,7 @@ def plot_training_and_rank(
     if per_layer and len(dyn.trajectories):
         table = dyn.trajectories
         if "status" in table:
-            table = table.assign(**{ERANK: table[ERANK].where(table["status"] != "flagged")})
+            table = table.assign(**{ERANK: table[ERANK].where(table["status"] != STATUS_FLAGGED)})
         steps = sorted(table["step"].unique().tolist())
         grid = pivot(table, "matrix", ERANK, dyn.matrices, steps)
         for row in grid:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
-from hf_spectral.sources.types import TensorReader
+from hf_spectral.errors import SpectralError
+from hf_spectral.sources.composed import composed_reader
+from hf_spectral.sources.types import Checkpoint, ModelPart, TensorReader
 from hf_spectral.tensor_info import TensorInfo
 
 
@@ -54,3 +56,24 @@ class DifferenceReader:
 
     def __repr__(self) -> str:
         return f"DifferenceReader({self.a!r} − {self.b!r}, {len(self._infos)} tensors)"
+
+
+def difference_checkpoint(a: Checkpoint, b: Checkpoint, *, dtype: torch.dtype = torch.float32) -> Checkpoint:
+    """A checkpoint whose tensors read as W_A − W_B, one part per component both hold (A's configs).
+
+    Composed weights (pruned ``orig·mask``, weight norm ``g·v/‖v‖``) are composed on each side first
+    — the difference of the parts is not the difference of the weights — so a pruned model compares
+    with its dense original by the weight's name.
+    """
+    theirs = {part.component: part for part in b.parts}
+    parts = []
+    for part in a.parts:
+        other = theirs.get(part.component)
+        if other is None:
+            continue
+        reader = DifferenceReader(composed_reader(part), composed_reader(other), dtype=dtype)
+        parts.append(ModelPart(part.component, reader, part.config))
+    if not parts:
+        raise SpectralError(f"{a.source} and {b.source} share no model component; compare models of the same kind")
+    return Checkpoint(label=f"{a.label} - {b.label}", path=a.path, parts=parts, source=f"{a.source} - {b.source}",
+                      meta={"difference_of": [str(a.path), str(b.path)]})

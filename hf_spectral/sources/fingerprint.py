@@ -19,8 +19,10 @@ import os
 import re
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
-from hf_spectral.sources.types import Checkpoint
+if TYPE_CHECKING:  # only duck-typed at run time: types.py imports this module
+    from hf_spectral.sources.types import Checkpoint
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
@@ -66,9 +68,53 @@ def _hub_blob_name(path: Path) -> str | None:
     return None
 
 
-def checkpoint_fingerprint(ckpt: Checkpoint) -> str:
+def checkpoint_fingerprint(ckpt: "Checkpoint") -> str:
     """sha256 hex over (component, sorted file digests) of every part, parts sorted by component."""
     entries = sorted(
         (part.component, sorted(file_digest(f) for f in part.reader.files)) for part in ckpt.parts
     )
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
+def identity_keys(checkpoints: Sequence["Checkpoint"]) -> list[str]:
+    """A key per checkpoint, equal exactly when their weight files are identical.
+
+    ``Checkpoint.fingerprint()`` hashes every byte of files outside the Hub cache, which for a long
+    run of a large model costs minutes on every call. Identical files have identical sizes and
+    sampled blocks, so only checkpoints that agree on those are fingerprinted in full.
+    """
+    quick = [_sampled_signature(c) for c in checkpoints]
+    counts: dict[str, int] = {}
+    for signature in quick:
+        counts[signature] = counts.get(signature, 0) + 1
+    keys = []
+    for checkpoint, signature in zip(checkpoints, quick):
+        if counts[signature] > 1:
+            checkpoint.meta["fingerprint"] = checkpoint.fingerprint()
+            keys.append(checkpoint.meta["fingerprint"])
+        else:
+            keys.append(f"sampled:{signature}")
+    return keys
+
+
+_SAMPLES, _BLOCK = 16, 1 << 16
+
+
+def _sampled_signature(checkpoint: "Checkpoint") -> str:
+    """sha256 over each part's files: size and 16 blocks of 64 KiB spread over the file."""
+    digest = hashlib.sha256()
+    for part in sorted(checkpoint.parts, key=lambda p: p.component):
+        files = []
+        for file in part.reader.files:
+            size = os.path.getsize(file)
+            h = hashlib.sha256(str(size).encode())
+            with open(file, "rb") as handle:
+                if size <= _SAMPLES * _BLOCK:
+                    h.update(handle.read())
+                else:
+                    for i in range(_SAMPLES):
+                        handle.seek(i * (size - _BLOCK) // (_SAMPLES - 1))
+                        h.update(handle.read(_BLOCK))
+            files.append(h.hexdigest())
+        digest.update(json.dumps([part.component, sorted(files)]).encode())
+    return digest.hexdigest()

@@ -19,8 +19,12 @@ The cache folder is ``cache_dir``, else ``HF_HUB_CACHE`` / ``HUGGINGFACE_HUB_CAC
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import re
+import warnings
 from pathlib import Path
+from typing import Sequence
 
 from huggingface_hub import constants, snapshot_download
 from huggingface_hub.errors import (
@@ -43,12 +47,16 @@ from hf_spectral.sources.layout import (
     pipeline_components,
     weight_sets,
 )
-from hf_spectral.sources.resolve import open_checkpoint
+from hf_spectral.sources.local import open_checkpoint
 from hf_spectral.sources.types import Checkpoint
+from hf_spectral.views.naming import natural_key
 
 ANY = "*"  # stage marker: every variant
 _FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".h5", ".msgpack", ".gguf", ".onnx")
 _TRUE = {"1", "ON", "YES", "TRUE"}
+_GLOB = re.compile(r"[*?\[]")
+# Pythia-style revision names carry the step: "step1000", "step-1000", "checkpoint_500".
+_STEP_IN_NAME = re.compile(r"(?:^|[-_/])(?:step|checkpoint|ckpt)[-_]?(\d+)$", re.IGNORECASE)
 
 
 def hub_cache_dir() -> Path:
@@ -61,6 +69,9 @@ def hub_cache_dir() -> Path:
     if os.environ.get("XDG_CACHE_HOME"):
         return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "huggingface" / "hub"
     return Path(constants.HF_HUB_CACHE)
+
+
+_default_hub_cache = hub_cache_dir  # for functions whose ``hub_cache_dir`` argument shadows the name
 
 
 def is_offline() -> bool:
@@ -227,3 +238,73 @@ def _not_cached_message(repo_id: str, rev: str, cache: Path, offline: bool, sour
 def _download_command(repo_id: str, rev: str) -> str:
     # huggingface_hub 1.x/2.x ships the `hf` CLI (the old `huggingface-cli` is gone).
     return f"hf download {repo_id} --revision {rev}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Revisions (refs) of a Hub repo
+
+
+def expand_revisions(repo_id: str, revisions: str | Sequence[str], *,
+                     hub_cache_dir: str | os.PathLike | None = None) -> list[str]:
+    """Revision names: a comma-separated string or a list; globs (``step*``) are matched against
+    the repo's branches and tags (online) or the refs cached locally (offline). Order: as given,
+    each glob's matches in natural order (``step2`` before ``step10``)."""
+    items = revisions.split(",") if isinstance(revisions, str) else [str(r) for r in revisions]
+    requested = [r.strip() for r in items if r.strip()]
+    if not requested:
+        raise SpectralError(
+            f"--revisions for {repo_id} is empty: pass names such as step1000,step2000 or a glob 'step*'")
+    available: list[str] | None = None
+    names: list[str] = []
+    for pattern in requested:
+        if not _GLOB.search(pattern):
+            names.append(pattern)
+            continue
+        if available is None:
+            available = list_revisions(repo_id, hub_cache_dir=hub_cache_dir)
+        matched = sorted((r for r in available if fnmatch.fnmatchcase(r, pattern)), key=natural_key)
+        if not matched:
+            shown = ", ".join(sorted(available, key=natural_key)[:8]) or "none"
+            raise SpectralError(f"no revision of {repo_id} matches {pattern!r} (refs: {shown}); fix the pattern")
+        names += matched
+    return list(dict.fromkeys(names))
+
+
+def list_revisions(repo_id: str, *, hub_cache_dir: str | os.PathLike | None = None) -> list[str]:
+    """Branch and tag names of a Hub repo: asked of the Hub online, read from the local cache offline
+    (or when the Hub cannot be reached)."""
+    if not is_offline():
+        from huggingface_hub import list_repo_refs
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+        try:
+            refs = list_repo_refs(repo_id)
+            return [ref.name for ref in [*refs.branches, *refs.tags]]
+        except GatedRepoError as exc:
+            raise gated_error(repo_id) from exc
+        except RepositoryNotFoundError as exc:
+            raise SpectralError(f"no Hub model {repo_id} (or it is private: `hf auth login`)") from exc
+        except Exception as exc:  # network failures come as several exception types; the cache may still do
+            warnings.warn(f"cannot list the revisions of {repo_id} on the Hub ({type(exc).__name__}); "
+                          "using the refs cached locally", stacklevel=3)
+    return cached_revisions(repo_id, hub_cache_dir=hub_cache_dir)
+
+
+def cached_revisions(repo_id: str, *, hub_cache_dir: str | os.PathLike | None = None) -> list[str]:
+    """Branch and tag names cached under ``models--org--name/refs/`` of the Hub cache."""
+    cache = Path(hub_cache_dir).expanduser() if hub_cache_dir is not None else _default_hub_cache()
+    refs = cache / f"models--{repo_id.replace('/', '--')}" / "refs"
+    if not refs.is_dir():
+        raise SpectralError(
+            f"no revision of Hub model {repo_id} is in the cache {cache}, so its revisions cannot be listed: "
+            f"unset HF_HUB_OFFLINE (and check the connection), or run `hf download {repo_id} --revision REV` "
+            "for each revision"
+        )
+    # Ref names may hold slashes ("refs/pr/1" is stored as refs/refs/pr/1): a file per ref, nested.
+    return sorted((p.relative_to(refs).as_posix() for p in refs.rglob("*") if p.is_file()), key=natural_key)
+
+
+def step_from_name(name: str) -> int | None:
+    """The step a revision or folder name carries (``step1000`` → 1000), else None."""
+    match = _STEP_IN_NAME.search(name)
+    return int(match.group(1)) if match else None

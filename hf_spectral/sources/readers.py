@@ -15,40 +15,7 @@ from safetensors import SafetensorError, safe_open
 
 from hf_spectral.errors import SpectralError
 from hf_spectral.sources.layout import index_weight_map
-from hf_spectral.tensor_info import TensorInfo
-
-# torch dtype -> safetensors code, so that ``.bin`` tensors are described in one vocabulary.
-TORCH_TO_CODE: dict[torch.dtype, str] = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-    torch.complex64: "C64",
-}
-for _name, _code in [
-    ("float8_e4m3fn", "F8_E4M3"),
-    ("float8_e5m2", "F8_E5M2"),
-    ("float8_e4m3fnuz", "F8_E4M3FNUZ"),
-    ("float8_e5m2fnuz", "F8_E5M2FNUZ"),
-    ("float8_e8m0fnu", "F8_E8M0"),
-    ("uint16", "U16"),
-    ("uint32", "U32"),
-    ("uint64", "U64"),
-]:
-    if hasattr(torch, _name):  # newer dtypes only exist in newer torch
-        TORCH_TO_CODE[getattr(torch, _name)] = _code
-
-
-def dtype_code(dtype: torch.dtype) -> str:
-    """The safetensors code of a torch dtype (``torch.float32`` -> ``"F32"``)."""
-    return TORCH_TO_CODE.get(dtype, str(dtype).removeprefix("torch.").upper())
-
+from hf_spectral.tensor_info import TensorInfo, dtype_code
 
 def _bad_file(path: Path, error: Exception) -> SpectralError:
     # the library's first sentence, capped: the message must stay one short line

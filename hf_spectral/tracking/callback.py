@@ -16,7 +16,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -26,13 +25,13 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from hf_spectral.engine import AnalysisOptions, launched_processes, process_state
 from hf_spectral.errors import SpectralError
+from hf_spectral.store import RECORD_FOLDER
 from hf_spectral.tracking.recorder import Recorder, _broadcast
 from hf_spectral.tracking.schedule import OverheadBudget, Schedule, ScheduleSpec
 from hf_spectral.tracking.sharding import sharded_kind
 
 logger = logging.getLogger("hf_spectral.tracking")
 
-RECORD_FOLDER = "spectral"  # default record: <TrainingArguments.output_dir>/spectral
 
 
 class SpectralCallback(TrainerCallback):
@@ -71,8 +70,6 @@ class SpectralCallback(TrainerCallback):
         self.schedule = Schedule.parse(schedule)
         self.max_overhead = max_overhead
         self.budget = OverheadBudget(max_overhead) if max_overhead is not None else None  # validates it
-        check_patterns(include, "include")
-        check_patterns(exclude, "exclude")
         options = AnalysisOptions(include=include, exclude=exclude, top_k=top_k, device=device,
                                   precision=precision, alignment=alignment, progress=False)
         self.output_dir = Path(output_dir) if output_dir is not None else None
@@ -225,18 +222,6 @@ class SpectralCallback(TrainerCallback):
                 )
             except Exception as exc:  # a logger's failure must not stop training either
                 logger.warning("hf_spectral: %s could not log the spectral scalars: %s", type(callback).__name__, exc)
-
-
-def check_patterns(patterns: str | Sequence[str] | None, what: str) -> None:
-    """Fail at construction on a regex that does not compile (a one-line ``SpectralError``)."""
-    if patterns is None:
-        return
-    for pattern in [patterns] if isinstance(patterns, str) else list(patterns):
-        try:
-            re.compile(pattern)
-        except (re.error, TypeError) as exc:
-            raise SpectralError(f"SpectralCallback {what}={pattern!r} is not a valid regular expression ({exc}); "
-                                "fix the pattern") from None
 
 
 def _steps_text(steps: list[int], shown: int = 12) -> str:

@@ -31,12 +31,11 @@ from torch import nn
 
 from hf_spectral.engine import AnalysisOptions, analyze_checkpoint, analyze_model, plan_model, process_state
 from hf_spectral.errors import SpectralError
-from hf_spectral.store import META_FILE, Snapshot, atomic_file, is_snapshot, json_default, read_snapshot, write_snapshot
+from hf_spectral.store import LOG_HISTORY_FILE, META_FILE, Snapshot, atomic_file, is_snapshot, json_default, read_snapshot, write_snapshot
 from hf_spectral.tracking.scalars import LAYER_FAMILIES, PREFIX, live_scalars, measure_scalars
 
 logger = logging.getLogger("hf_spectral.tracking")
 
-LOG_HISTORY_FILE = "log_history.json"
 CHECKPOINT_SUMMARY = "spectral"  # <checkpoint-N>/spectral/: the checkpoint's own spectra (no vectors)
 _SNAPSHOT_NAME = re.compile(r"^step-(\d+)$")
 _LEFTOVER = re.compile(r"^\.step-\d+\.(tmp|old)-[0-9a-f]+$")  # write_snapshot's temporaries after a crash
@@ -127,10 +126,14 @@ class Recorder:
                           meta: Mapping[str, Any] | None = None) -> dict[str, float] | None:
         """Snapshot a saved checkpoint folder at ``step`` (for sharded models, whose live
         parameters are slices). Same returns as ``record``."""
-        from hf_spectral.sources import resolve
+        from hf_spectral.sources import SourceKind, classify, open_source
 
         def snapshot() -> Snapshot:
-            resolved = resolve(str(checkpoint))
+            found = classify(checkpoint)
+            if found.kind is not SourceKind.CHECKPOINT:
+                raise SpectralError(f"{checkpoint} is a {found.kind.value}, not one checkpoint: pass the folder "
+                                    "that save_pretrained / Trainer wrote for this step")
+            resolved = open_source(found)
             try:
                 result = analyze_checkpoint(resolved[0], self.options)
             finally:

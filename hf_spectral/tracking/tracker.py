@@ -23,7 +23,8 @@ from torch import nn
 
 from hf_spectral.engine import AnalysisOptions
 from hf_spectral.errors import SpectralError
-from hf_spectral.tracking.recorder import LOG_HISTORY_FILE, Recorder
+from hf_spectral.store import LOG_HISTORY_FILE
+from hf_spectral.tracking.recorder import Recorder
 from hf_spectral.tracking.schedule import Schedule, ScheduleSpec
 from hf_spectral.tracking.sharding import sharded_kind
 
@@ -58,11 +59,7 @@ class SpectralTracker:
         extra_measures: Mapping[str, Callable[[nn.Module], Mapping[str, float]]] | None = None,
         accelerator: Any = None,
     ) -> None:
-        from hf_spectral.tracking.callback import check_patterns
-
         self.schedule = Schedule.parse(schedule)
-        check_patterns(include, "include")
-        check_patterns(exclude, "exclude")
         self.output_dir = Path(output_dir)
         self.max_steps = max_steps
         self.accelerator = accelerator

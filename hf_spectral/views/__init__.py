@@ -2,9 +2,10 @@
 
 from hf_spectral.views.build import build_matrix
 from hf_spectral.views.modules import config_from_model, module_types_from_config, module_types_from_model
-from hf_spectral.views.pairs import alignment_pairs
-from hf_spectral.views.plan import plan_matrices, select
-from hf_spectral.views.registry import natural_key, rules_for
+from hf_spectral.views.alignment import alignment_pairs
+from hf_spectral.views.naming import natural_key
+from hf_spectral.views.plan import compile_patterns, plan_matrices, select
+from hf_spectral.views.registry import rules_for
 from hf_spectral.views.types import AlignmentPair, MatrixSlice, MatrixSpec, SkippedTensor
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "SkippedTensor",
     "alignment_pairs",
     "build_matrix",
+    "compile_patterns",
     "config_from_model",
     "module_types_from_config",
     "module_types_from_model",

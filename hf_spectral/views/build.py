@@ -15,10 +15,9 @@ def build_matrix(spec: MatrixSpec, read: Reader) -> torch.Tensor:
     swaps a transposed conv's first two axes, flattens convs to (out, in·∏k).
     """
     parts = [read(name) for name in spec.tensors]
-    composed = spec.extra.get("composed")
-    if composed == "prune":
+    if spec.composed == "prune":
         w = parts[0] * parts[1].to(parts[0].dtype)
-    elif composed == "weight_norm":
+    elif spec.composed == "weight_norm":
         w = weight_norm(parts[0], parts[1])
     else:
         w = parts[0]
@@ -27,7 +26,7 @@ def build_matrix(spec: MatrixSpec, read: Reader) -> torch.Tensor:
             f"{spec.name}: stored shape {tuple(w.shape)} differs from the planned {tuple(spec.tensor_shape)}; "
             "plan the matrices again for this checkpoint"
         )
-    if spec.kind == "conv1d_hf" or spec.extra.get("transposed"):
+    if spec.kind == "conv1d_hf" or spec.transposed:
         w = w.t()
     elif spec.kind == "conv_transpose":
         w = w.transpose(0, 1)

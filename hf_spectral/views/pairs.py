@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
-from hf_spectral.views.types import AlignmentPair, MatrixSlice, MatrixSpec
+from hf_spectral.views.naming import natural_key
+from hf_spectral.views.types import AlignmentMode, AlignmentPair, MatrixSlice, MatrixSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from hf_spectral.views.registry import Rules
@@ -21,25 +22,6 @@ if TYPE_CHECKING:  # pragma: no cover
 Range = tuple[int, int]
 CONV_KINDS = ("conv", "conv_transpose")
 LSTM_KINDS = ("lstm_ih", "lstm_hh")
-
-
-def alignment_pairs(specs: Sequence[MatrixSpec], *, config: Mapping[str, Any] | None) -> list[AlignmentPair]:
-    """The alignment pairs among ``specs`` (planned matrices, in model order) for the model ``config`` describes."""
-    from hf_spectral.views.registry import rules_for
-
-    rules = rules_for(config)
-    specs = list(specs)
-    pairs = rules.pairing.pairs(specs, rules)
-    if not pairs and not isinstance(rules.pairing, Sequential):
-        pairs = Sequential().pairs(specs, rules)  # names did not follow the family's grammar
-    seen: set[tuple[Any, ...]] = set()
-    out = []
-    for pair in pairs:
-        key = (pair.prev, pair.next, pair.mode)
-        if key not in seen:
-            seen.add(key)
-            out.append(pair)
-    return out
 
 
 class Rule(Protocol):
@@ -50,30 +32,31 @@ class Rule(Protocol):
 
 
 def connect(prev: MatrixSpec, nxt: MatrixSpec, *, prev_rows: Range | None = None, next_cols: Range | None = None,
-            prev_tag: str = "", next_tag: str = "", extra: Mapping[str, Any] | None = None) -> AlignmentPair | None:
+            prev_tag: str = "", next_tag: str = "", gate: str | None = None) -> AlignmentPair | None:
     """prev's output space → next's input space, when their dimensions agree; the mode follows the kinds:
     an embedding (vocab, d) offers its d side (``in_in``), a conv consumer is compared at its kernel centre
-    (``conv_centre``), anything else ``out_in``."""
+    (``conv_centre``), anything else ``out_in``. ``gate``: prev's rows are that gate of a stacked recurrent matrix."""
     out_dim = _len(prev_rows) if prev_rows else prev.shape[0]
     in_cols = _len(next_cols) if next_cols else nxt.shape[1]
-    facts: dict[str, Any] = dict(extra or {})
+    kernel: tuple[int, ...] | None = None
+    mode: AlignmentMode
     if prev.kind == "embedding" and prev_rows is None:
         if nxt.kind in CONV_KINDS or prev.shape[1] != in_cols:
             return None
         mode = "in_in"
     elif nxt.kind in CONV_KINDS:
-        kernel = tuple(nxt.extra.get("kernel_size", ()))
+        kernel = tuple(nxt.kernel_size or ())
         k = math.prod(kernel) if kernel else 1
         if in_cols % k or in_cols // k != out_dim:
             return None
         mode = "conv_centre"
-        facts["kernel_size"] = kernel
     elif out_dim != in_cols:
         return None
     else:
         mode = "out_in"
     label = f"{_short(prev.name)}{prev_tag} → {_short(nxt.name)}{next_tag}"
-    return AlignmentPair(MatrixSlice(prev.name, rows=prev_rows), MatrixSlice(nxt.name, cols=next_cols), mode, label, facts)
+    return AlignmentPair(MatrixSlice(prev.name, rows=prev_rows), MatrixSlice(nxt.name, cols=next_cols), mode, label,
+                         gate=gate, kernel_size=kernel)
 
 
 def qk_pair(q: MatrixSpec, k: MatrixSpec, q_rows: Range | None, k_rows: Range | None, heads: int | None,
@@ -150,7 +133,7 @@ class Sequential:
                 for nxt in inputs:
                     cols = _direction_cols(nxt, rows, direction, n_dirs)
                     _add(out, connect(prev, nxt, prev_rows=rows, next_cols=cols, prev_tag="[g]" if rows else "",
-                                      next_tag=_dir_tag(cols, direction), extra=_G if rows else None))
+                                      next_tag=_dir_tag(cols, direction), gate=_G if rows else None))
             prev_outputs = outputs
         return out
 
@@ -168,10 +151,10 @@ def _units(specs: list[MatrixSpec]) -> list[list[MatrixSpec]]:
 
 
 def _lstm_module(spec: MatrixSpec) -> str | None:
-    return spec.name.rpartition(".")[0] if spec.kind in LSTM_KINDS and "layer" in spec.extra else None
+    return spec.name.rpartition(".")[0] if spec.kind in LSTM_KINDS and spec.layer is not None else None
 
 
-_G = {"gate": "g"}  # prev rows are the g gate's block of the stacked (i, f, g, o) matrix
+_G = "g"  # prev rows are the g gate's block of the stacked (i, f, g, o) matrix
 _Output = tuple[MatrixSpec, "Range | None", "int | None", int]  # spec, row slice, direction, number of directions
 
 
@@ -179,13 +162,13 @@ def _lstm_pairs(unit: list[MatrixSpec], out: list[AlignmentPair]) -> tuple[list[
     """Pairs inside one LSTM stack; returns (first-layer inputs, last-layer outputs as g-gate row slices)."""
     cells: dict[tuple[int, int], dict[str, MatrixSpec]] = {}  # (layer, direction) -> {"ih": spec, "hh": spec}
     for spec in unit:
-        direction = 1 if spec.extra.get("direction") == "reverse" else 0
-        cells.setdefault((int(spec.extra["layer"]), direction), {})[spec.kind[-2:]] = spec
+        direction = 1 if spec.direction == "reverse" else 0
+        cells.setdefault((int(spec.layer or 0), direction), {})[spec.kind[-2:]] = spec
     layers = sorted({layer for layer, _ in cells})
     n_dirs = len({d for _, d in cells})
 
     def g_rows(spec: MatrixSpec) -> Range:
-        h = int(spec.extra.get("hidden_size", spec.shape[0] // 4))
+        h = int(spec.hidden_size or spec.shape[0] // 4)
         return (2 * h, 3 * h)  # gate order i, f, g, o: the paper reports the "g" (cell input) gate
 
     def outputs(layer: int) -> list[_Output]:
@@ -194,14 +177,14 @@ def _lstm_pairs(unit: list[MatrixSpec], out: list[AlignmentPair]) -> tuple[list[
 
     for (layer, d), cell in sorted(cells.items()):
         if "ih" in cell and "hh" in cell:
-            _add(out, connect(cell["ih"], cell["hh"], prev_rows=g_rows(cell["ih"]), prev_tag="[g]", extra=_G))
+            _add(out, connect(cell["ih"], cell["hh"], prev_rows=g_rows(cell["ih"]), prev_tag="[g]", gate=_G))
     for layer, nxt_layer in zip(layers, layers[1:]):
         for prev, rows, d, nd in outputs(layer):
             for (lay, _), cell in sorted(cells.items()):
                 if lay == nxt_layer and "ih" in cell:
                     cols = _direction_cols(cell["ih"], rows, d, nd)
                     _add(out, connect(prev, cell["ih"], prev_rows=rows, next_cols=cols, prev_tag="[g]",
-                                      next_tag=_dir_tag(cols, d), extra=_G))
+                                      next_tag=_dir_tag(cols, d), gate=_G))
     first = [cell["ih"] for (lay, _), cell in sorted(cells.items()) if lay == layers[0] and "ih" in cell]
     return first, outputs(layers[-1])
 
@@ -277,11 +260,11 @@ class Transformer:
         o = roles.get("o")
         if "qkv" in roles:
             qkv = roles["qkv"]
-            split = qkv.extra.get("qkv_split")
+            split = qkv.qkv_split
             if split:
                 q_r, k_r, v_r = split["q"], split["k"], split["v"]
                 if len(q_r) == 1:  # [Q; K; V] blocks
-                    _add(out, qk_pair(qkv, qkv, q_r[0], k_r[0], qkv.extra.get("num_heads")))
+                    _add(out, qk_pair(qkv, qkv, q_r[0], k_r[0], qkv.num_heads))
                     if o is not None and len(v_r) == 1:
                         _add(out, connect(qkv, o, prev_rows=v_r[0], prev_tag="[V]"))
                 else:  # heads interleaved: one pair per head; head h's V feeds O's h-th column block
@@ -362,8 +345,6 @@ class ConvPath:
 
     def _walk(self, specs: list[MatrixSpec]) -> list[MatrixSpec]:
         """The matrices along the path: stage by stage, block index, member order, natural name order."""
-        from hf_spectral.views.registry import natural_key
-
         path: list[MatrixSpec] = []
         for stage in self.path:
             items: list[tuple[int, int, tuple[Any, ...], MatrixSpec]] = []
@@ -387,7 +368,7 @@ class ConvPath:
     @staticmethod
     def _concat(prev: MatrixSpec | None, skip: MatrixSpec, spec: MatrixSpec, out: list[AlignmentPair]) -> None:
         """``spec`` reads torch.cat([hidden, skip], dim=1): hidden channels first, then the skip's."""
-        kernel = tuple(spec.extra.get("kernel_size", ()))
+        kernel = tuple(spec.kernel_size or ())
         k = math.prod(kernel) if kernel else 1
         in_ch = spec.shape[1] // k
         hidden = in_ch - skip.shape[0]

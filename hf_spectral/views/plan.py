@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Collection, Mapping, Sequence
 
@@ -103,8 +104,8 @@ def select(
     ``strict``: raise ``SpectralError`` when patterns were given and no matrix is left (the engine can
     pass False per model part and check the union itself).
     """
-    inc = _compile_all(include, "include")
-    exc = _compile_all(exclude, "exclude")
+    inc = compile_patterns(include, "include")
+    exc = compile_patterns(exclude, "exclude")
     if not inc and not exc:
         return list(specs), list(skipped)
 
@@ -119,7 +120,10 @@ def select(
     return kept, [s for s in skipped if keep(s.name)]
 
 
-def _compile_all(patterns: Patterns, what: str) -> list[re.Pattern[str]]:
+def compile_patterns(patterns: Patterns, what: str) -> list[re.Pattern[str]]:
+    """The ``include`` / ``exclude`` regexes compiled; one that does not compile is a one-line
+    ``SpectralError`` (``AnalysisOptions`` calls this at construction, so the callback, the tracker
+    and the CLI all fail before any work)."""
     if patterns is None:
         return []
     if isinstance(patterns, str):
@@ -128,8 +132,9 @@ def _compile_all(patterns: Patterns, what: str) -> list[re.Pattern[str]]:
     for p in patterns:
         try:
             out.append(re.compile(p))
-        except re.error as err:
-            raise SpectralError(f"--{what} {p!r} is not a valid regular expression ({err}); fix the pattern") from None
+        except (re.error, TypeError) as err:
+            raise SpectralError(f"--{what} / {what}= {p!r} is not a valid regular expression ({err}); "
+                                "fix the pattern") from None
     return out
 
 
@@ -222,45 +227,45 @@ def _plan_one(item: _Candidate, cls: str | None, is_buffer: bool, rules: Rules,
         return SkippedTensor(item.name, shape, t.dtype, "buffer (not a trained parameter)")
     if not t.is_float:
         return SkippedTensor(item.name, shape, t.dtype, f"integer/quantized dtype {t.dtype}: not a float weight")
-    extra: dict[str, Any] = {"composed": item.composed} if item.composed else {}
+    facts: dict[str, Any] = {"composed": item.composed} if item.composed else {}  # MatrixSpec fields
     if cls is not None:
-        view = _by_module(item.name, shape, cls, extra)
+        view = _by_module(item.name, shape, cls, facts)
     else:
-        view = _by_rules(item.name, shape, rules, shapes, extra)
+        view = _by_rules(item.name, shape, rules, shapes, facts)
     if isinstance(view, str):
         return SkippedTensor(item.name, shape, t.dtype, view)
     kind, rc, how = view
     if kind in ("linear", "matrix", "conv1d_hf") and rules.is_fused_qkv(item.name):
         kind = "fused_qkv"
-        extra.update(_qkv_extra(item.name, rc, rules))
+        facts.update(_qkv_facts(item.name, rc, rules))
         how = "module" if cls is not None else "registry"
     return MatrixSpec(
         name=item.name, kind=kind, tensors=tuple(p.name for p in item.parts), tensor_shape=shape,
-        shape=(int(rc[0]), int(rc[1])), dtype=t.dtype, view=how, extra=extra,
+        shape=(int(rc[0]), int(rc[1])), dtype=t.dtype, view=how, **facts,
     )
 
 
 _View = tuple[str, tuple[int, ...], str] | str  # (kind, (rows, cols), view) or the reason to skip
 
 
-def _by_module(name: str, shape: tuple[int, ...], cls: str, extra: dict[str, Any]) -> _View:
+def _by_module(name: str, shape: tuple[int, ...], cls: str, facts: dict[str, Any]) -> _View:
     """Orientation from the owning module's class."""
     two_d = len(shape) == 2
     if "Norm" in cls:
         return f"normalization parameter of {cls}"
     if cls == "Conv1D" and two_d:  # HF GPT-2 family: stored (in, out)
-        extra["transposed"] = True
+        facts["transposed"] = True
         return "conv1d_hf", (shape[1], shape[0]), "module"
     if cls in _LINEAR and two_d:
         return "linear", shape, "module"
     if cls in _CONV and len(shape) >= 3:
-        return "conv", _conv_shape(shape, extra), "module"
+        return "conv", _conv_shape(shape, facts), "module"
     if cls in _CONV_T and len(shape) >= 3:  # stored (in, out, *k)
-        return "conv_transpose", _conv_shape((shape[1], shape[0], *shape[2:]), extra), "module"
+        return "conv_transpose", _conv_shape((shape[1], shape[0], *shape[2:]), facts), "module"
     if cls in _EMBEDDING and two_d:
         return "embedding", shape, "module"
     if cls in _RNN_GATES and _RNN_NAME.search(name) and two_d:
-        kind, rc = _rnn(name, shape, _RNN_GATES[cls], extra)
+        kind, rc = _rnn(name, shape, _RNN_GATES[cls], facts)
         return kind, rc, "module"
     if cls == "MultiheadAttention" and two_d:
         return "linear", shape, "module"  # in_proj_weight is marked fused by the registry; q/k/v_proj_weight plain
@@ -268,24 +273,24 @@ def _by_module(name: str, shape: tuple[int, ...], cls: str, extra: dict[str, Any
 
 
 def _by_rules(name: str, shape: tuple[int, ...], rules: Rules, shapes: Mapping[str, tuple[int, ...]],
-              extra: dict[str, Any]) -> _View:
+              facts: dict[str, Any]) -> _View:
     """Module unknown: the registry's rules for the model type, else the generic defaults."""
     two_d = len(shape) == 2
     if rules.is_bare(name):
         return _bare(name, shape, "", "registry")
     if _RNN_NAME.search(name) and two_d:  # torch's own parameter names for LSTM/GRU/RNN
-        kind, rc = _rnn(name, shape, _gates_from_hh(name, shapes), extra)
+        kind, rc = _rnn(name, shape, _gates_from_hh(name, shapes), facts)
         return kind, rc, "default"
     if rules.is_conv1d(name) and two_d:
-        extra["transposed"] = True
+        facts["transposed"] = True
         return "conv1d_hf", (shape[1], shape[0]), "registry"
     if rules.is_embedding(name) and two_d:
         return "embedding", shape, "registry"
     if rules.complete:  # the family's other weights are all Linear layers and plain convolutions
-        return ("linear", shape, "registry") if two_d else ("conv", _conv_shape(shape, extra), "registry")
+        return ("linear", shape, "registry") if two_d else ("conv", _conv_shape(shape, facts), "registry")
     if two_d:
         return "matrix", shape, "default"
-    return "conv", _conv_shape(shape, extra), "default"  # documented assumption: a plain, not transposed, conv
+    return "conv", _conv_shape(shape, facts), "default"  # documented assumption: a plain, not transposed, conv
 
 
 def _bare(name: str, shape: tuple[int, ...], where: str, view: str) -> _View:
@@ -307,27 +312,27 @@ def _squeeze(shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape[i:]
 
 
-def _conv_shape(shape: tuple[int, ...], extra: dict[str, Any]) -> tuple[int, int]:
+def _conv_shape(shape: tuple[int, ...], facts: dict[str, Any]) -> tuple[int, int]:
     """(out, in, *k) → (out, in·∏k) (paper-notes §1)."""
-    extra["kernel_size"] = tuple(int(k) for k in shape[2:])
-    extra["in_channels"] = int(shape[1])
+    facts["kernel_size"] = tuple(int(k) for k in shape[2:])
+    facts["in_channels"] = int(shape[1])
     return shape[0], math.prod(shape[1:])
 
 
-def _rnn(name: str, shape: tuple[int, ...], gates: str | None, extra: dict[str, Any]) -> tuple[str, tuple[int, int]]:
+def _rnn(name: str, shape: tuple[int, ...], gates: str | None, facts: dict[str, Any]) -> tuple[str, tuple[int, int]]:
     m = _RNN_NAME.search(name)
     assert m is not None
     if m["which"] == "hr":
         return "linear", shape  # LSTM projection (proj_size)
-    extra["layer"] = int(m["layer"])
-    extra["direction"] = "reverse" if m["rev"] else "forward"
+    facts["layer"] = int(m["layer"])
+    facts["direction"] = "reverse" if m["rev"] else "forward"
     if gates == "ifgo":
-        extra["gates"] = gates
-        extra["hidden_size"] = shape[0] // 4
+        facts["gates"] = gates
+        facts["hidden_size"] = shape[0] // 4
         return ("lstm_ih" if m["which"] == "ih" else "lstm_hh"), shape
     if gates:
-        extra["gates"] = gates
-        extra["hidden_size"] = shape[0] // len(gates)
+        facts["gates"] = gates
+        facts["hidden_size"] = shape[0] // len(gates)
     return "matrix", shape
 
 
@@ -339,7 +344,7 @@ def _gates_from_hh(name: str, shapes: Mapping[str, tuple[int, ...]]) -> str | No
     return {4: "ifgo", 3: "rzn", 1: ""}.get(hh[0] // hh[1])
 
 
-def _qkv_extra(name: str, rc: tuple[int, int], rules: Rules) -> dict[str, Any]:
+def _qkv_facts(name: str, rc: tuple[int, int], rules: Rules) -> dict[str, Any]:
     """num_heads, head_dim and the row ranges of Q, K, V (``qkv_split``: name → tuple of ranges whose
     concatenation is that projection; one range each for [Q; K; V] blocks, one per head when interleaved)."""
     rows, width = rc
@@ -378,4 +383,4 @@ def _prefixed(s: SkippedTensor, prefix: str) -> SkippedTensor:
 def _with_name(spec: MatrixSpec, name: str) -> MatrixSpec:
     if name == spec.name:
         return spec
-    return MatrixSpec(name, spec.kind, spec.tensors, spec.tensor_shape, spec.shape, spec.dtype, spec.view, dict(spec.extra))
+    return dataclasses.replace(spec, name=name)

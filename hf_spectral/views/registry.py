@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Mapping
 
+from hf_spectral.views.naming import natural_key
 from hf_spectral.views.pairs import ConvPath, Rule, Sequential, Stage, Transformer
 
 
@@ -387,11 +388,6 @@ def rules_for(config: Mapping[str, Any] | None) -> Rules:
     cfg = dict(config or {})
     key = cfg.get("model_type") or cfg.get("_class_name")
     return Rules(_BY_KEY.get(str(key), GENERIC) if key else GENERIC, cfg)
-
-
-def natural_key(name: str) -> tuple[Any, ...]:
-    """Sort key comparing digit runs as numbers: ``h.2`` before ``h.10``."""
-    return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name)))
 
 
 _RANKS: dict[str, dict[str, tuple[int, int, int]]] = {}

@@ -18,11 +18,8 @@ reported; revisions that cannot be read are reported and skipped.
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
 import json
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,23 +28,18 @@ from typing import Any, Sequence
 from hf_spectral.analyzer import analyze_resolved_series
 from hf_spectral.dynamics.compute import compute_dynamics
 from hf_spectral.dynamics.types import Dynamics
-from hf_spectral.engine import AnalysisOptions
+from hf_spectral.engine import AnalysisOptions, checkpoint_meta
 from hf_spectral.errors import SpectralError
-from hf_spectral.sources import resolve
-from hf_spectral.sources.resolve import run_checkpoints
+from hf_spectral.sources.classify import ClassifiedSource, Revisions, SourceKind, SourceLike, classify
+from hf_spectral.sources.fingerprint import identity_keys
+from hf_spectral.sources.hub import expand_revisions, resolve_hub, step_from_name
+from hf_spectral.sources.resolve import open_source
 from hf_spectral.sources.types import Checkpoint
-from hf_spectral.store import Snapshot, is_snapshot, iter_snapshots, read_snapshot
-from hf_spectral.views import natural_key
+from hf_spectral.store import LOG_HISTORY_FILE, Snapshot, read_snapshot
 
-LOG_HISTORY_FILE = "log_history.json"
 TRAINER_STATE_FILE = "trainer_state.json"
 DEFAULT_CACHE = "spectral_cache"  # inside a Trainer run folder
-_GLOB = re.compile(r"[*?\[]")
-# Pythia-style revision names carry the step: "step1000", "step-1000", "checkpoint_500".
-_STEP_IN_NAME = re.compile(r"(?:^|[-_/])(?:step|checkpoint|ckpt)[-_]?(\d+)$", re.IGNORECASE)
 
-Source = str | os.PathLike
-Revisions = str | Sequence[str] | None
 
 
 @dataclass
@@ -74,7 +66,7 @@ class _Series:
 
 
 def load_series(
-    source: Source | Sequence[Source],
+    source: SourceLike | Sequence[SourceLike],
     *,
     revisions: Revisions = None,
     cache_dir: str | os.PathLike | None = None,
@@ -93,16 +85,13 @@ def load_series(
     """
     options = {"top_k": top_k, "alignment": alignment, **analysis_options}
     AnalysisOptions(**options)  # bad options fail before anything is resolved
-    items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
-    if not items:
-        raise SpectralError("empty series: pass a callback record, a Trainer run, checkpoints or a Hub model id")
-    if revisions is not None and len(items) != 1:
-        raise SpectralError("--revisions applies to one Hub model id; pass a single SOURCE with --revisions")
-    series = _Series(sources=[str(item) for item in items])
+    found = classify(source, revisions=revisions)
+    items = found.items if found.kind is SourceKind.CHECKPOINTS else (found,)
+    series = _Series(sources=[item.source for item in items])
     user_cache = Path(cache_dir) if cache_dir is not None else None
     entries: list[Snapshot | _Pending] = []
     for item in items:
-        entries += _entries(item, revisions, user_cache, variant, hub_cache_dir, series)
+        entries += _entries(item, user_cache, variant, hub_cache_dir, series)
     if not entries:
         raise SpectralError(f"{', '.join(series.sources)}: no snapshot or checkpoint found")
     snapshots = _analyze(entries, options, series)
@@ -117,26 +106,20 @@ def load_series(
 # What each SOURCE holds
 
 
-def _entries(item: Source, revisions: Revisions, user_cache: Path | None, variant: str | None,
+def _entries(found: ClassifiedSource, user_cache: Path | None, variant: str | None,
              hub_cache_dir: str | os.PathLike | None, series: _Series) -> list[Snapshot | _Pending]:
-    text = str(item)
-    path = Path(text).expanduser()
-    if path.exists():
-        if revisions is not None:
-            raise SpectralError(
-                f"--revisions applies to Hub model ids only, but {text} is a local path: drop --revisions")
-        if is_snapshot(path):
-            return [_labelled(read_snapshot(path), path.name)]
-        # Snapshot folders first: `hf-spectral analyze run/` writes checkpoint-N/ snapshots, a record.
-        record = list(iter_snapshots(path)) if path.is_dir() else []
-        if record:
-            return _record(path, record)
-        if path.is_dir() and run_checkpoints(path):
-            return _trainer_run(path, text, user_cache, variant)
-        return [_Pending(c, user_cache) for c in resolve(text, variant=variant)]
-    if revisions is None:
-        return [_Pending(c, user_cache) for c in resolve(text, variant=variant, cache_dir=hub_cache_dir)]
-    return _hub_revisions(text, revisions, user_cache, variant, hub_cache_dir, series)
+    """Snapshots read as they are (a snapshot, a record) or checkpoints to analyze."""
+    if found.kind is SourceKind.SNAPSHOT:
+        assert found.path is not None
+        return [_labelled(read_snapshot(found.path), found.path.name)]
+    if found.kind is SourceKind.RECORD:
+        assert found.path is not None
+        return _record(found.path, list(found.folders))
+    if found.kind is SourceKind.TRAINER_RUN:
+        return _trainer_run(found, user_cache, variant)
+    if found.kind is SourceKind.HUB_REVISIONS:
+        return _hub_revisions(found, user_cache, variant, hub_cache_dir, series)
+    return [_Pending(c, user_cache) for c in open_source(found, variant=variant, cache_dir=hub_cache_dir)]
 
 
 def _record(folder: Path, snapshot_folders: list[Path]) -> list[Snapshot | _Pending]:
@@ -150,29 +133,26 @@ def _record(folder: Path, snapshot_folders: list[Path]) -> list[Snapshot | _Pend
     return snapshots
 
 
-def _trainer_run(run: Path, text: str, user_cache: Path | None, variant: str | None) -> list[Snapshot | _Pending]:
-    checkpoints = resolve(text, variant=variant)
-    cache = user_cache if user_cache is not None else run / DEFAULT_CACHE
+def _trainer_run(found: ClassifiedSource, user_cache: Path | None, variant: str | None) -> list[Snapshot | _Pending]:
+    assert found.path is not None
+    checkpoints = open_source(found, variant=variant)
+    cache = user_cache if user_cache is not None else found.path / DEFAULT_CACHE
     last_state = checkpoints[-1].path / TRAINER_STATE_FILE if checkpoints else None
     history = _log_history_file(last_state) if last_state is not None else None
     return [_Pending(c, cache, history) for c in checkpoints]
 
 
-def _hub_revisions(text: str, revisions: Revisions, user_cache: Path | None, variant: str | None,
+def _hub_revisions(found: ClassifiedSource, user_cache: Path | None, variant: str | None,
                    hub_cache_dir: str | os.PathLike | None, series: _Series) -> list[Snapshot | _Pending]:
-    from hf_spectral.sources.hub import looks_like_hub_id, split_revision
-
-    repo_id, at_revision = split_revision(text)
-    if not looks_like_hub_id(text):
-        raise SpectralError(f"no such file or folder: {text}")
-    if at_revision is not None:
-        raise SpectralError(f"{text} names revision {at_revision} and --revisions is given too: give one of them")
+    """Every revision that can be read; the others are reported in ``series.missing``."""
+    repo_id, revisions = found.repo_id, found.revisions
+    assert repo_id is not None and revisions is not None
     names = expand_revisions(repo_id, revisions, hub_cache_dir=hub_cache_dir)
     pending: list[Snapshot | _Pending] = []
     failures: list[str] = []
     for name in names:
         try:
-            checkpoints = resolve(repo_id, revision=name, variant=variant, cache_dir=hub_cache_dir)
+            checkpoints = resolve_hub(repo_id, revision=name, variant=variant, cache_dir=hub_cache_dir)
         except SpectralError as exc:
             series.missing.append({"label": name, "reason": str(exc)})
             failures.append(str(exc))
@@ -181,70 +161,6 @@ def _hub_revisions(text: str, revisions: Revisions, user_cache: Path | None, var
     if not pending:
         raise SpectralError(f"none of the {len(names)} revisions of {repo_id} can be read ({failures[0]})")
     return pending
-
-
-def expand_revisions(repo_id: str, revisions: str | Sequence[str], *,
-                     hub_cache_dir: str | os.PathLike | None = None) -> list[str]:
-    """Revision names: a comma-separated string or a list; globs (``step*``) are matched against
-    the repo's branches and tags (online) or the refs cached locally (offline). Order: as given,
-    each glob's matches in natural order (``step2`` before ``step10``)."""
-    items = revisions.split(",") if isinstance(revisions, str) else [str(r) for r in revisions]
-    requested = [r.strip() for r in items if r.strip()]
-    if not requested:
-        raise SpectralError(
-            f"--revisions for {repo_id} is empty: pass names such as step1000,step2000 or a glob 'step*'")
-    available: list[str] | None = None
-    names: list[str] = []
-    for pattern in requested:
-        if not _GLOB.search(pattern):
-            names.append(pattern)
-            continue
-        if available is None:
-            available = list_revisions(repo_id, hub_cache_dir=hub_cache_dir)
-        matched = sorted((r for r in available if fnmatch.fnmatchcase(r, pattern)), key=natural_key)
-        if not matched:
-            shown = ", ".join(sorted(available, key=natural_key)[:8]) or "none"
-            raise SpectralError(f"no revision of {repo_id} matches {pattern!r} (refs: {shown}); fix the pattern")
-        names += matched
-    return list(dict.fromkeys(names))
-
-
-def list_revisions(repo_id: str, *, hub_cache_dir: str | os.PathLike | None = None) -> list[str]:
-    """Branch and tag names of a Hub repo: asked of the Hub online, read from the local cache offline
-    (or when the Hub cannot be reached)."""
-    from hf_spectral.sources.hub import gated_error, is_offline
-
-    if not is_offline():
-        from huggingface_hub import list_repo_refs
-        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
-        try:
-            refs = list_repo_refs(repo_id)
-            return [ref.name for ref in [*refs.branches, *refs.tags]]
-        except GatedRepoError as exc:
-            raise gated_error(repo_id) from exc
-        except RepositoryNotFoundError as exc:
-            raise SpectralError(f"no Hub model {repo_id} (or it is private: `hf auth login`)") from exc
-        except Exception as exc:  # network failures come as several exception types; the cache may still do
-            warnings.warn(f"cannot list the revisions of {repo_id} on the Hub ({type(exc).__name__}); "
-                          "using the refs cached locally", stacklevel=3)
-    return cached_revisions(repo_id, hub_cache_dir=hub_cache_dir)
-
-
-def cached_revisions(repo_id: str, *, hub_cache_dir: str | os.PathLike | None = None) -> list[str]:
-    """Branch and tag names cached under ``models--org--name/refs/`` of the Hub cache."""
-    from hf_spectral.sources.hub import hub_cache_dir as default_cache
-
-    cache = Path(hub_cache_dir).expanduser() if hub_cache_dir is not None else default_cache()
-    refs = cache / f"models--{repo_id.replace('/', '--')}" / "refs"
-    if not refs.is_dir():
-        raise SpectralError(
-            f"no revision of Hub model {repo_id} is in the cache {cache}, so its revisions cannot be listed: "
-            f"unset HF_HUB_OFFLINE (and check the connection), or run `hf download {repo_id} --revision REV` "
-            "for each revision"
-        )
-    # Ref names may hold slashes ("refs/pr/1" is stored as refs/refs/pr/1): a file per ref, nested.
-    return sorted((p.relative_to(refs).as_posix() for p in refs.rglob("*") if p.is_file()), key=natural_key)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,50 +203,6 @@ def _analyze(entries: list[Snapshot | _Pending], options: dict[str, Any], series
     return out
 
 
-def identity_keys(checkpoints: Sequence[Checkpoint]) -> list[str]:
-    """A key per checkpoint, equal exactly when their weight files are identical.
-
-    ``Checkpoint.fingerprint()`` hashes every byte of files outside the Hub cache, which for a long
-    run of a large model costs minutes on every call. Identical files have identical sizes and
-    sampled blocks, so only checkpoints that agree on those are fingerprinted in full.
-    """
-    quick = [_sampled_signature(c) for c in checkpoints]
-    counts: dict[str, int] = {}
-    for signature in quick:
-        counts[signature] = counts.get(signature, 0) + 1
-    keys = []
-    for checkpoint, signature in zip(checkpoints, quick):
-        if counts[signature] > 1:
-            checkpoint.meta["fingerprint"] = checkpoint.fingerprint()
-            keys.append(checkpoint.meta["fingerprint"])
-        else:
-            keys.append(f"sampled:{signature}")
-    return keys
-
-
-_SAMPLES, _BLOCK = 16, 1 << 16
-
-
-def _sampled_signature(checkpoint: Checkpoint) -> str:
-    """sha256 over each part's files: size and 16 blocks of 64 KiB spread over the file."""
-    digest = hashlib.sha256()
-    for part in sorted(checkpoint.parts, key=lambda p: p.component):
-        files = []
-        for file in part.reader.files:
-            size = os.path.getsize(file)
-            h = hashlib.sha256(str(size).encode())
-            with open(file, "rb") as handle:
-                if size <= _SAMPLES * _BLOCK:
-                    h.update(handle.read())
-                else:
-                    for i in range(_SAMPLES):
-                        handle.seek(i * (size - _BLOCK) // (_SAMPLES - 1))
-                        h.update(handle.read(_BLOCK))
-            files.append(h.hexdigest())
-        digest.update(json.dumps([part.component, sorted(files)]).encode())
-    return digest.hexdigest()
-
-
 def _run(entries: list[_Pending], options: AnalysisOptions) -> None:
     """Snapshots for ``entries``, one analyzer call per cache folder (it names the cached snapshots
     by label, telling apart labels that repeat, and reuses those whose files and options match)."""
@@ -356,19 +228,12 @@ def _copy_of(first: _Pending, entry: _Pending) -> Snapshot:
 
 
 def _checkpoint_meta(checkpoint: Checkpoint) -> dict[str, Any]:
-    step = checkpoint.step
-    if step is None and checkpoint.revision:
-        step = step_from_name(checkpoint.revision)
-    return {
-        "label": checkpoint.label, "step": step, "source": checkpoint.source, "checkpoint": str(checkpoint.path),
-        "revision": checkpoint.revision, "commit": checkpoint.commit, "fingerprint": checkpoint.meta.get("fingerprint"),
-    }
-
-
-def step_from_name(name: str) -> int | None:
-    """The step a revision or folder name carries (``step1000`` → 1000), else None."""
-    match = _STEP_IN_NAME.search(name)
-    return int(match.group(1)) if match else None
+    """The engine's ``checkpoint_meta``, with the step a Hub revision's name carries and the fingerprint."""
+    meta = checkpoint_meta(checkpoint)
+    if meta["step"] is None and checkpoint.revision:
+        meta["step"] = step_from_name(checkpoint.revision)
+    meta["fingerprint"] = checkpoint.meta.get("fingerprint")
+    return meta
 
 
 def _warn_about(series: _Series) -> None:
@@ -417,7 +282,7 @@ def _log_history_file(path: Path) -> list[dict[str, Any]] | None:
 
 
 def dynamics_from_source(
-    source: Source | Sequence[Source],
+    source: SourceLike | Sequence[SourceLike],
     *,
     revisions: Revisions = None,
     reference: str | int = "final",
