@@ -30,14 +30,17 @@ def analyze(
     variant: str | None = None,
     output: str | os.PathLike | None = None,
     progress: bool = True,
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Snapshot:
     """Spectra of every weight matrix of one checkpoint: a local file or folder, a diffusers
     pipeline, or a Hub model id at ``revision``. Writes the snapshot to ``output`` when given.
+    ``token`` and ``cache_dir`` are those of ``from_pretrained`` (Hub ids only).
 
     For a Trainer run (several ``checkpoint-*`` folders) use ``analyze_series``.
     """
     options = AnalysisOptions(include, exclude, top_k, device, precision, alignment, progress=progress)
-    checkpoints = resolve(str(source), revision=revision, variant=variant)
+    checkpoints = resolve(str(source), revision=revision, variant=variant, cache_dir=cache_dir, token=token)
     return analyze_resolved(checkpoints, options, source=str(source), output=output)
 
 

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import torch
 from safetensors import SafetensorError
-from tqdm.auto import tqdm
 
 from hf_spectral import metrics
 from hf_spectral._version import __version__
@@ -27,6 +26,7 @@ from hf_spectral.metrics import PRECISIONS
 from hf_spectral.status import STATUS_FLAGGED, STATUS_OK, STATUS_SKIPPED, UNDEFINED_FLAGS
 from hf_spectral.store import Snapshot, jsonable
 from hf_spectral.tensor_info import DTYPE_EPS, TensorInfo, dtype_code
+from hf_spectral.utils.logging import tqdm
 from hf_spectral.views import (
     alignment_pairs,
     build_matrix,

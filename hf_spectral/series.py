@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,9 +35,12 @@ from hf_spectral.sources.hub import expand_revisions, resolve_hub, step_from_nam
 from hf_spectral.sources.resolve import open_source
 from hf_spectral.sources.types import Checkpoint
 from hf_spectral.store import LOG_HISTORY_FILE, Snapshot, read_snapshot
+from hf_spectral.utils.logging import get_logger
 
 TRAINER_STATE_FILE = "trainer_state.json"
 DEFAULT_CACHE = "spectral_cache"  # inside a Trainer run folder
+
+logger = get_logger(__name__)
 
 
 
@@ -239,11 +241,11 @@ def _checkpoint_meta(checkpoint: Checkpoint) -> dict[str, Any]:
 def _warn_about(series: _Series) -> None:
     if series.identical:
         groups = "; ".join(" = ".join(labels) for labels in series.identical)
-        warnings.warn(f"identical checkpoints (same weight files), each analyzed once: {groups}", stacklevel=3)
+        logger.warning(f"hf_spectral: identical checkpoints (same weight files), each analyzed once: {groups}")
     if series.missing:
         labels = ", ".join(m["label"] for m in series.missing)
         reason = series.missing[0]["reason"]
-        warnings.warn(f"revisions missing or unreadable, left out of the series: {labels} ({reason})", stacklevel=3)
+        logger.warning(f"hf_spectral: revisions missing or unreadable, left out of the series: {labels} ({reason})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -272,7 +274,7 @@ def _log_history_file(path: Path) -> list[dict[str, Any]] | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        warnings.warn(f"cannot read {path} ({exc}); the series has no training metrics", stacklevel=4)
+        logger.warning(f"hf_spectral: cannot read {path} ({exc}); the series has no training metrics")
         return None
     if isinstance(data, dict):
         data = data.get("log_history")

@@ -44,7 +44,7 @@ def test_table_summary_and_snapshot(gpt2_dir: Path, tmp_path: Path, capsys: pyte
     monkeypatch.chdir(tmp_path)
     out = run(capsys, str(gpt2_dir))
     lines = out.splitlines()
-    assert lines[0].split() == ["matrix", "kind", "shape", "dtype", "erank/R", "srank/R", "sigma_max", "flag"]
+    assert lines[0].split() == ["name", "kind", "shape", "dtype", "erank/R", "srank/R", "sigma_max", "flag"]
     assert any(line.split()[:3] == ["transformer.h.0.attn.c_attn.weight", "fused_qkv", "96x32"] for line in lines)
     assert "11 matrices, 0 skipped, 0 flagged; mean erank/R" in out
     assert out.strip().endswith("snapshot written to spectral/gpt2")

@@ -9,7 +9,7 @@ from hf_spectral.cli.common import add_analysis_arguments, analysis_options, is_
 from hf_spectral.store import Snapshot
 
 TABLE_COLUMNS = {
-    "name": "matrix",
+    "name": "name",
     "kind": "kind",
     "shape": "shape",
     "dtype": "dtype",
@@ -68,8 +68,8 @@ def format_table(snapshot: Snapshot, limit: int | None = 40) -> str:
     shown = matrices if limit is None else matrices.head(limit)
     frame = shown[list(TABLE_COLUMNS)].rename(columns=TABLE_COLUMNS)
     # names left-aligned (pandas right-aligns strings), so that the layers of a block line up
-    width = max([len("matrix"), *frame["matrix"].str.len()])
-    frame = frame.rename(columns={"matrix": "matrix".ljust(width)})
+    width = max([len("name"), *frame["name"].str.len()])
+    frame = frame.rename(columns={"name": "name".ljust(width)})
     lines = [frame.to_string(index=False, float_format=lambda x: f"{x:.4g}",
                              formatters={frame.columns[0]: lambda name: name.ljust(width)})]
     if limit is not None and len(matrices) > limit:

@@ -14,7 +14,6 @@ are skipped so that hundreds of per-layer scalars do not flood the terminal.
 from __future__ import annotations
 
 import inspect
-import logging
 import os
 import time
 from pathlib import Path
@@ -29,8 +28,9 @@ from hf_spectral.store import RECORD_FOLDER
 from hf_spectral.tracking.recorder import Recorder, _broadcast
 from hf_spectral.tracking.schedule import OverheadBudget, Schedule, ScheduleSpec
 from hf_spectral.tracking.sharding import sharded_kind
+from hf_spectral.utils.logging import get_logger
 
-logger = logging.getLogger("hf_spectral.tracking")
+logger = get_logger("hf_spectral.tracking")
 
 
 

@@ -33,8 +33,9 @@ from hf_spectral.engine import AnalysisOptions, analyze_checkpoint, analyze_mode
 from hf_spectral.errors import SpectralError
 from hf_spectral.store import LOG_HISTORY_FILE, META_FILE, Snapshot, atomic_file, is_snapshot, json_default, read_snapshot, write_snapshot
 from hf_spectral.tracking.scalars import LAYER_FAMILIES, PREFIX, live_scalars, measure_scalars
+from hf_spectral.utils.logging import get_logger
 
-logger = logging.getLogger("hf_spectral.tracking")
+logger = get_logger("hf_spectral.tracking")
 
 CHECKPOINT_SUMMARY = "spectral"  # <checkpoint-N>/spectral/: the checkpoint's own spectra (no vectors)
 _SNAPSHOT_NAME = re.compile(r"^step-(\d+)$")
