@@ -268,7 +268,7 @@ def summary_lines(dyn: Dynamics, metric: str | None = None, threshold: float = 0
         e0, e1 = erank.iloc[0], erank.iloc[-1]
         lines.append(f"Mean normalized effective rank went from {e0:.3f} to {e1:.3f} ({(e1 - e0) / e0:+.1%}).")
     valid = changes.dropna(subset=["erank_change"])
-    falls = valid[valid["erank_change"] < 0].nsmallest(3, "erank_change")
+    falls = valid[valid["erank_change"] < -RESOLUTION].nsmallest(3, "erank_change")  # 0.804 → 0.804 is no drop
     if len(falls):
         listed = ", ".join(f"{r.matrix} ({r.erank_first:.3f} → {r.erank_last:.3f})" for r in falls.itertuples())
         lines.append(f"Largest rank drops: {listed}.")
@@ -278,12 +278,15 @@ def summary_lines(dyn: Dynamics, metric: str | None = None, threshold: float = 0
         lines.append(f"Rank rose in {len(rises)} matri{'ces' if len(rises) != 1 else 'x'}, most in {top['matrix']} "
                      f"({top['erank_first']:.3f} → {top['erank_last']:.3f}).")
     grown = valid.assign(growth=valid["sigma_max_last"] / valid["sigma_max_first"]).replace([np.inf, -np.inf], np.nan).dropna(subset=["growth"])
-    if len(grown):
+    if len(grown) and grown["growth"].max() >= 1 + RESOLUTION:  # "×1.00" tells nothing
         top = grown.nlargest(1, "growth").iloc[0]
         lines.append(f"The top singular value grew most in {top['matrix']} ({top['sigma_max_first']:.3g} → {top['sigma_max_last']:.3g}, ×{top['growth']:.2f}).")
     settled = changes["settled_step"].dropna()
     if len(changes) and len(dyn.agreement_scores):
-        if len(settled):
+        if len(settled) and settled.min() == settled.max():
+            lines.append(f"Top singular vectors settled (agreement with the reference ≥ {SETTLED}) in {len(settled)} of "
+                         f"{len(changes)} matrices, all from step {_n(settled.min())}.")
+        elif len(settled):
             early = changes.loc[settled.idxmin()]
             late = changes.loc[settled.idxmax()]
             lines.append(

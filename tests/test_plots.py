@@ -263,6 +263,16 @@ def test_short_names_drop_shared_prefix_and_suffix():
     assert plots.short_names(["0.weight", "2.weight"]) == ["0.weight", "2.weight"]  # nn.Sequential: not a bare index
 
 
+def test_short_names_keep_the_layer_index_of_long_names():
+    """A BERT classifier's names (the head breaks the shared prefix): leading parts abbreviated, never the middle."""
+    names = ([f"bert.encoder.layer.{i}.attention.self.query.weight" for i in (0, 11)]
+             + ["bert.embeddings.word_embeddings.weight", "classifier.weight"])
+    short = plots.short_names(names)
+    assert short == ["b.e.layer.0.attention.self.query", "b.e.layer.11.attention.self.query",
+                     "b.embeddings.word_embeddings", "classifier"]
+    assert all(len(s) <= 38 and "…" not in s for s in short)
+
+
 def test_hundreds_of_matrices_get_thinned_readable_labels(tmp_path):
     dyn = make_dynamics(matrices=many_matrices(240), agreement=False, alignment=False, training=False)
     fig = plots.plot_rank_heatmap(dyn)
