@@ -190,6 +190,42 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "snapshot"
 
 
-def default_output(source: str) -> Path:
-    """Where the CLI writes when no ``--output`` is given: ``spectral/<source name>``."""
-    return Path("spectral") / _slug(Path(str(source).rstrip("/")).name or str(source))
+def default_output(source: str, root: str | os.PathLike = "spectral") -> Path:
+    """Where the CLI writes when no ``--output`` is given: ``spectral/<name>``, the source's folder
+    name or a file's name without its extension (``model.safetensors`` -> ``model``), never a folder
+    that already holds the spectra of another source: then its parent's name goes in front
+    (``spectral/b_model`` for ``b/model`` beside ``a/model``), then a counter."""
+    path = Path(str(source).rstrip("/"))
+    name = path.stem if path.suffix and not path.is_dir() else path.name
+    candidates = [_slug(name or str(source))]
+    if path.parent.name:
+        candidates.append(_slug(f"{path.parent.name}_{candidates[0]}"))
+    base = Path(root)
+    for candidate in candidates:
+        if _free_for(base / candidate, str(source)):
+            return base / candidate
+    count = 2
+    while not _free_for(base / f"{candidates[-1]}-{count}", str(source)):
+        count += 1
+    return base / f"{candidates[-1]}-{count}"
+
+
+def _free_for(folder: Path, source: str) -> bool:
+    """Whether ``folder`` holds no snapshot, or only snapshots of ``source`` (then it is reused)."""
+    if not folder.exists():
+        return True
+    owners = set()
+    for meta in [folder / META_FILE, *folder.glob(f"*/{META_FILE}"), *folder.glob(f"*/*/{META_FILE}")]:
+        try:
+            owners.add(_source_identity(str(json.loads(meta.read_text()).get("source"))))
+        except (OSError, ValueError, AttributeError):
+            owners.add(None)  # unreadable: someone's, not provably this source's
+        if len(owners) > 1:
+            break
+    return not owners or owners == {_source_identity(source)}
+
+
+def _source_identity(source: str) -> str:
+    """A local path as its absolute path (``./a/model`` = ``a/model``), anything else as written."""
+    path = Path(source.rstrip("/")).expanduser()
+    return str(path.resolve()) if path.exists() else source
