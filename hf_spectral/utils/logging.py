@@ -4,10 +4,11 @@
     logging.set_verbosity_info()          # or HF_SPECTRAL_VERBOSITY=info
     logging.disable_progress_bars()       # or HF_HUB_DISABLE_PROGRESS_BARS=1 / TQDM_DISABLE=1
 
-Every hf_spectral logger is a child of the ``hf_spectral`` logger, which has one stderr handler
-(level WARNING unless ``HF_SPECTRAL_VERBOSITY`` says otherwise) and, unlike transformers', also
-propagates to the root logger so that an application's own logging configuration (and pytest's
-``caplog``) sees its records; :func:`disable_default_handler` then avoids printing them twice.
+Every hf_spectral logger is a child of the ``hf_spectral`` logger (level WARNING unless
+``HF_SPECTRAL_VERBOSITY`` says otherwise), which has one stderr handler. Unlike transformers', it
+also propagates to the root logger, so that an application's own logging configuration (and
+pytest's ``caplog``) sees its records; the stderr handler then stays quiet (each record is
+printed once, by whoever configured the root logger).
 
 Progress bars (:func:`tqdm`) are off when disabled here, when ``HF_HUB_DISABLE_PROGRESS_BARS`` or
 ``TQDM_DISABLE`` is set, and when stderr is not a terminal (no ``\\r`` lines in log files; a
@@ -31,7 +32,6 @@ _TRUE = {"1", "true", "yes", "on"}
 _lock = threading.Lock()
 _handler: logging.Handler | None = None
 _progress_enabled = True
-_warned: set[str] = set()
 
 
 def _env_level() -> int:
@@ -46,6 +46,7 @@ def _root() -> logging.Logger:
         if _handler is None:
             _handler = logging.StreamHandler(sys.stderr)
             _handler.setFormatter(logging.Formatter("%(message)s"))
+            _handler.addFilter(lambda record: not logging.getLogger().handlers)  # root prints it instead
             root.addHandler(_handler)
             root.setLevel(_env_level())
         return root
@@ -94,15 +95,6 @@ def enable_default_handler() -> None:
     root = _root()
     if _handler is not None and _handler not in root.handlers:
         root.addHandler(_handler)
-
-
-def warning_once(logger: logging.Logger, message: str, *args: Any) -> None:
-    """``logger.warning`` the first time this exact message is given in the process."""
-    text = message % args if args else message
-    if text in _warned:
-        return
-    _warned.add(text)
-    logger.warning(text)
 
 
 def enable_progress_bars() -> None:
