@@ -45,9 +45,14 @@ def test_budget_arithmetic():
     budget.charge(2.0)
     assert not budget.allows(10, 100, 10.0)  # 8 + 2 + 2 > 10
     assert budget.allows(10, 1000, 10.0)  # a longer run affords more
+    # a snapshot dearer than the mean (a busier machine) is the expected cost
+    rising = OverheadBudget(0.1)
+    rising.charge(1.0)
+    rising.charge(3.5)
+    assert rising.allows(10, 100, 10.0) is False  # 4.5 + 3.5 + 3.5 > 10 (with the mean, 2.25: 9 <= 10)
     # unknown length: the time elapsed so far is the projection, nothing reserved
-    assert not OverheadBudget(0.1, spent=1.0, taken=1).allows(5, None, 5.0)
-    assert OverheadBudget(0.5, spent=1.0, taken=1).allows(5, None, 5.0)
+    assert not OverheadBudget(0.1, spent=1.0, taken=1, latest=1.0).allows(5, None, 5.0)
+    assert OverheadBudget(0.5, spent=1.0, taken=1, latest=1.0).allows(5, None, 5.0)
     for bad in (0, -0.1, "5%"):
         with pytest.raises(SpectralError, match="max_overhead"):
             SpectralCallback(max_overhead=bad)

@@ -145,13 +145,15 @@ class OverheadBudget:
     run's length in steps, so early snapshots — dense in the ``"log"`` schedule, where the paper's
     figures need them — are charged against the whole run's budget, not the few steps done so far.
     A snapshot is taken when the time spent so far plus the expected cost of this one and of the
-    final snapshot (always taken) fits; the expected cost is the mean of the snapshots taken so far.
+    final snapshot (always taken) fits; the expected cost is the larger of the mean and the latest
+    of the snapshots taken so far (a machine getting busier makes the mean too low).
     Without ``max_steps`` the projection is the training time elapsed so far.
     """
 
     share: float
     spent: float = 0.0  # seconds inside snapshots (and checkpoint summaries) so far
     taken: int = 0
+    latest: float = 0.0  # seconds of the latest snapshot
     skipped: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -163,13 +165,15 @@ class OverheadBudget:
         """Count ``seconds`` of tracking work (a snapshot when ``snapshot``)."""
         self.spent += max(0.0, seconds)
         self.taken += int(snapshot)
+        if snapshot:
+            self.latest = max(0.0, seconds)
 
     def allows(self, steps_done: int, steps_total: int | None, train_seconds: float) -> bool:
         """Whether a snapshot now fits, after ``steps_done`` of ``steps_total`` steps (None: unknown)
         that took ``train_seconds`` outside snapshots."""
         if self.taken == 0 or steps_done <= 0:
             return True
-        cost = self.spent / self.taken
+        cost = max(self.spent / self.taken, self.latest)
         projected = train_seconds / steps_done * max(steps_total or 0, steps_done)
         reserve = cost if steps_total is not None and steps_done < steps_total else 0.0
         return self.spent + cost + reserve <= self.share * projected
