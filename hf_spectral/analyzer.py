@@ -36,16 +36,19 @@ def analyze(
     heavy_tail: bool = False,
     view: str = "paper",
     batch: str = "auto",
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Snapshot:
     """Spectra of every weight matrix of one checkpoint: a local file or folder, a diffusers
     pipeline, or a Hub model id at ``revision``. Writes the snapshot to ``output`` when given.
     ``heavy_tail`` adds weightwatcher's α metrics; ``view="ww"`` forms conv ESDs as weightwatcher does.
+    ``token`` and ``cache_dir`` are those of ``from_pretrained`` (Hub ids only).
 
     For a Trainer run (several ``checkpoint-*`` folders) use ``analyze_series``.
     """
     options = AnalysisOptions(include, exclude, top_k, device, precision, alignment, progress=progress,
                               heavy_tail=heavy_tail, view=view, batch=batch)
-    checkpoints = resolve(str(source), revision=revision, variant=variant)
+    checkpoints = resolve(str(source), revision=revision, variant=variant, cache_dir=cache_dir, token=token)
     return analyze_resolved(checkpoints, options, source=str(source), output=output)
 
 
@@ -253,6 +256,42 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "snapshot"
 
 
-def default_output(source: str) -> Path:
-    """Where the CLI writes when no ``--output`` is given: ``spectral/<source name>``."""
-    return Path("spectral") / _slug(Path(str(source).rstrip("/")).name or str(source))
+def default_output(source: str, root: str | os.PathLike = "spectral") -> Path:
+    """Where the CLI writes when no ``--output`` is given: ``spectral/<name>``, the source's folder
+    name or a file's name without its extension (``model.safetensors`` -> ``model``), never a folder
+    that already holds the spectra of another source: then its parent's name goes in front
+    (``spectral/b_model`` for ``b/model`` beside ``a/model``), then a counter."""
+    path = Path(str(source).rstrip("/"))
+    name = path.stem if path.suffix and not path.is_dir() else path.name
+    candidates = [_slug(name or str(source))]
+    if path.parent.name:
+        candidates.append(_slug(f"{path.parent.name}_{candidates[0]}"))
+    base = Path(root)
+    for candidate in candidates:
+        if _free_for(base / candidate, str(source)):
+            return base / candidate
+    count = 2
+    while not _free_for(base / f"{candidates[-1]}-{count}", str(source)):
+        count += 1
+    return base / f"{candidates[-1]}-{count}"
+
+
+def _free_for(folder: Path, source: str) -> bool:
+    """Whether ``folder`` holds no snapshot, or only snapshots of ``source`` (then it is reused)."""
+    if not folder.exists():
+        return True
+    owners = set()
+    for meta in [folder / META_FILE, *folder.glob(f"*/{META_FILE}"), *folder.glob(f"*/*/{META_FILE}")]:
+        try:
+            owners.add(_source_identity(str(json.loads(meta.read_text()).get("source"))))
+        except (OSError, ValueError, AttributeError):
+            owners.add(None)  # unreadable: someone's, not provably this source's
+        if len(owners) > 1:
+            break
+    return not owners or owners == {_source_identity(source)}
+
+
+def _source_identity(source: str) -> str:
+    """A local path as its absolute path (``./a/model`` = ``a/model``), anything else as written."""
+    path = Path(source.rstrip("/")).expanduser()
+    return str(path.resolve()) if path.exists() else source

@@ -158,7 +158,8 @@ def summary_table(dynamics: Dynamics, metric: str | None = None, max_rows: int =
 
 CARD_FIGURES = (
     ("training_rank", "Training metric and effective rank", "{metric} and the mean normalized effective rank over training; "
-     "dashed: {metric} first ≥ {threshold:g}; shaded: the steepest fall of the mean rank."),
+     "dashed (if reached): {metric} first ≥ {threshold:g}; shaded (if the rank fell measurably): the steepest fall "
+     "of the mean rank."),
     ("rank_heatmap", "Effective rank per weight matrix", "Normalized effective rank of every weight matrix (model order) over training."),
     ("summary", "Model-level summary", "Means over all weight matrices at each snapshot."),
     ("singular_values", "Singular values over training", "σᵢ of a few matrices spread over depth, one line per index."),

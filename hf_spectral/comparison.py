@@ -19,7 +19,9 @@ from hf_spectral.engine import AnalysisOptions, analyze_checkpoint, checkpoint_m
 from hf_spectral.errors import SpectralError
 from hf_spectral.sources import resolve
 from hf_spectral.sources.difference import difference_checkpoint
+from hf_spectral.sources.renamed import RenamedReader
 from hf_spectral.sources.types import Checkpoint
+from hf_spectral.views import base_model_prefix
 
 __all__ = ["Comparison", "compare"]
 
@@ -39,7 +41,9 @@ def compare(
 ) -> Comparison:
     """Compare checkpoint ``a`` with checkpoint ``b`` (files, folders or Hub ids, each at an optional
     revision): agreement of their top-``top_k`` singular vectors, both spectra and the spectrum of
-    W_A − W_B, for every matrix both hold with the same shape."""
+    W_A − W_B, for every matrix both hold with the same shape. A base model and a head model of it (a
+    fine-tune saved as ``BertForSequenceClassification``) are matched by name as transformers does
+    (:func:`match_base_prefix`)."""
     analysis_options.setdefault("alignment", False)
     options = AnalysisOptions(include=include, exclude=exclude, top_k=top_k, **analysis_options)
     first = _one_checkpoint(a, revision_a, variant)
@@ -49,6 +53,7 @@ def compare(
         first.close()
         raise
     try:
+        renamed = match_base_prefix(first, second)
         snap_a = analyze_checkpoint(first, options)
         snap_b = analyze_checkpoint(second, options)
         shared, mismatches = match_matrices(snap_a, snap_b)
@@ -66,8 +71,34 @@ def compare(
     finally:
         first.close()
         second.close()
-    meta = {"a": _describe(first), "b": _describe(second), "top": int(top), "options": options.to_meta()}
+    meta = {"a": _describe(first), "b": _describe(second), "top": int(top), "options": options.to_meta(),
+            "renamed": renamed}
     return comparison_tables(snap_a, snap_b, snap_d, shared, mismatches, int(top), meta)
+
+
+def match_base_prefix(a: Checkpoint, b: Checkpoint) -> list[dict[str, str]]:
+    """Line up a base model with a head model of it, as ``from_pretrained`` does when it loads one into
+    the other: when one side's tensor names carry the architecture's ``base_model_prefix`` (``bert.``
+    in ``BertForSequenceClassification``) and the other side's do not, that prefix is stripped from the
+    first side's names (its head's own weights, ``classifier.*``, keep theirs and stay unmatched).
+    Returns what was renamed, one ``{"side", "component", "prefix"}`` per part (in place)."""
+    theirs = {part.component: part for part in b.parts}
+    renamed: list[dict[str, str]] = []
+    for mine in a.parts:
+        other = theirs.get(mine.component)
+        if other is None:
+            continue
+        prefix = base_model_prefix(mine.config) or base_model_prefix(other.config)
+        if prefix is None:
+            continue
+        lead = f"{prefix}."
+        prefixed = [any(t.name.startswith(lead) for t in part.reader.tensors()) for part in (mine, other)]
+        if prefixed[0] == prefixed[1]:
+            continue
+        side, part = ("a", mine) if prefixed[0] else ("b", other)
+        part.reader = RenamedReader(part.reader, lambda name, lead=lead: name.removeprefix(lead))
+        renamed.append({"side": side, "component": mine.component, "prefix": lead})
+    return renamed
 
 
 def _one_checkpoint(source: str | os.PathLike, revision: str | None, variant: str | None) -> Checkpoint:

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import torch
 from safetensors import SafetensorError
-from tqdm.auto import tqdm
 
 from hf_spectral import metrics
 from hf_spectral._version import __version__
@@ -29,6 +28,7 @@ from hf_spectral.sources.types import Checkpoint
 from hf_spectral.status import FLAG_SVD_FAILED, STATUS_FLAGGED, STATUS_OK, STATUS_SKIPPED, UNDEFINED_FLAGS
 from hf_spectral.store import Snapshot, jsonable
 from hf_spectral.tensor_info import DTYPE_EPS, TensorInfo, dtype_code
+from hf_spectral.utils.logging import tqdm
 from hf_spectral.views import (
     alignment_pairs,
     build_matrix,
@@ -364,8 +364,9 @@ def decompose(spec: MatrixSpec, read: Reader, options: AnalysisOptions, device: 
 def _spectrum_result(spec: MatrixSpec, matrix: torch.Tensor, sigma: torch.Tensor, vectors: Any,
                      options: AnalysisOptions) -> dict[str, Any]:
     shape = (int(matrix.shape[0]), int(matrix.shape[1]))
-    # The noise floor is the stored dtype's precision (a bf16 weight cannot resolve σ below ~1e-2·σ₁).
-    eps = max(DTYPE_EPS.get(spec.dtype, DTYPE_EPS["F32"]), DTYPE_EPS["F64" if options.precision == "float64" else "F32"])
+    # The noise floor is the computation's precision, not the stored dtype's: a bf16 weight is exact once
+    # upcast (metrics.spectrum's module docstring says why).
+    eps = DTYPE_EPS["F64" if options.precision == "float64" else "F32"]
     values = metrics.spectrum_metrics(sigma, shape, eps=eps)
     if options.heavy_tail:
         values.update(heavy_tail(spec, matrix, sigma, eps, options.view))

@@ -17,6 +17,8 @@ from hf_spectral.status import STATUS_FLAGGED, STATUS_OK
 
 ERANK = "normalized_effective_rank"
 SETTLED = 0.9  # an agreement score (mean of the top-10 S_ii) at or above this counts as settled
+# Smallest change of a mean normalized rank (in [0, 1]) that counts: the text prints 3 decimals.
+RESOLUTION = 1e-3
 
 
 def mean_erank(dyn: Dynamics) -> pd.Series:
@@ -72,6 +74,18 @@ def _listing(metrics: list[str]) -> str:
     return ", ".join(own) + (f" (and {spectral} spectral/* scalars)" if spectral else "")
 
 
+def rank_noise(erank: pd.Series) -> float:
+    """The run's noise for a fall of the mean rank between two consecutive snapshots.
+
+    The largest *rise* between consecutive snapshots of the same run — a fall no larger than a
+    rise the run also made is indistinguishable from its up-and-down — and never below
+    :data:`RESOLUTION` (0.001, the precision the text prints: a "fall" from 0.770 to 0.770 is none).
+    """
+    values = erank.dropna().to_numpy(dtype=float)
+    rises = np.diff(values)
+    return max(RESOLUTION, float(rises.max())) if len(rises) else RESOLUTION
+
+
 def key_events(dyn: Dynamics, metric: str | None = "auto", threshold: float = 0.9, *, scale: str = "auto",
                after: int | None = None) -> dict[str, Any]:
     """When ``metric`` first reached ``threshold`` and when the mean effective rank fell fastest.
@@ -84,9 +98,12 @@ def key_events(dyn: Dynamics, metric: str | None = "auto", threshold: float = 0.
       slope, per unit of ``slope_axis``: "log10(1 + step)" (per decade) when the schedule is
       log-spaced (``scale="auto"``) or ``scale="log"``, else "step"; None when rank never fell;
       erank_before / erank_after: the mean at a and b; erank_initial / erank_final;
+      erank_noise: :func:`rank_noise`; only a fall larger than it counts (the steepest of those;
+      None in the interval fields when none did: nothing changed measurably);
       lag: rank_drop_step - metric_step (negative: rank fell before the metric crossed);
       around_metric: :func:`rank_change_around` the metric_step (the rank change in a window
-      around the crossing against the window before it), or None.
+      around the crossing against the window before it, with ``measurable``: whether either
+      change exceeds erank_noise), or None.
     ``after``: only drops between snapshots at or after this step count (e.g. the step where the
     training set was memorized, to look past the fast transient that follows the initialization).
     ``metric="auto"`` takes the validation accuracy :func:`default_metric` finds (eval_accuracy,
@@ -108,7 +125,7 @@ def key_events(dyn: Dynamics, metric: str | None = "auto", threshold: float = 0.
     axis = StepScale.for_steps(erank.index, scale)
     events.update(
         slope_axis=axis.name, rank_drop_interval=None, rank_drop_step=None, rank_drop_slope=None,
-        erank_before=None, erank_after=None,
+        erank_before=None, erank_after=None, erank_noise=rank_noise(erank),
         erank_initial=float(erank.iloc[0]) if len(erank) else None,
         erank_final=float(erank.iloc[-1]) if len(erank) else None,
     )
@@ -117,6 +134,8 @@ def key_events(dyn: Dynamics, metric: str | None = "auto", threshold: float = 0.
         slopes = np.diff(erank.to_numpy()) / np.diff(x)
         if after is not None:
             slopes = np.where(erank.index[:-1].to_numpy() >= after, slopes, np.inf)
+        # only a fall larger than the run's noise is an event; the steepest of those
+        slopes = np.where(-np.diff(erank.to_numpy()) > events["erank_noise"], slopes, np.inf)
         i = int(np.argmin(slopes))
         if np.isfinite(slopes[i]) and slopes[i] < 0:
             a, b = int(erank.index[i]), int(erank.index[i + 1])
@@ -128,9 +147,10 @@ def key_events(dyn: Dynamics, metric: str | None = "auto", threshold: float = 0.
         events["rank_drop_step"] - events["metric_step"]
         if events["rank_drop_step"] is not None and events["metric_step"] is not None else None
     )
-    events["around_metric"] = (
-        rank_change_around(erank, events["metric_step"]) if events["metric_step"] is not None else None
-    )
+    around = rank_change_around(erank, events["metric_step"]) if events["metric_step"] is not None else None
+    if around is not None:
+        around["measurable"] = max(abs(around["change"]), abs(around["change_before"])) > events["erank_noise"]
+    events["around_metric"] = around
     return events
 
 
@@ -251,7 +271,7 @@ def summary_lines(dyn: Dynamics, metric: str | None = None, threshold: float = 0
         e0, e1 = erank.iloc[0], erank.iloc[-1]
         lines.append(f"Mean normalized effective rank went from {e0:.3f} to {e1:.3f} ({(e1 - e0) / e0:+.1%}).")
     valid = changes.dropna(subset=["erank_change"])
-    falls = valid[valid["erank_change"] < 0].nsmallest(3, "erank_change")
+    falls = valid[valid["erank_change"] < -RESOLUTION].nsmallest(3, "erank_change")  # 0.804 → 0.804 is no drop
     if len(falls):
         listed = ", ".join(f"{r.matrix} ({r.erank_first:.3f} → {r.erank_last:.3f})" for r in falls.itertuples())
         lines.append(f"Largest rank drops: {listed}.")
@@ -261,12 +281,15 @@ def summary_lines(dyn: Dynamics, metric: str | None = None, threshold: float = 0
         lines.append(f"Rank rose in {len(rises)} matri{'ces' if len(rises) != 1 else 'x'}, most in {top['matrix']} "
                      f"({top['erank_first']:.3f} → {top['erank_last']:.3f}).")
     grown = valid.assign(growth=valid["sigma_max_last"] / valid["sigma_max_first"]).replace([np.inf, -np.inf], np.nan).dropna(subset=["growth"])
-    if len(grown):
+    if len(grown) and grown["growth"].max() >= 1 + RESOLUTION:  # "×1.00" tells nothing
         top = grown.nlargest(1, "growth").iloc[0]
         lines.append(f"The top singular value grew most in {top['matrix']} ({top['sigma_max_first']:.3g} → {top['sigma_max_last']:.3g}, ×{top['growth']:.2f}).")
     settled = changes["settled_step"].dropna()
     if len(changes) and len(dyn.agreement_scores):
-        if len(settled):
+        if len(settled) and settled.min() == settled.max():
+            lines.append(f"Top singular vectors settled (agreement with the reference ≥ {SETTLED}) in {len(settled)} of "
+                         f"{len(changes)} matrices, all from step {_n(settled.min())}.")
+        elif len(settled):
             early = changes.loc[settled.idxmin()]
             late = changes.loc[settled.idxmax()]
             lines.append(
@@ -296,8 +319,15 @@ def summary_lines(dyn: Dynamics, metric: str | None = None, threshold: float = 0
                 gap = crossed - b if b < crossed else a - crossed
                 text += f", {_n(gap)} steps {'before' if b < crossed else 'after'} {metric} crossed {threshold:g}"
         lines.append(text + ".")
+    elif len(mean_erank(dyn).dropna()) >= 2:
+        lines.append(f"The mean effective rank did not fall measurably between any two snapshots (no drop larger "
+                     f"than the run's noise, {events['erank_noise']:.3f}).")
     around = events.get("around_metric")
-    if around is not None:
+    if around is not None and not around["measurable"]:
+        (a, b) = around["window"]
+        lines.append(f"Around that crossing (steps {_n(a)}–{_n(b)}) the mean effective rank did not change measurably "
+                     f"(less than the run's noise, {events['erank_noise']:.3f}).")
+    elif around is not None:
         (a, b), (c, _) = around["window"], around["window_before"]
         text = (f"Around that crossing (steps {_n(a)}–{_n(b)}) the mean effective rank changed by {around['change']:+.3f}, "
                 f"against {around['change_before']:+.3f} in the {_n(a - c)} steps before")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,8 +39,9 @@ from hf_spectral.sources.local import TRAINER_STATE_FILE, step_of
 from hf_spectral.sources.resolve import open_source
 from hf_spectral.sources.types import Checkpoint
 from hf_spectral.store import CHECKPOINT_SUMMARY, LOG_HISTORY_FILE, Snapshot, is_snapshot, read_snapshot, snapshot_problem
+from hf_spectral.utils.logging import get_logger
 
-logger = logging.getLogger("hf_spectral")
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -271,11 +271,11 @@ def _checkpoint_meta(checkpoint: Checkpoint) -> dict[str, Any]:
 def _warn_about(series: _Series) -> None:
     if series.identical:
         groups = "; ".join(" = ".join(labels) for labels in series.identical)
-        warnings.warn(f"identical checkpoints (same weight files), each analyzed once: {groups}", stacklevel=3)
+        logger.warning(f"hf_spectral: identical checkpoints (same weight files), each analyzed once: {groups}")
     if series.missing:
         labels = ", ".join(m["label"] for m in series.missing)
         reason = series.missing[0]["reason"]
-        warnings.warn(f"missing, damaged or unreadable, left out of the series: {labels} ({reason})", stacklevel=3)
+        logger.warning(f"hf_spectral: missing, damaged or unreadable, left out of the series: {labels} ({reason})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -304,7 +304,7 @@ def _log_history_file(path: Path) -> list[dict[str, Any]] | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        warnings.warn(f"cannot read {path} ({exc}); the series has no training metrics", stacklevel=4)
+        logger.warning(f"hf_spectral: cannot read {path} ({exc}); the series has no training metrics")
         return None
     if isinstance(data, dict):
         data = data.get("log_history")

@@ -60,8 +60,8 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2":
                "F8_E5M2FNUZ": 1, "F8_E8M0": 1, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
                "U16": 2, "U8": 1, "BOOL": 1, "C64": 8, "C128": 16}
 
-# Machine epsilon of each stored float dtype: the noise floor of a stored weight, used as the
-# tolerance for numerical rank (numpy.linalg.matrix_rank's rule, with the data's own precision).
+# Machine epsilon of each float dtype. The numerical-rank tolerance uses the computation's
+# (F32 or F64), not the storage dtype's: see hf_spectral.metrics.spectrum.
 DTYPE_EPS = {"F64": 2.220446049250313e-16, "F32": 1.1920929e-07, "F16": 9.765625e-04, "BF16": 7.8125e-03,
              "F8_E4M3": 0.125, "F8_E5M2": 0.25}
 

@@ -564,7 +564,9 @@ def build_trainer(args: GrokkingArguments) -> Trainer:
         callbacks.append(
             # alignment on: consecutive-layer alignment is where the Transformer at high weight decay
             # differs (docs/definitions.md §7, finding 6); the 8 pairs of this model cost little
-            SpectralCallback(schedule=schedule, alignment=True, extra_measures={"fourier": fourier_sparsity}, **top_k)
+            # max_overhead=None: the schedule is the experiment (every snapshot the figures date events by)
+            SpectralCallback(schedule=schedule, alignment=True, extra_measures={"fourier": fourier_sparsity},
+                             max_overhead=None, **top_k)
         )
 
     trainer = Trainer(

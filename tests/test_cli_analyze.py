@@ -40,7 +40,7 @@ def test_table_summary_and_snapshot(gpt2_dir: Path, tmp_path: Path, capsys: pyte
     monkeypatch.chdir(tmp_path)
     out = run(capsys, str(gpt2_dir))
     lines = out.splitlines()
-    assert lines[0].split() == ["matrix", "kind", "shape", "dtype", "erank/R", "srank/R", "sigma_max", "flag"]
+    assert lines[0].split() == ["name", "kind", "shape", "dtype", "erank/R", "srank/R", "sigma_max", "flag"]
     assert any(line.split()[:3] == ["transformer.h.0.attn.c_attn.weight", "fused_qkv", "96x32"] for line in lines)
     assert "11 matrices, 0 skipped, 0 flagged; mean erank/R" in out
     assert out.strip().endswith("snapshot written to spectral/gpt2")
@@ -146,3 +146,28 @@ def test_version_is_the_installed_distribution(capsys: pytest.CaptureFixture) ->
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out.strip() == f"hf-spectral {version('hf-spectral')}"
+
+
+def test_default_outputs_are_unique_per_source(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two folders both named ``model`` never share ``spectral/model``; a file source gets no folder named
+    ``model.safetensors``; the same source again reuses its folder."""
+    monkeypatch.chdir(tmp_path)
+    save_tiny("gpt2", tmp_path / "a" / "model", seed=0, max_shard_size="10MB")
+    save_tiny("gpt2", tmp_path / "b" / "model", seed=1, max_shard_size="10MB")
+    (tmp_path / "c").mkdir()
+    shutil.copy(tmp_path / "b" / "model" / "model.safetensors", tmp_path / "c" / "model.safetensors")
+    assert run(capsys, "a/model").strip().endswith("snapshot written to spectral/model")
+    assert run(capsys, "b/model").strip().endswith("snapshot written to spectral/b_model")
+    assert run(capsys, "c/model.safetensors").strip().endswith("snapshot written to spectral/c_model")
+    assert run(capsys, "./a/model/").strip().endswith("snapshot written to spectral/model")  # the same source
+    assert sorted(p.name for p in (tmp_path / "spectral").iterdir()) == ["b_model", "c_model", "model"]
+    # each folder holds its own source's spectra (numpy on that source's weights)
+    name = "transformer.h.1.mlp.c_proj.weight"
+    for folder, weights in (("model", "a/model/model.safetensors"), ("b_model", "b/model/model.safetensors"),
+                            ("c_model", "c/model.safetensors")):
+        from safetensors.torch import load_file
+
+        expected = numpy_sigma(load_file(tmp_path / weights)[name])
+        got = hf_spectral.read_snapshot(tmp_path / "spectral" / folder).singular_values(name)
+        assert np.abs(got - expected).max() <= 1e-4 * expected[0], folder

@@ -137,3 +137,35 @@ def test_save_load_and_errors(gpt2_pair: tuple[Path, Path], tmp_path: Path) -> N
         save_file({"x.weight": torch.ones(3, 3)}, run / f"checkpoint-{step}" / "model.safetensors")
     with pytest.raises(SpectralError, match=r"holds 2 checkpoints"):
         compare(run, a, progress=False)
+
+
+def test_base_model_against_its_fine_tuned_head_model(tmp_path: Path) -> None:
+    """A base BertModel and a BertForSequenceClassification fine-tune of it (names ``bert.*``), both saved with
+    save_pretrained: matched by name as from_pretrained does; W_head − W_base equals numpy's."""
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32, num_labels=3)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(tmp_path / "base")
+    head = BertForSequenceClassification.from_pretrained(tmp_path / "base", num_labels=3)
+    with torch.no_grad():  # a "fine-tune": a small change of every weight
+        for param in head.parameters():
+            param.add_(1e-4 * torch.randn_like(param))
+    head.save_pretrained(tmp_path / "head")
+    base_w, head_w = load_file(tmp_path / "base" / "model.safetensors"), load_file(tmp_path / "head" / "model.safetensors")
+    assert all(name.startswith(("bert.", "classifier.")) for name in head_w)
+
+    for a, b, head_side in ((tmp_path / "head", tmp_path / "base", "a"), (tmp_path / "base", tmp_path / "head", "b")):
+        result = compare(a, b, progress=False)
+        assert result.meta["renamed"] == [{"side": head_side, "component": "", "prefix": "bert."}]
+        matrices = set(result.layers["matrix"])
+        base_matrices = {n for n, w in base_w.items() if w.ndim == 2 and "position_ids" not in n}
+        assert base_matrices <= matrices | {"embeddings.token_type_embeddings.weight"}
+        assert "embeddings.word_embeddings.weight" in matrices and "encoder.layer.1.output.dense.weight" in matrices
+        assert {m["matrix"] for m in result.mismatches.to_dict("records")} >= {"classifier.weight"}
+        name = "encoder.layer.0.attention.self.query.weight"
+        first, second = (head_w[f"bert.{name}"], base_w[name]) if head_side == "a" else (base_w[name], head_w[f"bert.{name}"])
+        want = numpy_sigma(first.double() - second.double())
+        np.testing.assert_allclose(sigma_of(result, name, "difference"), want, atol=1e-6 * want[0])
+        assert result.layers.set_index("matrix").loc[name, "agreement"] > 0.9  # a small change keeps the directions

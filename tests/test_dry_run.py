@@ -193,7 +193,7 @@ def fake_remote(monkeypatch: pytest.MonkeyPatch, src: Path, cache: Path) -> list
     fetched: list[list[str]] = []
     snapshot = cache / "models--org--remote" / "snapshots" / COMMIT
 
-    def snapshot_download(repo_id, *, revision, cache_dir, allow_patterns, local_files_only):  # type: ignore[no-untyped-def]
+    def snapshot_download(repo_id, *, revision, cache_dir, allow_patterns, local_files_only, **kwargs):  # type: ignore[no-untyped-def]
         if local_files_only:
             if not snapshot.is_dir():
                 from huggingface_hub.errors import LocalEntryNotFoundError

@@ -3,7 +3,11 @@ snapshots and Dynamics tables equal to per-snapshot analyses and to float64 nump
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +29,17 @@ METRICS = ["normalized_effective_rank", "normalized_stable_rank", "spectral_norm
 
 
 # ---------------------------------------------------------------- builders
+
+@contextlib.contextmanager
+def logged_warning(caplog: pytest.LogCaptureFixture, pattern: str):
+    """One hf_spectral warning matching ``pattern`` (logged once, as transformers does; no UserWarning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a raw UserWarning would fail here
+        with caplog.at_level(logging.WARNING, logger="hf_spectral"):
+            yield
+    hits = [r for r in caplog.records if re.search(pattern, r.getMessage())]
+    assert len(hits) == 1, [r.getMessage() for r in caplog.records]
+
 
 
 def train_steps(model: torch.nn.Module, steps: int, seed: int = 0):
@@ -218,9 +233,9 @@ def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, dict
     return {"step1": states[C1], "step2": states[C2], "step3": states[C3]}
 
 
-def test_hub_revision_glob_identical_analyzed_once(hub_cache: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_revision_glob_identical_analyzed_once(hub_cache: dict, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     calls = count_decompositions(monkeypatch)
-    with pytest.warns(UserWarning, match=r"identical.*step2 = step3"):
+    with logged_warning(caplog, r"identical.*step2 = step3"):
         snapshots = load_series("org/tiny", revisions="step*", progress=False)
     assert [s.meta["label"] for s in snapshots] == ["step1", "step2", "step3"]
     assert [s.step for s in snapshots] == [1, 2, 3]
@@ -238,8 +253,8 @@ def test_hub_revision_glob_identical_analyzed_once(hub_cache: dict, monkeypatch:
     assert len(previous) and (previous["value"] == 1.0).all()
 
 
-def test_hub_missing_revision_warns_and_continues(hub_cache: dict) -> None:
-    with pytest.warns(UserWarning, match=r"step9"):
+def test_hub_missing_revision_warns_and_continues(hub_cache: dict, caplog: pytest.LogCaptureFixture) -> None:
+    with logged_warning(caplog, r"step9"):
         snapshots = load_series("org/tiny", revisions=["step1", "step9", "step3"], progress=False)
     assert [s.meta["label"] for s in snapshots] == ["step1", "step3"]
     assert snapshots[0].meta["series"]["missing"][0]["label"] == "step9"
@@ -279,7 +294,7 @@ def test_expand_revisions_lists_refs_online(monkeypatch: pytest.MonkeyPatch) -> 
 # ---------------------------------------------------------------- explicit lists
 
 
-def test_explicit_list_keeps_order_and_reports_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_explicit_list_keeps_order_and_reports_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     files = []
     for name, seed in (("late", 5), ("early", 4), ("copy", 5)):
         folder = tmp_path / name
@@ -287,7 +302,7 @@ def test_explicit_list_keeps_order_and_reports_identical(tmp_path: Path, monkeyp
         save_file(mlp_state(seed), folder / "model.safetensors")
         files.append(folder)
     calls = count_decompositions(monkeypatch)
-    with pytest.warns(UserWarning, match=r"late = copy"):
+    with logged_warning(caplog, r"late = copy"):
         dyn = dynamics_from_source(files, reference="early", progress=False)
     assert len(calls) == 2 * 3
     assert dyn.meta["labels"] == ["late", "early", "copy"] and dyn.meta["step_is_position"]

@@ -286,6 +286,37 @@ def test_half_precision_checkpoints_are_upcast(tmp_path: Path, dtype: torch.dtyp
     assert_spectra_match(snapshot, reference_matrices(model, folder=tmp_path / "half")[0], "float32")
 
 
+def test_half_precision_ranks_match_the_same_weights_in_float32(tmp_path: Path) -> None:
+    """bf16 / fp16 / fp8 storage: numerical rank, condition number and flag are those of the same stored
+    values held in float32 (numpy float64 on the upcast values), not garbage from the storage eps."""
+    from safetensors.torch import save_file
+
+    rng = np.random.default_rng(0)
+    spectrum = np.geomspace(1.0, 2e-4, 160)  # σ_min = 2e-4·σ₁: condition ~5e3, full rank
+    q, _ = np.linalg.qr(rng.standard_normal((256, 160)))
+    p, _ = np.linalg.qr(rng.standard_normal((160, 160)))
+    weights = {"gauss.weight": torch.tensor(rng.standard_normal((192, 512)) * 0.02),
+               "graded.weight": torch.tensor((q * spectrum) @ p.T)}
+    eps32 = float(np.finfo(np.float32).eps)
+    for dtype in (torch.bfloat16, torch.float16, torch.float8_e4m3fn):
+        scale = 1.0 if dtype != torch.float8_e4m3fn else 64.0  # keep fp8's few values away from its subnormals
+        stored = {name: (w * scale).to(dtype) for name, w in weights.items()}
+        save_file(stored, str(tmp_path / "half.safetensors"))
+        save_file({name: t.to(torch.float32) for name, t in stored.items()}, str(tmp_path / "f32.safetensors"))
+        half = hf_spectral.analyze(str(tmp_path / "half.safetensors"), output=None, **quiet()).matrices.set_index("name")
+        full = hf_spectral.analyze(str(tmp_path / "f32.safetensors"), output=None, **quiet()).matrices.set_index("name")
+        for name, tensor in stored.items():
+            upcast = tensor.to(torch.float64).numpy()
+            sigma = np.linalg.svd(upcast, compute_uv=False)
+            rank = np.linalg.matrix_rank(upcast, tol=max(upcast.shape) * eps32 * sigma[0])
+            row = half.loc[name]
+            assert row["numerical_rank"] == rank == full.loc[name, "numerical_rank"], (dtype, name)
+            assert row["condition_number"] == pytest.approx(sigma[0] / sigma[-1], rel=1e-4), (dtype, name)
+            assert row["condition_number"] == pytest.approx(full.loc[name, "condition_number"], rel=1e-9)
+            assert row["flag"] == full.loc[name, "flag"] == ("" if rank == min(upcast.shape) else "rank_deficient")
+        assert half.loc["gauss.weight", "numerical_rank"] == 192, dtype  # a Gaussian is full rank in any dtype
+
+
 def test_top_k_vectors_reconstruct_the_top_k_approximation(saved: dict) -> None:
     model, folder = saved["vit"]
     k = 3

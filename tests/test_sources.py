@@ -499,7 +499,7 @@ def test_hub_uncached_revision_and_repo_are_clear_errors(hub_cache: tuple) -> No
     with pytest.raises(SpectralError) as e:
         resolve("org/tiny", revision="v2")
     msg = str(e.value)
-    assert "hf download org/tiny --revision v2" in msg and "HF_HUB_OFFLINE" in msg and "cached: main, v1" in msg
+    assert 'hf download org/tiny --revision v2 --include "*.json" "*.safetensors"' in msg and "HF_HUB_OFFLINE" in msg and "cached: main, v1" in msg
     with pytest.raises(SpectralError, match=r"no such file or folder: org/absent.*hf download org/absent --revision main"):
         resolve("org/absent")
 

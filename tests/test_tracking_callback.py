@@ -71,7 +71,7 @@ def test_gpt2_snapshots_equal_the_analyzer_on_checkpoints_and_numpy(tmp_path):
     def weight_norm(model):
         return {"norm": math.sqrt(sum(float(p.detach().double().square().sum()) for p in model.parameters()))}
 
-    callback = SpectralCallback(top_k=4, extra_measures={"weights": weight_norm})
+    callback = SpectralCallback(max_overhead=None, top_k=4, extra_measures={"weights": weight_norm})
     trainer = lm_trainer(tmp_path, [callback], max_steps=20, save_steps=10)
     trainer.train()
     record = tmp_path / "spectral"
@@ -144,7 +144,7 @@ def test_scalars_reach_a_tensorboard_event_file(tmp_path, monkeypatch):
 
     logdir = tmp_path / "tb"
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(logdir))
-    trainer = lm_trainer(tmp_path / "run", [SpectralCallback(schedule=4, top_k=2)], max_steps=12,
+    trainer = lm_trainer(tmp_path / "run", [SpectralCallback(max_overhead=None, schedule=4, top_k=2)], max_steps=12,
                          save_strategy="no", report_to=["tensorboard"], logging_steps=3)
     trainer.train()
 
@@ -172,7 +172,7 @@ def test_tracking_leaves_training_bit_identical(tmp_path):
         return {"noise": float(torch.randn(3).sum()), "dropout": float(np.random.rand() + torch.rand(1).item())}
 
     runs = {}
-    for name, callbacks in (("plain", []), ("tracked", [SpectralCallback(top_k=3, extra_measures={"m": noisy_measure})])):
+    for name, callbacks in (("plain", []), ("tracked", [SpectralCallback(max_overhead=None, top_k=3, extra_measures={"m": noisy_measure})])):
         trainer = lm_trainer(tmp_path / name, callbacks, max_steps=12, save_strategy="no", logging_steps=1)
         trainer.train()
         losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
@@ -185,7 +185,7 @@ def test_tracking_leaves_training_bit_identical(tmp_path):
 
 
 def test_image_classifier_convolutions(tmp_path):
-    trainer = image_trainer(tmp_path, [SpectralCallback(schedule=4, top_k=2, log_layers=False)],
+    trainer = image_trainer(tmp_path, [SpectralCallback(max_overhead=None, schedule=4, top_k=2, log_layers=False)],
                             max_steps=12, save_steps=6)
     trainer.train()
     record = tmp_path / "spectral"
@@ -218,7 +218,7 @@ def test_image_classifier_convolutions(tmp_path):
 
 
 def test_alignment_is_stored_and_equals_the_analyzer(tmp_path):
-    trainer = lm_trainer(tmp_path, [SpectralCallback(schedule=[0, 10], top_k=0, alignment=True)], max_steps=10,
+    trainer = lm_trainer(tmp_path, [SpectralCallback(max_overhead=None, schedule=[0, 10], top_k=0, alignment=True)], max_steps=10,
                          save_steps=10)
     trainer.train()
     snapshot = read_snapshot(tmp_path / "spectral" / "step-000010")

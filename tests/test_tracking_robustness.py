@@ -95,7 +95,7 @@ def test_failures_mid_run_warn_skip_and_training_completes(tmp_path, monkeypatch
 
     monkeypatch.setattr(recorder, "analyze_model", analyze_model)
     monkeypatch.setattr(store, "save_file", save_file)
-    callback = SpectralCallback(top_k=2, extra_measures={"broken": broken_measure})
+    callback = SpectralCallback(max_overhead=None, top_k=2, extra_measures={"broken": broken_measure})
     trainer = lm_trainer(tmp_path, [callback], max_steps=12, save_strategy="no")
     with caplog.at_level(logging.WARNING, logger="hf_spectral.tracking"):
         trainer.train()
@@ -117,7 +117,7 @@ def test_failures_mid_run_warn_skip_and_training_completes(tmp_path, monkeypatch
 def test_processes_the_trainer_does_not_join_are_named(tmp_path, monkeypatch, caplog):
     """A CPU-only `torchrun`/`accelerate launch --multi_gpu` of a Trainer without use_cpu=True runs
     every process alone; the callback says so instead of letting them overwrite each other's record."""
-    trainer = lm_trainer(tmp_path, [SpectralCallback(top_k=2, schedule=[0, 2])], max_steps=2, save_strategy="no")
+    trainer = lm_trainer(tmp_path, [SpectralCallback(max_overhead=None, top_k=2, schedule=[0, 2])], max_steps=2, save_strategy="no")
     assert trainer.args.world_size == 1
     monkeypatch.setenv("WORLD_SIZE", "2")  # what the launcher sets in each process
     with caplog.at_level(logging.WARNING, logger="hf_spectral.tracking"):
@@ -145,7 +145,7 @@ class StopAt(TrainerCallback):
 
 def test_resumed_run_continues_the_record(tmp_path):
     run = tmp_path / "run"
-    first = lm_trainer(run, [SpectralCallback(top_k=2), StopAt(15)], max_steps=20, save_steps=10)
+    first = lm_trainer(run, [SpectralCallback(max_overhead=None, top_k=2), StopAt(15)], max_steps=20, save_steps=10)
     first.train()
     record = run / "spectral"
     planned = log_spaced_steps(20)
@@ -153,7 +153,7 @@ def test_resumed_run_continues_the_record(tmp_path):
     assert record_steps(record) == [s for s in planned if s <= 15] + ([15] if 15 not in planned else [])
     kept_meta = (record / "step-000010" / "meta.json").read_text()
 
-    second = lm_trainer(run, [SpectralCallback(top_k=2)], max_steps=20, save_steps=10)
+    second = lm_trainer(run, [SpectralCallback(max_overhead=None, top_k=2)], max_steps=20, save_steps=10)
     second.train(resume_from_checkpoint=str(run / "checkpoint-10"))
 
     assert record_steps(record) == planned  # nothing duplicated, nothing lost, the abandoned 15 is gone
@@ -165,7 +165,7 @@ def test_resumed_run_continues_the_record(tmp_path):
     assert "spectral/mean_agreement" in first_after
 
     # The continued record equals an uninterrupted run's (resume restores weights, optimizer, RNG, data order).
-    reference = lm_trainer(tmp_path / "reference", [SpectralCallback(top_k=2)], max_steps=20, save_strategy="no")
+    reference = lm_trainer(tmp_path / "reference", [SpectralCallback(max_overhead=None, top_k=2)], max_steps=20, save_strategy="no")
     reference.train()
     for step in (12, 20):
         ours = read_snapshot(record / f"step-{step:06d}")
@@ -182,7 +182,7 @@ def test_sharded_model_falls_back_to_saved_checkpoints(tmp_path, monkeypatch, ca
     import hf_spectral.tracking.callback as callback_module
 
     monkeypatch.setattr(callback_module, "sharded_kind", lambda model: "FSDP")
-    trainer = lm_trainer(tmp_path, [SpectralCallback(top_k=2)], max_steps=20, save_steps=10)
+    trainer = lm_trainer(tmp_path, [SpectralCallback(max_overhead=None, top_k=2)], max_steps=20, save_steps=10)
     with caplog.at_level(logging.WARNING, logger="hf_spectral.tracking"):
         trainer.train()
     assert any("sharded (FSDP)" in r.getMessage() for r in caplog.records)

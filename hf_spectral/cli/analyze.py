@@ -8,7 +8,7 @@ from hf_spectral.cli.common import add_analysis_arguments, add_output_arguments,
 from hf_spectral.store import Snapshot
 
 TABLE_COLUMNS = {
-    "name": "matrix",
+    "name": "name",
     "kind": "kind",
     "shape": "shape",
     "dtype": "dtype",
@@ -88,8 +88,8 @@ def format_table(snapshot: Snapshot, limit: int | None = 40) -> str:
         shown = shown.assign(flag=[_joined(f, h) for f, h in zip(shown["flag"], shown["heavy_tail_flag"])])
     frame = shown[list(columns)].rename(columns=columns)
     # names left-aligned (pandas right-aligns strings), so that the layers of a block line up
-    width = max([len("matrix"), *frame["matrix"].str.len()])
-    frame = frame.rename(columns={"matrix": "matrix".ljust(width)})
+    width = max([len("name"), *frame["name"].str.len()])
+    frame = frame.rename(columns={"name": "name".ljust(width)})
     lines = [frame.to_string(index=False, float_format=lambda x: f"{x:.4g}",
                              formatters={frame.columns[0]: lambda name: name.ljust(width)})]
     if limit is not None and len(matrices) > limit:

@@ -53,10 +53,7 @@ def format_dynamics(dyn: Dynamics, limit: int | None = 40) -> str:
     lines = [f"{meta.get('snapshots', len(steps))} snapshots"
              + (f", steps {steps[0]}..{steps[-1]}" if steps and not meta.get("step_is_position") else "")
              + f"; reference: {meta.get('reference')}"]
-    for group in meta.get("identical") or []:
-        lines.append(f"identical checkpoints (analyzed once): {' = '.join(group)}")
-    for missing in meta.get("missing") or []:
-        lines.append(f"missing revision {missing['label']}: {missing['reason']}")
+    # identical and missing checkpoints: the series loader has logged them once (stderr)
     table = per_layer(dyn)
     if len(table):
         shown = table if limit is None else table.head(limit)

@@ -9,8 +9,18 @@ Defined results of :func:`spectrum_metrics` (every case is flagged, never a sile
   forms, ``condition_number`` and ``gini`` are NaN; the norms are 0, ``numerical_rank`` is 0,
   ``flag`` is ``"zero_matrix"`` so callers exclude the row from means explicitly.
 * rank-deficient (``numerical_rank`` < R): every metric is finite (0·log 0 = 0 in the entropy),
-  ``condition_number`` is inf, ``flag`` is ``"rank_deficient"``.
+  ``flag`` is ``"rank_deficient"``. ``condition_number`` is still the ratio σ₁/σ_min of the values
+  given (inf only when σ_min is exactly 0); for a rank-deficient row σ_min sits at the noise floor,
+  so read the flag, not the ratio.
 * otherwise ``flag`` is ``""``.
+
+Numerical rank: σᵢ counts when σᵢ > max(m, n)·eps·σ₁ (numpy.linalg.matrix_rank's rule), where eps
+is the precision of the *computation* (float32 eps for ``precision="float32"``, whose upcast float64
+Gram path resolves σ to ~1e-8·σ₁; float64 eps for ``precision="float64"``), never that of the
+storage dtype. A bf16/fp16/fp8 weight is held exactly after upcasting, so its singular values are
+those of the stored matrix; the storage rounding (bf16 eps 7.8e-3) is part of the weights, not
+noise of the SVD, and a tolerance built from it (max(m, n)·7.8e-3·σ₁ ≥ σ₁ from 128 columns on)
+would call every bf16 matrix rank 0.
 * :func:`non_finite_metrics` (for a matrix holding inf/NaN): every metric NaN except ``rank_dim``,
   ``flag`` ``"non_finite"``.
 
@@ -172,9 +182,9 @@ def spectrum_metrics(
     """Scalar metrics (keys :data:`SPECTRUM_METRICS` plus ``flag``) of a full spectrum of an m×n matrix.
 
     ``eps`` sets the noise floor tol = max(m, n)·eps·σ₁ (numpy.linalg.matrix_rank's rule) used by
-    ``numerical_rank``, ``condition_number`` and the ``rank_deficient`` flag; it must not be below
-    the decomposition's own noise (σ from ``precision="float32"`` resolve ~1e-8·σ₁: keep eps ≥
-    float32 eps; use ``precision="float64"`` for a float64 eps). ``sigma`` must hold all
+    ``numerical_rank`` and the ``rank_deficient`` flag: the precision of the computation that made
+    ``sigma`` (see the module docstring; σ from ``precision="float32"`` resolve ~1e-8·σ₁: keep eps ≥
+    float32 eps; use ``precision="float64"`` for a float64 eps). ``condition_number`` is σ₁/σ_min. ``sigma`` must hold all
     R = min(m, n) values (a top-k prefix gives wrong ranks: ValueError).
     """
     m, n = _check_shape(shape)
@@ -219,7 +229,7 @@ def spectrum_metrics(
         "spectral_norm": s1,
         "frobenius_norm": s1 * math.sqrt(stable_rank),
         "nuclear_norm": total,
-        "condition_number": s1 / smallest if smallest > tol else math.inf,
+        "condition_number": s1 / smallest if smallest > 0 else math.inf,
         "numerical_rank": float(numerical_rank),
         "gini": gini(s),
         "flag": FLAG_RANK_DEFICIENT if numerical_rank < r_dim else "",
@@ -399,11 +409,14 @@ def _top_direct(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
 
 def _top_gram(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
     tall = _tall(matrix)
+    if tall.numel() <= _CHUNK_ELEMENTS:
+        # One float64 copy serves the Gram product and U = T V / σ (converting twice cost ~25%).
+        tall = tall.to(torch.float64)
     gram = _gram_lower(tall)
     if not bool(torch.isfinite(gram).all()):
         return _top_direct(matrix, k)
     eig, vecs = torch.linalg.eigh(gram, UPLO="L")
-    _check_finite(eig, vecs)
+    _check_finite(eig, vecs[:, -k:])  # only the top-k vectors are used
     sigma = eig.clamp_min(0).sqrt().flip(0)
     if sigma[0] == 0 or sigma[k - 1] < _GRAM_VECTOR_MIN_RATIO * sigma[0]:
         # U = T V / σ would amplify eigenvector errors too much: decompose directly.

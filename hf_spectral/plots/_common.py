@@ -37,6 +37,8 @@ STYLE: dict[str, Any] = {
     "axes.spines.right": False,
     "svg.fonttype": "none",
     "savefig.dpi": 110,
+    # never "1e-5+7.7e-1" on a nearly flat axis: ticks show the values themselves
+    "axes.formatter.useoffset": False,
 }
 MISSING_COLOR = "#d9d9d9"  # undefined cells (flagged matrices, missing steps) in heat maps
 
@@ -118,8 +120,11 @@ class StepAxis(StepScale):
 
 
 def short_names(names: Sequence[str], max_length: int = 38) -> list[str]:
-    """Readable labels: drop the prefix every name shares (``model.encoder.``), the trailing
-    ``.weight``, and cut the middle of what is still too long (both ends carry the meaning)."""
+    """Readable labels: drop the prefix every name shares (``model.encoder.``) and the trailing
+    ``.weight``; a name still too long gets its leading components abbreviated to their first letter
+    (``bert.encoder.layer.0.attention.self.query`` → ``b.e.layer.0.attention.self.query``), and so
+    in every name that starts with them, so the layer index and the module's own name stay whole. Only a
+    name that still does not fit is cut, at the front (``…``)."""
     names = [str(n) for n in names]
     parts = [re.split(r"(?<=[./])", n) for n in names]
     shared = 0
@@ -128,18 +133,41 @@ def short_names(names: Sequence[str], max_length: int = 38) -> list[str]:
             if len(set(column)) != 1:
                 break
             shared += 1
-    out = []
+    pieces = []
     for split in parts:
         # Never strip a name down to nothing: keep at least its last part.
-        text = "".join(split[min(shared, len(split) - 1):])
+        kept = split[min(shared, len(split) - 1):]
+        text = "".join(kept)
         stripped = re.sub(r"\.weight$", "", text)
         # "0.weight" (an nn.Sequential) would become a bare "0", which reads as an index: keep it whole.
-        text = stripped if stripped and not stripped.isdigit() else text
-        if len(text) > max_length:
-            keep = max_length - 1
-            text = text[: keep // 2] + "…" + text[-(keep - keep // 2):]
-        out.append(text)
+        if stripped and not stripped.isdigit():
+            kept = re.split(r"(?<=[./])", stripped)
+        pieces.append(kept)
+    # the leading components a too-long name needs abbreviated are abbreviated in every name that
+    # starts with them (bert.encoder. -> b.e. everywhere; bert.embeddings. -> b.embeddings.)
+    abbreviated: set[tuple[str, ...]] = set()
+    for kept in pieces:
+        need = 0
+        while len(_abbreviated(kept, need)) > max_length and need < len(kept) - 1:
+            need += 1
+        abbreviated.update(tuple(kept[:d]) for d in range(1, need + 1))
+    out = []
+    for kept in pieces:
+        count = max([d for d in range(1, len(kept)) if tuple(kept[:d]) in abbreviated], default=0)
+        text = _abbreviated(kept, count)
+        out.append(text if len(text) <= max_length else "…" + text[-(max_length - 1):])
     return out
+
+
+def _abbreviated(components: Sequence[str], count: int) -> str:
+    """The name with its first ``count`` components cut to their first letter (numbers kept whole)."""
+    out = []
+    for index, part in enumerate(components):
+        word = part.rstrip("./")
+        if index < count and word and not word.isdigit() and len(word) > 1:
+            part = word[0] + part[len(word):]
+        out.append(part)
+    return "".join(out)
 
 
 def thin_labels(ax: Axes, labels: Sequence[str], axis_inches: float, *, axis: str = "y", points_per_label: float = 9.0) -> None:
@@ -222,6 +250,27 @@ def draw_heatmap(
     ax.grid(False)
     axis.apply(ax)
     return mesh
+
+
+# A quantity whose whole range over the run is below this share of its size is drawn as flat:
+# autoscaling would blow 0.77002 → 0.77003 up to the full panel height.
+FLAT_SHARE = 0.01
+
+
+def keep_flat_flat(ax: Axes, values: np.ndarray, share: float = FLAT_SHARE) -> bool:
+    """Widen the y-axis to ±share/2 of the values' size when they vary less than that; True if it did
+    (the panel's title should then say so)."""
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if not len(finite):
+        return False
+    low, high = float(finite.min()), float(finite.max())
+    size = max(abs(low), abs(high))
+    if size == 0 or high - low >= share * size:
+        return False
+    centre = (low + high) / 2
+    ax.set_ylim(centre - share * size / 2, centre + share * size / 2)
+    return True
 
 
 def note(ax: Axes, text: str) -> None:

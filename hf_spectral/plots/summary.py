@@ -6,7 +6,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from hf_spectral.dynamics.types import Dynamics
-from hf_spectral.plots._common import StepAxis, grid_shape, new_figure, require, styled
+from hf_spectral.plots._common import FLAT_SHARE, StepAxis, grid_shape, keep_flat_flat, new_figure, require, styled
 
 PANELS = (
     ("mean_normalized_effective_rank", "mean normalized effective rank"),
@@ -45,6 +45,8 @@ def plot_summary(dyn: Dynamics, *, scale: str = "auto") -> Figure:
         ax.set_title(label)
         if column in ("mean_agreement", "mean_alignment"):
             ax.set_ylim(-0.02, 1.02)
+        elif keep_flat_flat(ax, values):
+            ax.set_title(f"{label} (changed < {FLAT_SHARE:.0%})")
     shown = list(axes.flat)[: len(panels)]
     for i, ax in enumerate(shown):
         # Label only the lowest panel of each column: the axis is shared.

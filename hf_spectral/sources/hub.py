@@ -22,7 +22,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -49,6 +48,7 @@ from hf_spectral.sources.layout import (
 )
 from hf_spectral.sources.local import open_checkpoint
 from hf_spectral.sources.types import Checkpoint
+from hf_spectral.utils.logging import get_logger
 from hf_spectral.views.naming import natural_key
 
 ANY = "*"  # stage marker: every variant
@@ -57,6 +57,8 @@ _TRUE = {"1", "ON", "YES", "TRUE"}
 _GLOB = re.compile(r"[*?\[]")
 # Pythia-style revision names carry the step: "step1000", "step-1000", "checkpoint_500".
 _STEP_IN_NAME = re.compile(r"(?:^|[-_/])(?:step|checkpoint|ckpt)[-_]?(\d+)$", re.IGNORECASE)
+
+logger = get_logger(__name__)
 
 
 def hub_cache_dir() -> Path:
@@ -106,16 +108,17 @@ def resolve_hub(
     revision: str | None = None,
     variant: str | None = None,
     cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
 ) -> list[Checkpoint]:
     """The checkpoint of a Hub model id at a revision (default ``main``), from the local cache,
-    downloading the weight files first unless offline."""
+    downloading the weight files first unless offline (``token`` as in ``from_pretrained``)."""
     repo_id, at_rev = split_revision(source)
     if at_rev is not None and revision is not None and at_rev != revision:
         raise SpectralError(f"{source} names revision {at_rev} but --revision is {revision}: give one of them")
     rev = check_revision(repo_id, revision or at_rev or "main")
     cache = Path(cache_dir).expanduser() if cache_dir is not None else hub_cache_dir()
     offline = is_offline()
-    folder = _fetch(repo_id, rev, variant, cache, offline, source)
+    folder = _fetch(repo_id, rev, variant, cache, offline, source, token)
     if offline:  # offline, the ref file read from the cache names the commit folder: it must be one of the repo's
         _inside_cache(folder, cache, repo_id, rev)
     try:
@@ -187,11 +190,12 @@ def fetch_stages(variant: str | None, pipeline: bool) -> list[tuple[str, str | N
     return stages
 
 
-def _fetch(repo_id: str, rev: str, variant: str | None, cache: Path, offline: bool, source: str) -> Path:
+def _fetch(repo_id: str, rev: str, variant: str | None, cache: Path, offline: bool, source: str,
+           token: str | bool | None = None) -> Path:
     stages = fetch_stages(variant, pipeline=False)
 
     def download(patterns: list[str]) -> Path:
-        return _download(repo_id, rev, cache, patterns, offline, source)
+        return _download(repo_id, rev, cache, patterns, offline, source, token)
 
     folder = download(["config.json", "model_index.json"] + weight_patterns(*stages[0], [""]))
     if offline:
@@ -210,11 +214,13 @@ def _fetch(repo_id: str, rev: str, variant: str | None, cache: Path, offline: bo
     return folder
 
 
-def _download(repo_id: str, rev: str, cache: Path, patterns: list[str], offline: bool, source: str) -> Path:
+def _download(repo_id: str, rev: str, cache: Path, patterns: list[str], offline: bool, source: str,
+              token: str | bool | None = None) -> Path:
     try:
         return Path(
             snapshot_download(
-                repo_id, revision=rev, cache_dir=cache, allow_patterns=patterns, local_files_only=offline
+                repo_id, revision=rev, cache_dir=cache, allow_patterns=patterns, local_files_only=offline,
+                token=token,
             )
         )
     except IncompleteSnapshotError as e:
@@ -257,8 +263,10 @@ def _not_cached_message(repo_id: str, rev: str, cache: Path, offline: bool, sour
 
 
 def _download_command(repo_id: str, rev: str) -> str:
-    # huggingface_hub 1.x/2.x ships the `hf` CLI (the old `huggingface-cli` is gone).
-    return f"hf download {repo_id} --revision {rev}"
+    # huggingface_hub 1.x/2.x ships the `hf` CLI (the old `huggingface-cli` is gone). Configs and
+    # safetensors weights are all an analysis reads: not the whole repo (ONNX, TF, flax copies...).
+    return f'hf download {repo_id} --revision {rev} --include "*.json" "*.safetensors"'
+
 
 
 # --------------------------------------------------------------------------------------------------
@@ -266,7 +274,7 @@ def _download_command(repo_id: str, rev: str) -> str:
 
 
 def expand_revisions(repo_id: str, revisions: str | Sequence[str], *,
-                     hub_cache_dir: str | os.PathLike | None = None) -> list[str]:
+                     hub_cache_dir: str | os.PathLike | None = None, token: str | bool | None = None) -> list[str]:
     """Revision names: a comma-separated string or a list; globs (``step*``) are matched against
     the repo's branches and tags (online) or the refs cached locally (offline). Order: as given,
     each glob's matches in natural order (``step2`` before ``step10``)."""
@@ -282,7 +290,7 @@ def expand_revisions(repo_id: str, revisions: str | Sequence[str], *,
             names.append(pattern)
             continue
         if available is None:
-            available = list_revisions(repo_id, hub_cache_dir=hub_cache_dir)
+            available = list_revisions(repo_id, hub_cache_dir=hub_cache_dir, token=token)
         matched = sorted((r for r in available if fnmatch.fnmatchcase(r, pattern)), key=natural_key)
         if not matched:
             shown = ", ".join(sorted(available, key=natural_key)[:8]) or "none"
@@ -291,7 +299,8 @@ def expand_revisions(repo_id: str, revisions: str | Sequence[str], *,
     return list(dict.fromkeys(names))
 
 
-def list_revisions(repo_id: str, *, hub_cache_dir: str | os.PathLike | None = None) -> list[str]:
+def list_revisions(repo_id: str, *, hub_cache_dir: str | os.PathLike | None = None,
+                   token: str | bool | None = None) -> list[str]:
     """Branch and tag names of a Hub repo: asked of the Hub online, read from the local cache offline
     (or when the Hub cannot be reached)."""
     if not is_offline():
@@ -299,15 +308,15 @@ def list_revisions(repo_id: str, *, hub_cache_dir: str | os.PathLike | None = No
         from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
         try:
-            refs = list_repo_refs(repo_id)
+            refs = list_repo_refs(repo_id, token=token)
             return [ref.name for ref in [*refs.branches, *refs.tags]]
         except GatedRepoError as exc:
             raise gated_error(repo_id) from exc
         except RepositoryNotFoundError as exc:
             raise SpectralError(f"no Hub model {repo_id} (or it is private: `hf auth login`)") from exc
         except Exception as exc:  # network failures come as several exception types; the cache may still do
-            warnings.warn(f"cannot list the revisions of {repo_id} on the Hub ({type(exc).__name__}); "
-                          "using the refs cached locally", stacklevel=3)
+            logger.warning(f"hf_spectral: cannot list the revisions of {repo_id} on the Hub ({type(exc).__name__}); "
+                           "using the refs cached locally")
     return cached_revisions(repo_id, hub_cache_dir=hub_cache_dir)
 
 
@@ -318,7 +327,7 @@ def cached_revisions(repo_id: str, *, hub_cache_dir: str | os.PathLike | None = 
     if not refs.is_dir():
         raise SpectralError(
             f"no revision of Hub model {repo_id} is in the cache {cache}, so its revisions cannot be listed: "
-            f"unset HF_HUB_OFFLINE (and check the connection), or run `hf download {repo_id} --revision REV` "
+            f"unset HF_HUB_OFFLINE (and check the connection), or run `{_download_command(repo_id, 'REV')}` "
             "for each revision"
         )
     # Ref names may hold slashes ("refs/pr/1" is stored as refs/refs/pr/1): a file per ref, nested.

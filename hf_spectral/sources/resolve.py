@@ -22,17 +22,19 @@ def resolve(
     revision: str | None = None,
     variant: str | None = None,
     cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
 ) -> list[Checkpoint]:
     """The checkpoints a SOURCE names, ordered in time for a training run.
 
-    revision and cache_dir apply to Hub ids only (cache_dir defaults to ``HF_HUB_CACHE`` /
-    ``HF_HOME/hub`` as huggingface_hub resolves it); variant selects ``fp16``-style weight files.
+    revision, cache_dir and token apply to Hub ids only, as in ``from_pretrained`` (cache_dir
+    defaults to ``HF_HUB_CACHE`` / ``HF_HOME/hub`` as huggingface_hub resolves it; token to the
+    saved login); variant selects ``fp16``-style weight files.
     """
-    return open_source(classify(source, revision=revision), variant=variant, cache_dir=cache_dir)
+    return open_source(classify(source, revision=revision), variant=variant, cache_dir=cache_dir, token=token)
 
 
 def open_source(found: ClassifiedSource, *, variant: str | None = None,
-                cache_dir: str | Path | None = None) -> list[Checkpoint]:
+                cache_dir: str | Path | None = None, token: str | bool | None = None) -> list[Checkpoint]:
     """The checkpoints of a classified SOURCE (Hub ids fetched into ``cache_dir`` unless offline).
 
     Snapshots and records hold spectra, not weights: they are refused (read them with ``read_snapshot``
@@ -45,7 +47,7 @@ def open_source(found: ClassifiedSource, *, variant: str | None = None,
         return _open_all([lambda p=p: [open_checkpoint(p, variant=variant, source=found.source, label=p.name)]
                           for p in found.folders])
     if found.kind is SourceKind.CHECKPOINTS:
-        return _open_all([lambda item=item: open_source(item, variant=variant, cache_dir=cache_dir)
+        return _open_all([lambda item=item: open_source(item, variant=variant, cache_dir=cache_dir, token=token)
                           for item in found.items])
     if not found.is_hub:  # local: huggingface_hub is not imported (~0.3 s of start-up)
         assert found.path is not None
@@ -54,10 +56,10 @@ def open_source(found: ClassifiedSource, *, variant: str | None = None,
 
     if found.kind is SourceKind.HUB_REVISIONS:
         assert found.repo_id is not None and found.revisions is not None
-        names = expand_revisions(found.repo_id, found.revisions, hub_cache_dir=cache_dir)
+        names = expand_revisions(found.repo_id, found.revisions, hub_cache_dir=cache_dir, token=token)
         return _open_all([lambda name=name: resolve_hub(found.repo_id, revision=name, variant=variant,
-                                                        cache_dir=cache_dir) for name in names])
-    return resolve_hub(found.source, revision=found.revision, variant=variant, cache_dir=cache_dir)
+                                                        cache_dir=cache_dir, token=token) for name in names])
+    return resolve_hub(found.source, revision=found.revision, variant=variant, cache_dir=cache_dir, token=token)
 
 
 def _open_all(openers: list[Callable[[], list[Checkpoint]]]) -> list[Checkpoint]:

@@ -14,8 +14,8 @@ are skipped so that hundreds of per-layer scalars do not flood the terminal.
 from __future__ import annotations
 
 import inspect
-import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -25,11 +25,12 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from hf_spectral.engine import AnalysisOptions, launched_processes, process_state
 from hf_spectral.errors import SpectralError
 from hf_spectral.store import RECORD_FOLDER
-from hf_spectral.tracking.recorder import Recorder
-from hf_spectral.tracking.schedule import Schedule, ScheduleSpec
+from hf_spectral.tracking.recorder import Recorder, _broadcast
+from hf_spectral.tracking.schedule import OverheadBudget, Schedule, ScheduleSpec
 from hf_spectral.tracking.sharding import sharded_kind
+from hf_spectral.utils.logging import get_logger
 
-logger = logging.getLogger("hf_spectral.tracking")
+logger = get_logger("hf_spectral.tracking")
 
 
 class SpectralCallback(TrainerCallback):
@@ -46,6 +47,11 @@ class SpectralCallback(TrainerCallback):
                 per layer ``spectral/alpha/<matrix>``; docs/heavy_tailed.md).
     extra_measures: ``{name: function(model) -> {key: value}}``, computed at each snapshot, logged as
                 ``spectral/<name>/<key>`` and stored in the snapshot's ``meta["extra_measures"]``.
+    max_overhead: the largest share of the projected training time (time per step × ``max_steps``)
+                that snapshots may take (default 0.05); a scheduled snapshot that would exceed it is
+                skipped. Step 0 and the last step are always taken. Skipped steps are listed in
+                ``meta["skipped_steps"]`` of the later snapshots and logged once at the end of
+                training. ``None`` takes every scheduled snapshot.
     """
 
     def __init__(
@@ -61,8 +67,11 @@ class SpectralCallback(TrainerCallback):
         alignment: bool = False,
         heavy_tail: bool = False,
         extra_measures: Mapping[str, Callable[[nn.Module], Mapping[str, float]]] | None = None,
+        max_overhead: float | None = 0.05,
     ) -> None:
         self.schedule = Schedule.parse(schedule)
+        self.max_overhead = max_overhead
+        self.budget = OverheadBudget(max_overhead) if max_overhead is not None else None  # validates it
         options = AnalysisOptions(include=include, exclude=exclude, top_k=top_k, device=device,
                                   precision=precision, alignment=alignment, progress=False, heavy_tail=heavy_tail)
         self.output_dir = Path(output_dir) if output_dir is not None else None
@@ -72,6 +81,8 @@ class SpectralCallback(TrainerCallback):
         self._attached = False  # handler given by attach(), else found at each on_train_begin
         self._live = True
         self._max_steps: int | None = None
+        self._start_step = 0
+        self._clock = 0.0  # perf_counter at on_train_begin: training time = elapsed - budget.spent
 
     def attach(self, trainer: Any) -> "SpectralCallback":
         """Add this callback to ``trainer`` (unless it is there already) and keep the Trainer's public
@@ -110,6 +121,9 @@ class SpectralCallback(TrainerCallback):
             logger.warning("hf_spectral: spectral scalars go to trainer.state.log_history only: this trainer does "
                            "not dispatch events through transformers' CallbackHandler, so report_to loggers miss them")
         self._max_steps = state.max_steps if state.max_steps and state.max_steps > 0 else None
+        self._start_step, self._clock = state.global_step, time.perf_counter()
+        if self.max_overhead is not None:
+            self.budget = OverheadBudget(self.max_overhead)
         if args.world_size == 1 and launched_processes() > 1:
             logger.warning("hf_spectral: launched as %d processes, but the Trainer runs each one alone (on a machine "
                            "without GPUs pass use_cpu=True to TrainingArguments to train one run over gloo); every "
@@ -144,8 +158,11 @@ class SpectralCallback(TrainerCallback):
             if scalars:
                 self._emit(args, state, control, scalars)
         live = _unwrap(model) if self._live and model is not None else None
+        started = time.perf_counter()
         self.recorder.write_checkpoint_summary(live, state.global_step, checkpoint)
         self.recorder.write_log_history(state.log_history)
+        if self.budget is not None:
+            self.budget.charge(time.perf_counter() - started, snapshot=False)
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:
@@ -160,10 +177,17 @@ class SpectralCallback(TrainerCallback):
         step = state.global_step
         if (self._live and model is not None and self.schedule.kind != "steps" and not args.load_best_model_at_end
                 and step not in self.recorder.recorded):
-            scalars = self.recorder.record(_unwrap(model), step, {"epoch": state.epoch})
+            scalars = self.recorder.record(_unwrap(model), step, self._meta(state))
             if scalars:
                 state.log_history.append({**scalars, "step": step})
         self.recorder.write_log_history(state.log_history)
+        budget = self.budget
+        if budget is not None and budget.skipped and process_state().is_main_process:
+            logger.warning(
+                "hf_spectral: skipped %d of %d scheduled spectral snapshots (steps %s) to keep snapshots within "
+                "max_overhead=%g of the training time (%.1f s in snapshots); pass max_overhead=None to take them "
+                "all", len(budget.skipped), len(budget.skipped) + budget.taken, _steps_text(budget.skipped),
+                budget.share, budget.spent)
 
     # ------------------------------------------------------------------------------------------
 
@@ -171,10 +195,33 @@ class SpectralCallback(TrainerCallback):
         step = state.global_step
         if not self.schedule.is_due(step, self._max_steps) or step in self.recorder.recorded:
             return
-        scalars = self.recorder.record(_unwrap(model), step, {"epoch": state.epoch})
+        if not self._within_budget(step):
+            assert self.budget is not None
+            self.budget.skipped.append(step)
+            return
+        started = time.perf_counter()
+        scalars = self.recorder.record(_unwrap(model), step, self._meta(state))
         if scalars:
             self._emit(args, state, control, scalars)
             self.recorder.write_log_history(state.log_history)
+        if self.budget is not None:
+            self.budget.charge(time.perf_counter() - started)
+
+    def _within_budget(self, step: int) -> bool:
+        """Whether the overhead budget allows a snapshot at ``step`` (step 0 and the last step always).
+        Decided on the main process and broadcast: every process must take part in the same snapshots."""
+        budget = self.budget
+        if budget is None or step == self._start_step or (self._max_steps is not None and step >= self._max_steps):
+            return True
+        train_seconds = time.perf_counter() - self._clock - budget.spent
+        total = self._max_steps - self._start_step if self._max_steps is not None else None
+        return bool(_broadcast(budget.allows(step - self._start_step, total, train_seconds)))
+
+    def _meta(self, state: TrainerState) -> dict[str, Any]:
+        meta: dict[str, Any] = {"epoch": state.epoch}
+        if self.budget is not None:
+            meta.update(max_overhead=self.budget.share, skipped_steps=list(self.budget.skipped))
+        return meta
 
     def _emit(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
               scalars: dict[str, float]) -> None:
@@ -198,6 +245,11 @@ class SpectralCallback(TrainerCallback):
                 )
             except Exception as exc:  # a logger's failure must not stop training either
                 logger.warning("hf_spectral: %s could not log the spectral scalars: %s", type(callback).__name__, exc)
+
+
+def _steps_text(steps: list[int], shown: int = 12) -> str:
+    text = ", ".join(str(s) for s in steps[:shown])
+    return text + (f", ... ({len(steps) - shown} more)" if len(steps) > shown else "")
 
 
 def _calling_handler(callback: TrainerCallback) -> Any:

@@ -37,8 +37,9 @@ from hf_spectral.store import (
     snapshot_problem, write_snapshot,
 )
 from hf_spectral.tracking.scalars import LAYER_FAMILIES, PREFIX, live_scalars, measure_scalars
+from hf_spectral.utils.logging import get_logger
 
-logger = logging.getLogger("hf_spectral.tracking")
+logger = get_logger("hf_spectral.tracking")
 
 _SNAPSHOT_NAME = re.compile(r"^step-(\d+)$")
 DAMAGED_DIR = ".damaged"  # <record>/.damaged/step-N: snapshots found damaged on resume, set aside

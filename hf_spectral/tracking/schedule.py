@@ -8,7 +8,7 @@ Step 0 is the initialization. Decisions only: nothing here computes or writes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence, Union
 
 from hf_spectral.errors import SpectralError
@@ -135,3 +135,45 @@ def _log_set(max_steps: int) -> frozenset[int]:
     if max_steps not in _LOG_CACHE:
         _LOG_CACHE[max_steps] = frozenset(log_spaced_steps(max_steps))
     return _LOG_CACHE[max_steps]
+
+
+@dataclass
+class OverheadBudget:
+    """Keeps the time spent on snapshots within ``share`` of the projected training time.
+
+    The projection is the measured time per training step (wall time outside snapshots) times the
+    run's length in steps, so early snapshots — dense in the ``"log"`` schedule, where the paper's
+    figures need them — are charged against the whole run's budget, not the few steps done so far.
+    A snapshot is taken when the time spent so far plus the expected cost of this one and of the
+    final snapshot (always taken) fits; the expected cost is the larger of the mean and the latest
+    of the snapshots taken so far (a machine getting busier makes the mean too low).
+    Without ``max_steps`` the projection is the training time elapsed so far.
+    """
+
+    share: float
+    spent: float = 0.0  # seconds inside snapshots (and checkpoint summaries) so far
+    taken: int = 0
+    latest: float = 0.0  # seconds of the latest snapshot
+    skipped: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.share, (int, float)) and 0 < self.share):
+            raise SpectralError(f"max_overhead must be a positive share of training time (e.g. 0.05) or None, "
+                                f"got {self.share!r}")
+
+    def charge(self, seconds: float, snapshot: bool = True) -> None:
+        """Count ``seconds`` of tracking work (a snapshot when ``snapshot``)."""
+        self.spent += max(0.0, seconds)
+        self.taken += int(snapshot)
+        if snapshot:
+            self.latest = max(0.0, seconds)
+
+    def allows(self, steps_done: int, steps_total: int | None, train_seconds: float) -> bool:
+        """Whether a snapshot now fits, after ``steps_done`` of ``steps_total`` steps (None: unknown)
+        that took ``train_seconds`` outside snapshots."""
+        if self.taken == 0 or steps_done <= 0:
+            return True
+        cost = max(self.spent / self.taken, self.latest)
+        projected = train_seconds / steps_done * max(steps_total or 0, steps_done)
+        reserve = cost if steps_total is not None and steps_done < steps_total else 0.0
+        return self.spent + cost + reserve <= self.share * projected

@@ -14,7 +14,6 @@ Same schedule, record format and scalars as ``SpectralCallback``; scalars go to
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -27,8 +26,9 @@ from hf_spectral.store import LOG_HISTORY_FILE
 from hf_spectral.tracking.recorder import Recorder
 from hf_spectral.tracking.schedule import Schedule, ScheduleSpec
 from hf_spectral.tracking.sharding import sharded_kind
+from hf_spectral.utils.logging import get_logger
 
-logger = logging.getLogger("hf_spectral.tracking")
+logger = get_logger("hf_spectral.tracking")
 
 
 class SpectralTracker:
@@ -93,18 +93,25 @@ class SpectralTracker:
         if not scalars:
             return None
         self.history.append({**scalars, "step": int(global_step)})
-        if self.accelerator is not None:
-            try:
-                self.accelerator.log(scalars, step=int(global_step))
-            except Exception as exc:  # a logger's failure must not stop training
-                logger.warning("hf_spectral: accelerator.log failed for the spectral scalars: %s", exc)
+        self._forward(scalars, int(global_step), "the spectral scalars")
         self.recorder.write_log_history(self.history)
         return scalars
 
     def log(self, values: Mapping[str, float], step: int) -> None:
-        """Add the loop's own metrics (loss, validation accuracy...) to ``log_history.json``, so that the
-        dynamics tools plot them next to the spectra. Written at the next snapshot and at ``close``."""
-        self.history.append({**{k: v for k, v in values.items()}, "step": int(step)})
+        """Log the loop's own metrics (loss, validation accuracy...): to ``accelerator.log`` when an
+        Accelerator was given (as ``accelerator.log`` itself would), and to ``log_history.json``, so that
+        the dynamics tools plot them next to the spectra (written at the next snapshot and at ``close``)."""
+        values = dict(values)
+        self.history.append({**values, "step": int(step)})
+        self._forward(values, int(step), "the logged values")
+
+    def _forward(self, values: dict[str, Any], step: int, what: str) -> None:
+        if self.accelerator is None:
+            return
+        try:
+            self.accelerator.log(values, step=step)
+        except Exception as exc:  # a logger's failure must not stop training
+            logger.warning("hf_spectral: accelerator.log failed for %s: %s", what, exc)
 
     def close(self) -> None:
         """Write ``log_history.json`` (main process)."""

@@ -5,7 +5,7 @@ from hf_spectral.views.modules import config_from_model, module_types_from_confi
 from hf_spectral.views.alignment import alignment_pairs
 from hf_spectral.views.naming import natural_key
 from hf_spectral.views.plan import compile_patterns, plan_matrices, select
-from hf_spectral.views.registry import rules_for
+from hf_spectral.views.registry import base_model_prefix, rules_for
 from hf_spectral.views.types import AlignmentMode, AlignmentPair, MatrixKind, MatrixSlice, MatrixSpec, SkippedTensor
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "MatrixSpec",
     "SkippedTensor",
     "alignment_pairs",
+    "base_model_prefix",
     "build_matrix",
     "compile_patterns",
     "config_from_model",

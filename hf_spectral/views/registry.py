@@ -441,3 +441,25 @@ def _matches(patterns: tuple[str, ...], name: str) -> bool:
 @lru_cache(maxsize=None)
 def _compile(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
+
+
+def base_model_prefix(config: Mapping[str, Any] | None) -> str | None:
+    """The attribute name under which transformers' head models hold the base model of this
+    ``model_type`` (``BertPreTrainedModel.base_model_prefix == "bert"``), or None when unknown.
+
+    Imports the base model's class (its modeling module) from transformers: call it only where
+    names of a base and a head model must be matched, as ``from_pretrained`` does.
+    """
+    model_type = (config or {}).get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        return None
+    try:
+        import transformers
+        from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+        class_name = MODEL_MAPPING_NAMES.get(model_type)
+        model_class = getattr(transformers, class_name) if isinstance(class_name, str) else None
+    except Exception:  # transformers without this architecture, or a class that fails to import
+        return None
+    prefix = getattr(model_class, "base_model_prefix", "")
+    return prefix if isinstance(prefix, str) and prefix else None

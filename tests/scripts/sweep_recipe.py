@@ -35,7 +35,7 @@ def main() -> None:
     args.use_cpu, args.report_to, args.save_strategy, args.eval_strategy = True, [], "no", "steps"
     args.eval_steps, args.logging_steps, args.disable_tqdm = 4, 2, True
     trainer = Trainer(Classifier(), args, train_dataset=data["train"], eval_dataset=data["test"],
-                      compute_metrics=accuracy, callbacks=[SpectralCallback()])
+                      compute_metrics=accuracy, callbacks=[SpectralCallback(max_overhead=None)])
     trainer.train()
 
 

@@ -1,0 +1,1 @@
+"""Small conventions shared by every layer (logging and progress bars, as in transformers/huggingface_hub)."""
