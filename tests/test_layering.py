@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hf_spectral"
 # Layer of each module (longest prefix wins), bottom first: a module may import its own layer and lower ones.
 LAYERS: dict[str, int] = {
     "hf_spectral._version": 0, "hf_spectral._lazy": 0, "hf_spectral.errors": 0, "hf_spectral.status": 0,
-    "hf_spectral.tensor_info": 0, "hf_spectral.atomic": 0, "hf_spectral.caches": 0,
+    "hf_spectral.tensor_info": 0, "hf_spectral.atomic": 0, "hf_spectral.caches": 0, "hf_spectral.utils": 0,
     "hf_spectral.metrics": 1,
     "hf_spectral.views": 2,
     "hf_spectral.store": 3,

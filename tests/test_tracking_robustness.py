@@ -202,7 +202,7 @@ def test_resume_sets_damaged_snapshots_aside_and_trains_on(tmp_path, caplog):
     """A torn meta.json in a kept snapshot and a cut-short arrays file in the latest one: moved to
     <record>/.damaged (never deleted) with a warning; training resumes and the record goes on."""
     run = tmp_path / "run"
-    lm_trainer(run, [SpectralCallback(top_k=2), StopAt(15)], max_steps=20, save_steps=10).train()
+    lm_trainer(run, [SpectralCallback(max_overhead=None, top_k=2), StopAt(15)], max_steps=20, save_steps=10).train()
     record = run / "spectral"
     kept = [s for s in record_steps(record) if s <= 10]
     torn, latest = record / f"step-{kept[1]:06d}", record / "step-000010"
@@ -211,7 +211,7 @@ def test_resume_sets_damaged_snapshots_aside_and_trains_on(tmp_path, caplog):
     arrays = (latest / "spectra.safetensors").read_bytes()
     (latest / "spectra.safetensors").write_bytes(arrays[: len(arrays) // 2])
 
-    second = lm_trainer(run, [SpectralCallback(top_k=2)], max_steps=20, save_steps=10)
+    second = lm_trainer(run, [SpectralCallback(max_overhead=None, top_k=2)], max_steps=20, save_steps=10)
     with caplog.at_level(logging.WARNING, logger="hf_spectral"):
         second.train(resume_from_checkpoint=str(run / "checkpoint-10"))
     assert second.state.global_step == 20  # trained to the end
@@ -244,7 +244,7 @@ def test_attach_reaches_loggers_without_the_stack_walk(tmp_path, monkeypatch, ca
     monkeypatch.setattr(callback_module, "_calling_handler", lambda cb: pytest.fail("walked the stack"))
     catcher = LogCatcher()
     trainer = lm_trainer(tmp_path / "run", [catcher], max_steps=4, save_strategy="no")
-    callback = SpectralCallback(schedule=2, top_k=0).attach(trainer)
+    callback = SpectralCallback(max_overhead=None, schedule=2, top_k=0).attach(trainer)
     assert callback.attach(trainer) is callback  # attaching twice adds it once
     assert sum(cb is callback for cb in trainer.callback_handler.callbacks) == 1
     with caplog.at_level(logging.WARNING, logger="hf_spectral.tracking"):
@@ -261,7 +261,7 @@ def test_a_hidden_handler_degrades_to_a_warning_and_log_history(tmp_path, monkey
 
     monkeypatch.setattr(callback_module, "_calling_handler", lambda cb: None)
     catcher = LogCatcher()
-    trainer = lm_trainer(tmp_path / "run", [catcher, SpectralCallback(schedule=2, top_k=0)], max_steps=4,
+    trainer = lm_trainer(tmp_path / "run", [catcher, SpectralCallback(max_overhead=None, schedule=2, top_k=0)], max_steps=4,
                          save_strategy="no")
     with caplog.at_level(logging.WARNING, logger="hf_spectral.tracking"):
         trainer.train()
