@@ -266,3 +266,13 @@ def test_summary_sets_the_two_steps_side_by_side():
                                "change": -0.12, "change_before": -0.012, "ratio": 10.0}
     assert ("around the crossing (steps 11,900-15,900) the mean rank fell 0.120; in the 4,000 steps before, "
             "it fell 0.012: 10.0x as fast at the crossing") in "\n".join(summary_text(run, metric_label="validation accuracy"))
+
+
+def test_paper_schedule_is_init_four_inside_epoch_one_then_every_epoch():
+    from hf_spectral.recipe_support.arguments import paper_schedule
+
+    assert paper_schedule(100, 3) == [0, 20, 40, 60, 80, 100, 200, 300]
+    (callback,) = hf_spectral.SpectralArguments(spectra_schedule="paper").callbacks(steps_per_epoch=10, epochs=2)
+    assert callback.schedule.steps == (0, 2, 4, 6, 8, 10, 20)
+    with pytest.raises(hf_spectral.SpectralError, match="num_train_epochs"):
+        hf_spectral.SpectralArguments(spectra_schedule="paper").callbacks()

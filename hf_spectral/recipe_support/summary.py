@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -142,10 +143,10 @@ def finish_run(
         figure = _figure(dyn, out / recipe, title, metric, metric_label or metric, target)
         run.figure = None if figure is None else str(figure)
         fields = _card_fields(run, description, training_details)
-        run.model_card = str(_write_card(out / CARD_FILE, out / CARD_IMAGES, dyn, fields, metric, target))
+        card = _write_card(out / CARD_FILE, out / CARD_IMAGES, dyn, fields, metric, target)
+        run.model_card = str(card)
         if model_card_copy is not None:
-            copy = Path(model_card_copy)
-            run.model_card_copy = str(_write_card(copy, copy.with_name(f"{copy.stem}_plots"), dyn, fields, metric, target))
+            run.model_card_copy = str(_copy_card(card, out / CARD_IMAGES, Path(model_card_copy)))
     run.lines = summary_text(run, title=title, after=after, metric_label=metric_label, alignment=alignment)
     _write_json(out / SUMMARY_FILE, run.to_dict())
     if not quiet:
@@ -276,6 +277,18 @@ def _write_card(path: Path, images: Path, dyn: Dynamics, fields: dict[str, str],
     with atomic_file(path) as tmp:
         card.save(tmp)
     return path
+
+
+def _copy_card(card: Path, images: Path, copy: Path) -> Path:
+    """The card at ``copy`` with its figures in ``<copy stem>_plots/`` beside it (copied, not redrawn)."""
+    folder = copy.with_name(f"{copy.stem}_plots")
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    if images.is_dir():
+        shutil.copytree(images, folder, dirs_exist_ok=True)
+    text = card.read_text(encoding="utf-8").replace(f"]({images.name}/", f"]({folder.name}/")
+    with atomic_file(copy) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return copy
 
 
 # ------------------------------------------------------------------------------------------------
