@@ -130,12 +130,14 @@ def load_raw_text(args: LMArguments) -> tuple[datasets.DatasetDict, str]:
 
 def train_tokenizer(texts: datasets.Dataset, column: str, vocab_size: int) -> PreTrainedTokenizerFast:
     """A GPT-2-style byte-level BPE of `vocab_size` tokens (<|endoftext|> included) trained on `texts`."""
-    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    bpe = ByteLevelBPETokenizer()
-    batches = (texts[i : i + 1000][column] for i in range(0, len(texts), 1000))
-    bpe.train_from_iterator(batches, vocab_size=vocab_size, min_frequency=2, special_tokens=["<|endoftext|>"], show_progress=False)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # all 256 bytes: no unknown text
+    bpe.train_from_iterator((texts[i : i + 1000][column] for i in range(0, len(texts), 1000)), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                                    unk_token="<|endoftext|>", pad_token="<|endoftext|>", model_max_length=1_000_000)
 
 
