@@ -276,3 +276,23 @@ def test_paper_schedule_is_init_four_inside_epoch_one_then_every_epoch():
     assert callback.schedule.steps == (0, 2, 4, 6, 8, 10, 20)
     with pytest.raises(hf_spectral.SpectralError, match="num_train_epochs"):
         hf_spectral.SpectralArguments(spectra_schedule="paper").callbacks()
+
+
+def test_a_report_that_cannot_be_drawn_leaves_the_summary(tracked_run, tmp_path, monkeypatch):
+    import shutil
+
+    import hf_spectral.report
+
+    out, _, _, _ = tracked_run
+    shutil.copytree(out / "spectral", tmp_path / "spectral")
+
+    def broken(*args, **kwargs):
+        raise hf_spectral.SpectralError("figures: no display")
+
+    monkeypatch.setattr(hf_spectral.report, "write_report", broken)
+    history = [{"step": s, "eval_accuracy": a} for s, a in ACCURACY.items()]
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        run = hf_spectral.finish_run(tmp_path, recipe="toy", metric="eval_accuracy", threshold=0.9, log_history=history)
+    assert run.report is None and run.metric_step == 6 and run.erank_final is not None
+    assert "report incomplete: figures: no display" in printed.getvalue()
+    assert json.loads((tmp_path / "summary.json").read_text())["metric_step"] == 6

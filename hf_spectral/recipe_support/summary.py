@@ -137,17 +137,22 @@ def finish_run(
     _fill_metric(run, dyn, target)
     if after is not None and after.metric in training_metrics(dyn):
         run.after_step = key_events(dyn, after.metric, after.threshold)["metric_step"]
+    problem = None
     if tracked:
         _fill_rank(run, dyn, target, measures or {})
-        run.report = str(_report(dyn, out, recipe, title, metric, target))
-        figure = _figure(dyn, out / recipe, title, metric, metric_label or metric, target)
-        run.figure = None if figure is None else str(figure)
-        fields = _card_fields(run, description, training_details)
-        card = _write_card(out / CARD_FILE, out / CARD_IMAGES, dyn, fields, metric, target)
-        run.model_card = str(card)
-        if model_card_copy is not None:
-            run.model_card_copy = str(_copy_card(card, out / CARD_IMAGES, Path(model_card_copy)))
+        try:  # the model is saved already: a report that cannot be drawn must not hide the summary
+            run.report = str(_report(dyn, out, recipe, title, metric, target))
+            figure = _figure(dyn, out / recipe, title, metric, metric_label or metric, target)
+            run.figure = None if figure is None else str(figure)
+            card = _write_card(out / CARD_FILE, out / CARD_IMAGES, dyn, _card_fields(run, description, training_details), metric, target)
+            run.model_card = str(card)
+            if model_card_copy is not None:
+                run.model_card_copy = str(_copy_card(card, out / CARD_IMAGES, Path(model_card_copy)))
+        except SpectralError as exc:
+            problem = f"report incomplete: {exc}"
     run.lines = summary_text(run, title=title, after=after, metric_label=metric_label, alignment=alignment)
+    if problem:
+        run.lines.append(problem)
     _write_json(out / SUMMARY_FILE, run.to_dict())
     if not quiet:
         print("\n".join(["", *run.lines]), flush=True)
@@ -323,14 +328,15 @@ def summary_text(run: RunSummary, *, title: str | None = None, after: Crossing |
         lines.append("consecutive-layer alignment (mean score): " + (
             f"{_num(run.alignment_initial)} at init -> {_num(run.alignment_final)} at the end"
             if run.alignment_final is not None else "not recorded (SpectralCallback(alignment=True, top_k > 0))"))
+    if run.events is None:
+        lines.append("no spectral record (--track_spectra false): no report")
     if run.report is not None:
         lines.append(f"report: {run.report}")
-        if run.figure is not None:
-            lines.append(f"figure: {run.figure}")
+    if run.figure is not None:
+        lines.append(f"figure: {run.figure}")
+    if run.model_card is not None:
         copy = f" (copy: {run.model_card_copy})" if run.model_card_copy else ""
         lines.append(f"model card: {run.model_card}{copy}")
-    else:
-        lines.append("no spectral record (--track_spectra false): no report")
     lines.append(f"training log: {run.training_log}")
     return lines
 
