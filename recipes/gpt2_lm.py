@@ -28,7 +28,8 @@ from itertools import chain
 
 import datasets
 import torch
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, Trainer, TrainingArguments, set_seed
+from transformers import (AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, Trainer, TrainingArguments,
+                          default_data_collator, set_seed)
 
 import hf_spectral
 
@@ -168,6 +169,7 @@ def build_trainer(args: LMArguments, training: TrainingArguments, spectral: hf_s
     raw, what = load_raw_text(args)
     if args.tokenizer_name:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name)
+        tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token  # GPT-2's has none; blocks never need it
     else:
         tokenizer = train_tokenizer(raw["train"], args.text_column, args.vocab_size)  # deterministic: same on every process
     blocks = make_blocks(raw, tokenizer, args.text_column, args.block_size, training)
@@ -187,7 +189,8 @@ def build_trainer(args: LMArguments, training: TrainingArguments, spectral: hf_s
                                   eps=training.adam_epsilon, weight_decay=training.weight_decay)
     per_step = training.per_device_train_batch_size * training.world_size * training.gradient_accumulation_steps
     trainer = Trainer(model=model, args=training, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
-                      optimizers=(optimizer, None), compute_metrics=hf_spectral.causal_lm_metrics,
+                      data_collator=default_data_collator, optimizers=(optimizer, None),  # equal blocks: no padding
+                      compute_metrics=hf_spectral.causal_lm_metrics,
                       preprocess_logits_for_metrics=hf_spectral.causal_lm_scores,  # gathers 2 numbers per token, not logits
                       callbacks=spectral.callbacks(steps_per_epoch=max(1, len(train) // per_step),
                                                    epochs=math.ceil(training.num_train_epochs)))

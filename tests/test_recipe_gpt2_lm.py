@@ -59,7 +59,8 @@ def test_record_report_and_card(folder_run):
     assert (out / "report" / "index.html").stat().st_size > 10_000 and (out / "gpt2_lm.png").is_file()
     card = (out / "README.md").read_text()
     assert "<!-- hf-spectral:start -->" in card and "GPT2LMHeadModel" in card and "validation blocks" in card
-    assert "== gpt2_lm summary (2 layers, d=32" in printed and "final validation perplexity: " in printed
+    assert "== gpt2_lm summary (2 layers, d=32" in printed and run.final_metric is not None and math.isfinite(run.final_metric)
+    assert f"final validation perplexity: {run.final_metric:,.1f}" in printed
     assert json.loads((out / "summary.json").read_text())["final_metric"] == pytest.approx(run.final_metric)
 
 
@@ -91,15 +92,18 @@ def test_perplexity_matches_float64_numpy_on_the_saved_model_and_tokenizer(folde
     assert log_ppl == pytest.approx(final["eval_loss"] * 32 / 31, rel=1e-4) or log_ppl == pytest.approx(final["eval_loss"], rel=1e-4)
 
 
-def test_train_file_without_validation_holds_out_the_end_and_tracking_can_be_off(lm, tmp_path):
+def test_train_file_without_validation_holds_out_the_end_and_tracking_can_be_off(lm, folder_run, tmp_path):
+    from transformers import AutoTokenizer
+
     text = tmp_path / "my.txt"
     text.write_text("".join(documentation_text()[:2500]))
     out = tmp_path / "run"
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()):  # --tokenizer_name: the first run's BPE, a local stand-in for "gpt2"
         run = lm.main(["--train_file", str(text), "--validation_split_percentage", "10", *TINY, "--track_spectra", "false",
-                       "--output_dir", str(out)])
+                       "--tokenizer_name", str(folder_run[0]), "--output_dir", str(out)])
     assert not (out / "spectral").exists() and run.report is None and math.isfinite(run.final_metric)
     assert (out / "tokenizer.json").is_file() and (out / "model.safetensors").is_file()
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(folder_run[0]).get_vocab()
 
 
 def test_presets_flags_and_bad_input(lm, tmp_path):
