@@ -219,11 +219,13 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
         training.output_dir, recipe="gpt2_lm", metric="eval_perplexity", higher_is_better=False,
         metric_label="validation perplexity", title=setting, measures={"eval_token_accuracy": "next-token accuracy"},
         log_history=trainer.state.log_history, alignment=spectral.spectra_alignment, model_card_copy=spectral.model_card_copy,
-        description=f"GPT2LMHeadModel ({setting}) trained from scratch by `recipes/gpt2_lm.py` of hf-spectral on {data}.",
-        training_details=(f"`python recipes/gpt2_lm.py {' '.join(argv if argv is not None else sys.argv[1:])}`: "
-                          f"{trainer.state.global_step:,} steps of {training.per_device_train_batch_size} blocks per device, "
-                          f"AdamW β ({training.adam_beta1}, {training.adam_beta2}), {training.lr_scheduler_type} schedule, "
-                          f"{wall:.0f} s of training."),
+        card_fields={"model_summary": f"GPT2LMHeadModel ({setting}) trained from scratch by `recipes/gpt2_lm.py` of hf-spectral "
+                                      f"on {data}.", "model_type": "GPT-2 causal language model (untied embeddings)",
+                     "training_details": f"`python recipes/gpt2_lm.py {' '.join(argv if argv is not None else sys.argv[1:])}`: "
+                                         f"{trainer.state.global_step:,} steps of {training.per_device_train_batch_size} blocks per "
+                                         f"device, AdamW β ({training.adam_beta1}, {training.adam_beta2}), weight decay "
+                                         f"{training.weight_decay:g} on all parameters, {getattr(training.lr_scheduler_type, 'value', '')} "
+                                         f"schedule, {wall:.0f} s of training."},
         train_seconds=wall, extra={"args": {**asdict(args), **asdict(spectral), **training.to_dict()}})
 
 

@@ -190,7 +190,7 @@ def tracked_run(tmp_path_factory):
     with contextlib.redirect_stdout(printed):
         run = hf_spectral.finish_run(out, recipe="toy", metric="eval_accuracy", threshold=0.9, log_history=history,
                                      model_card_copy=out.parent / "cards" / "toy.md", alignment=True, train_seconds=4.0,
-                                     description="A toy run.", extra={"note": 1})
+                                     card_fields={"model_summary": "A toy run."}, extra={"note": 1})
     return out, run, printed.getvalue(), weights
 
 

@@ -93,8 +93,7 @@ def finish_run(
     after: Crossing | None = None,
     measures: Mapping[str, str] | None = None,
     metric_label: str | None = None,
-    description: str | None = None,
-    training_details: str | None = None,
+    card_fields: Mapping[str, str] | None = None,
     model_card_copy: str | Path | None = None,
     alignment: bool = False,
     train_seconds: float | None = None,
@@ -111,7 +110,7 @@ def finish_run(
     (``trainer.state.log_history``, which also holds a final ``trainer.evaluate()``); default: the
     record's. Writes ``training_log.json``, ``summary.json`` (with ``extra``), and, when the
     record has snapshots, ``report/index.html``, ``<recipe>.png``, the model card ``README.md``
-    (``description`` / ``training_details`` fill its template) and its copy at
+    (``card_fields`` fill its template: model_summary, model_type, training_details, ...) and its copy at
     ``model_card_copy`` with figures beside it. ``alignment``: tell the consecutive-layer alignment.
     ``train_seconds``: the wall time of ``trainer.train()``, told with the steps it took.
     """
@@ -144,7 +143,7 @@ def finish_run(
             run.report = str(_report(dyn, out, recipe, title, metric, target))
             figure = _figure(dyn, out / recipe, title, metric, metric_label or metric, target)
             run.figure = None if figure is None else str(figure)
-            card = _write_card(out / CARD_FILE, out / CARD_IMAGES, dyn, _card_fields(run, description, training_details), metric, target)
+            card = _write_card(out / CARD_FILE, out / CARD_IMAGES, dyn, _card_fields(run, card_fields or {}), metric, target)
             run.model_card = str(card)
             if model_card_copy is not None:
                 run.model_card_copy = str(_copy_card(card, out / CARD_IMAGES, Path(model_card_copy)))
@@ -261,13 +260,9 @@ def _known(dyn: Dynamics, metric: str) -> str | None:
     return metric if metric in training_metrics(dyn) else None
 
 
-def _card_fields(run: RunSummary, description: str | None, training_details: str | None) -> dict[str, str]:
-    fields = {"model_name": run.recipe}
-    if description:
-        fields["model_summary"] = description
-    if training_details:
-        fields["training_details"] = training_details
-    if run.final_metric is not None:
+def _card_fields(run: RunSummary, given: Mapping[str, str]) -> dict[str, str]:
+    fields = {"model_name": run.recipe, **given}
+    if run.final_metric is not None and "evaluation" not in fields:
         best = f" (best {_num(run.best_metric)} at step {run.best_step:,})" if run.best_step is not None else ""
         fields["evaluation"] = f"`{run.metric}` at the end of training: {_num(run.final_metric)}{best}."
     return fields
