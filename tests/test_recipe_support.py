@@ -256,7 +256,10 @@ def test_summary_sets_the_two_steps_side_by_side():
                                  threshold=0.9, metric_step=1150, after_step=275, events=events, erank_initial=0.85,
                                  erank_at_metric=0.41, erank_final=0.3, final_metric=1.0, report="r/index.html")
     after = hf_spectral.Crossing("eval_train_accuracy", 0.99, "train accuracy")
+    run.events_after = {"rank_drop_interval": (525, 550), "erank_before": 0.631, "erank_after": 0.619, "lag": -600}
     text = "\n".join(summary_text(run, after=after, metric_label="validation accuracy"))
+    assert ("after train accuracy reached 99% (step 275) it fell fastest at steps 525-550 (0.631 -> 0.619), "
+            "600 steps before validation accuracy crossed") in text
     assert "validation accuracy >= 90%: step 1,150 (train accuracy >= 99%: step 275)" in text
     assert "side by side: the fastest rank drop ends at step 1,150, at the step validation accuracy crossed (step 1,150)" in text
     assert "0.850 at init -> 0.410 at step 1,150 -> 0.300 at the end (-64.7%)" in text

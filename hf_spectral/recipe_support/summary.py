@@ -312,7 +312,7 @@ def summary_text(run: RunSummary, *, title: str | None = None, after: Crossing |
         lines.append(text)
     events = run.events
     if events is not None:
-        lines += _rank_lines(run, events, label)
+        lines += _rank_lines(run, events, label, after)
     if run.final_metric is not None:
         best = (f" (best {_num(run.best_metric)} at step {run.best_step:,})"
                 if run.best_step is not None and run.best_metric != run.final_metric else "")
@@ -336,7 +336,7 @@ def summary_text(run: RunSummary, *, title: str | None = None, after: Crossing |
     return lines
 
 
-def _rank_lines(run: RunSummary, events: dict[str, Any], label: str) -> list[str]:
+def _rank_lines(run: RunSummary, events: dict[str, Any], label: str, after: Crossing | None) -> list[str]:
     crossed = run.metric_step
     lines = []
     if events["rank_drop_interval"] is None:
@@ -352,7 +352,8 @@ def _rank_lines(run: RunSummary, events: dict[str, Any], label: str) -> list[str
     if later is not None and later["rank_drop_interval"] is not None:
         a, b = later["rank_drop_interval"]
         where = f", {_when(later['lag'])} {label} crossed" if crossed is not None else ""
-        lines.append(f"after step {run.after_step:,} it fell fastest at steps {a:,}-{b:,} "
+        since = f"{after.label} reached {_share(after.threshold)}" if after is not None else "that"
+        lines.append(f"after {since} (step {run.after_step:,}) it fell fastest at steps {a:,}-{b:,} "
                      f"({later['erank_before']:.3f} -> {later['erank_after']:.3f}){where}")
     if events.get("around_metric") is not None:
         lines.append(around_text(events["around_metric"]))
