@@ -190,7 +190,8 @@ def tracked_run(tmp_path_factory):
     with contextlib.redirect_stdout(printed):
         run = hf_spectral.finish_run(out, recipe="toy", metric="eval_accuracy", threshold=0.9, log_history=history,
                                      model_card_copy=out.parent / "cards" / "toy.md", alignment=True, train_seconds=4.0,
-                                     card_fields={"model_summary": "A toy run."}, extra={"note": 1})
+                                     card_fields={"model_summary": "A toy run."}, training_details="Six steps.",
+                                     extra={"note": 1})
     return out, run, printed.getvalue(), weights
 
 
@@ -218,7 +219,7 @@ def test_finish_run_writes_report_card_copy_and_summary(tracked_run):
     assert run.report == str(out / "report" / "index.html") and (out / "report" / "index.html").stat().st_size > 10_000
     assert run.figure == str(out / "toy.png") and (out / "toy.png").stat().st_size > 10_000
     card = (out / "README.md").read_text()
-    assert "A toy run." in card and "<!-- hf-spectral:start -->" in card and "spectral_plots/" in card
+    assert "A toy run." in card and "Six steps." in card and "<!-- hf-spectral:start -->" in card and "spectral_plots/" in card
     copy = out.parent / "cards" / "toy.md"
     assert run.model_card_copy == str(copy) and "toy_plots/" in copy.read_text()
     for link in [line.split("](")[1].split(")")[0] for line in copy.read_text().splitlines() if line.startswith("![")]:

@@ -94,6 +94,8 @@ def finish_run(
     measures: Mapping[str, str] | None = None,
     metric_label: str | None = None,
     card_fields: Mapping[str, str] | None = None,
+    description: str | None = None,
+    training_details: str | None = None,
     model_card_copy: str | Path | None = None,
     alignment: bool = False,
     train_seconds: float | None = None,
@@ -110,7 +112,8 @@ def finish_run(
     (``trainer.state.log_history``, which also holds a final ``trainer.evaluate()``); default: the
     record's. Writes ``training_log.json``, ``summary.json`` (with ``extra``), and, when the
     record has snapshots, ``report/index.html``, ``<recipe>.png``, the model card ``README.md``
-    (``card_fields`` fill its template: model_summary, model_type, training_details, ...) and its copy at
+    (``card_fields`` fill its template: model_summary, model_type, training_details, ...;
+    ``description`` / ``training_details``: shorthands for two of them) and its copy at
     ``model_card_copy`` with figures beside it. ``alignment``: tell the consecutive-layer alignment.
     ``train_seconds``: the wall time of ``trainer.train()``, told with the steps it took.
     """
@@ -143,7 +146,8 @@ def finish_run(
             run.report = str(_report(dyn, out, recipe, title, metric, target))
             figure = _figure(dyn, out / recipe, title, metric, metric_label or metric, target)
             run.figure = None if figure is None else str(figure)
-            card = _write_card(out / CARD_FILE, out / CARD_IMAGES, dyn, _card_fields(run, card_fields or {}), metric, target)
+            fields = _card_fields(run, {**_given(model_summary=description, training_details=training_details), **(card_fields or {})})
+            card = _write_card(out / CARD_FILE, out / CARD_IMAGES, dyn, fields, metric, target)
             run.model_card = str(card)
             if model_card_copy is not None:
                 run.model_card_copy = str(_copy_card(card, out / CARD_IMAGES, Path(model_card_copy)))
@@ -258,6 +262,10 @@ def _figure(dyn: Dynamics, stem: Path, title: str | None, metric: str, label: st
 
 def _known(dyn: Dynamics, metric: str) -> str | None:
     return metric if metric in training_metrics(dyn) else None
+
+
+def _given(**fields: str | None) -> dict[str, str]:
+    return {key: value for key, value in fields.items() if value}
 
 
 def _card_fields(run: RunSummary, given: Mapping[str, str]) -> dict[str, str]:
