@@ -33,6 +33,7 @@ from hf_spectral.metrics.heavy_tail import (
     undefined_heavy_tail_metrics,
 )
 from hf_spectral.metrics.batched import singular_values_batch
+from hf_spectral.metrics.fourier import fourier_sparsity
 from hf_spectral.metrics.spectrum import (
     FLAG_NON_FINITE,
     FLAG_RANK_DEFICIENT,
@@ -79,6 +80,7 @@ __all__ = [
     "alignment_matrix",
     "conv_centre_alignment",
     "decompose",
+    "fourier_sparsity",
     "gini",
     "in_in_alignment",
     "kernel_centre",
