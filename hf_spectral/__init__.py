@@ -41,6 +41,8 @@ _PUBLIC = {
     "update_model_card": "hf_spectral.cards",
     # errors
     "SpectralError": "hf_spectral.errors",
+    # experiments (a subpackage: hf_spectral.experiments.permute_labels, ...)
+    "experiments": "hf_spectral.experiments",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]
@@ -63,6 +65,7 @@ if TYPE_CHECKING:  # pragma: no cover
         save_dynamics,
     )
     from hf_spectral.engine import AnalysisOptions, analyze_model
+    from hf_spectral import experiments
     from hf_spectral.errors import SpectralError
     from hf_spectral.highlights import key_events
     from hf_spectral.report import write_report
