@@ -28,21 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForImageClassification,
-    HfArgumentParser,
-    PretrainedConfig,
-    PreTrainedModel,
-    ResNetConfig,
-    ResNetForImageClassification,
-    Trainer,
-    TrainingArguments,
-    ViTConfig,
-    ViTForImageClassification,
-    ViTImageProcessorPil,
-    set_seed,
-)
+from transformers import (AutoConfig, AutoModelForImageClassification, HfArgumentParser, PretrainedConfig, PreTrainedModel,
+                          ResNetConfig, ResNetForImageClassification, Trainer, TrainingArguments, ViTConfig,
+                          ViTForImageClassification, ViTImageProcessorPil, set_seed)
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
 
