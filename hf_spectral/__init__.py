@@ -19,6 +19,7 @@ _PUBLIC = {
     "analyze_series": "hf_spectral.analyzer",
     "AnalysisOptions": "hf_spectral.engine",
     "analyze_model": "hf_spectral.engine",
+    "fourier_sparsity": "hf_spectral.metrics.fourier",
     # snapshots
     "Snapshot": "hf_spectral.store",
     "read_snapshot": "hf_spectral.store",
@@ -39,6 +40,21 @@ _PUBLIC = {
     "write_report": "hf_spectral.report",
     "key_events": "hf_spectral.highlights",
     "update_model_card": "hf_spectral.cards",
+    # recipe support (what the recipes in recipes/ share)
+    "ConsoleCallback": "hf_spectral.recipe_support.console",
+    "attach_console": "hf_spectral.recipe_support.console",
+    "SpectralArguments": "hf_spectral.recipe_support.arguments",
+    "parse_recipe_args": "hf_spectral.recipe_support.arguments",
+    "console_line": "hf_spectral.recipe_support.console",
+    "FullBatch": "hf_spectral.recipe_support.data",
+    "full_batch_collate": "hf_spectral.recipe_support.data",
+    "accuracy_metrics": "hf_spectral.recipe_support.metrics",
+    "causal_lm_metrics": "hf_spectral.recipe_support.metrics",
+    "causal_lm_scores": "hf_spectral.recipe_support.metrics",
+    "perplexity": "hf_spectral.recipe_support.metrics",
+    "Crossing": "hf_spectral.recipe_support.summary",
+    "RunSummary": "hf_spectral.recipe_support.summary",
+    "finish_run": "hf_spectral.recipe_support.summary",
     # errors
     "SpectralError": "hf_spectral.errors",
     # experiments (a subpackage: hf_spectral.experiments.permute_labels, ...)
@@ -68,6 +84,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from hf_spectral import experiments
     from hf_spectral.errors import SpectralError
     from hf_spectral.highlights import key_events
+    from hf_spectral.metrics.fourier import fourier_sparsity
+    from hf_spectral.recipe_support.arguments import SpectralArguments, parse_recipe_args
+    from hf_spectral.recipe_support.console import ConsoleCallback, attach_console, console_line
+    from hf_spectral.recipe_support.data import FullBatch, full_batch_collate
+    from hf_spectral.recipe_support.metrics import accuracy_metrics, causal_lm_metrics, causal_lm_scores, perplexity
+    from hf_spectral.recipe_support.summary import Crossing, RunSummary, finish_run
     from hf_spectral.report import write_report
     from hf_spectral.store import Snapshot, read_snapshot, write_snapshot
     from hf_spectral.tracking import SpectralCallback, SpectralTracker

@@ -1,0 +1,3 @@
+"""What the recipes in ``recipes/`` share: the console progress line, offline evaluation metrics
+and the end-of-run summary (report, model card, console summary). Public through ``hf_spectral``
+(``hf_spectral.ConsoleCallback``, ``hf_spectral.finish_run``, ...); modules import lazily."""
