@@ -21,7 +21,8 @@ augmentation, 10% of the training set held out). Every TrainingArguments flag ov
 
 import math
 import sys
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 
 import datasets
 import numpy as np
@@ -77,32 +78,27 @@ class ImageArguments:
     label_seed: int = 12345
     lr_schedule: str | None = field(default=None, metadata={"help": "'step': the paper's x0.1 step decay (scaled to "
                                                              "the run); otherwise --lr_scheduler_type applies."})
-    track_spectra: bool = True
-    spectra_schedule: str = field(default="paper", metadata={"help": "'paper' (init, 4 in epoch 1, every epoch), "
-                                                              "'log', N (every N steps) or 'a,b,c'."})
-    model_card_copy: str | None = field(default=None, metadata={"help": "Also write the model card here."})
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ImageArguments, TrainingArguments]:
-    """Parse the command line; the model type and preset set the TrainingArguments defaults, flags win."""
-    parser = HfArgumentParser((ImageArguments, TrainingArguments))
-    known, _ = parser.parse_known_args(argv)
-    parser.set_defaults(
-        output_dir=f"runs/image_classification_{known.model_type}",
-        num_train_epochs=EPOCHS[known.model_preset][known.model_type],
-        per_device_train_batch_size=128,  # the authors' batch size
-        per_device_eval_batch_size=256,
-        eval_strategy="epoch",
-        logging_strategy="epoch",
-        save_strategy="no",
-        report_to="none",
-        remove_unused_columns=False,  # the transform needs the "image" column
-        dataloader_pin_memory=False,
-        # without use_cpu, every process of a CPU launch (torchrun, accelerate --multi_gpu) trains alone
-        use_cpu=not torch.accelerator.is_available(),
-        **OPTIMIZATION[known.model_type],
-    )
-    return parser.parse_args_into_dataclasses(args=argv)
+TRAINER_DEFAULTS = dict(
+    per_device_train_batch_size=128, per_device_eval_batch_size=256,  # the authors' batch size
+    eval_strategy="epoch", logging_strategy="epoch", save_strategy="no", report_to="none",
+    remove_unused_columns=False,  # the transform needs the "image" column
+    dataloader_pin_memory=False,
+    # the paper's checkpoint schedule (snapshot_steps) and, for its sequential nets, consecutive-layer alignment
+    spectra_schedule="paper",
+)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ImageArguments, TrainingArguments, hf_spectral.SpectralArguments]:
+    """The command line (or `argv`): the recipe's defaults for the model type and preset, then explicit flags."""
+    known, _ = HfArgumentParser(ImageArguments, add_help=False).parse_known_args(argv)
+    defaults = {**TRAINER_DEFAULTS, **OPTIMIZATION[known.model_type], "spectra_alignment": known.model_type in ("vgg", "mlp"),
+                "num_train_epochs": EPOCHS[known.model_preset][known.model_type],
+                # without use_cpu, every process of a CPU launch (torchrun, accelerate --multi_gpu) trains alone
+                "use_cpu": not torch.accelerator.is_available()}
+    return hf_spectral.parse_recipe_args((ImageArguments, TrainingArguments, hf_spectral.SpectralArguments), argv,
+                                         defaults=defaults, output_dir="runs/image_classification_{model_type}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -299,12 +295,11 @@ def snapshot_steps(spec: str, steps_per_epoch: int, total_steps: int):
     return steps[0] if len(steps) == 1 else steps
 
 
-def main(argv: list[str] | None = None) -> "hf_spectral.RunSummary | None":
-    args, training_args = parse_args(argv)
-    set_seed(training_args.seed)
-    splits = make_splits(args, training_args.seed)
-    labels = splits["train"].features["label"].names
-
+def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
+    """Train, save model + image processor; on the main process write the report, model card and summary."""
+    args, training, spectral = parse_args(argv)
+    set_seed(training.seed)
+    splits = make_splits(args, training.seed)
     processor = image_processor(args.image_size)
 
     def transform(batch: dict) -> dict:
@@ -312,33 +307,29 @@ def main(argv: list[str] | None = None) -> "hf_spectral.RunSummary | None":
         return {"pixel_values": pixels, "labels": batch["label"]}
 
     train, val = splits["train"].with_transform(transform), splits["validation"].with_transform(transform)
-    model = build_model(args, labels)
-
-    world = training_args.world_size * training_args.gradient_accumulation_steps
-    steps_per_epoch = max(1, math.ceil(len(train) / (training_args.per_device_train_batch_size * world)))
-    total = training_args.max_steps if training_args.max_steps > 0 else math.ceil(training_args.num_train_epochs * steps_per_epoch)
-    callbacks = [hf_spectral.ConsoleCallback(metric="eval_accuracy")]
-    if args.track_spectra:  # alignment for the sequential paper models (paper-notes §2: consecutive layers)
-        callbacks.append(hf_spectral.SpectralCallback(schedule=snapshot_steps(args.spectra_schedule, steps_per_epoch, total),
-                                                      alignment=args.model_type in ("vgg", "mlp")))
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=train,
-        eval_dataset=val,
-        data_collator=collate,
-        processing_class=processor,
-        compute_metrics=hf_spectral.accuracy_metrics,
-        optimizers=optimizer_and_schedule(args, training_args, model, total),
-        callbacks=callbacks,
-    )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    model = build_model(args, splits["train"].features["label"].names)
+    world = training.world_size * training.gradient_accumulation_steps
+    steps_per_epoch = max(1, math.ceil(len(train) / (training.per_device_train_batch_size * world)))
+    total = training.max_steps if training.max_steps > 0 else math.ceil(training.num_train_epochs * steps_per_epoch)
+    trainer = Trainer(model=model, args=training, train_dataset=train, eval_dataset=val, data_collator=collate,
+                      processing_class=processor, compute_metrics=hf_spectral.accuracy_metrics,
+                      optimizers=optimizer_and_schedule(args, training, model, total),
+                      callbacks=spectral.callbacks(schedule=snapshot_steps(spectral.spectra_schedule, steps_per_epoch, total)))
+    hf_spectral.attach_console(trainer, "eval_accuracy")
+    start = time.time()
+    trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+    wall = time.time() - start
     trainer.save_model()  # model + config + image processor: from_pretrained(output_dir) works
-    if not trainer.is_world_process_zero() or not args.track_spectra:
+    if not trainer.is_world_process_zero():
         return None
-    return hf_spectral.finish_run(training_args.output_dir, recipe="image_classification", metric="eval_accuracy",
-                                  higher_is_better=True, model_card_copy=args.model_card_copy,
-                                  alignment=args.model_type in ("vgg", "mlp"))
+    source = args.train_dir or args.dataset_name or "digits (sklearn, 8x8 -> 32x32)"
+    setting = (f"{args.model_type} ({args.model_preset}), {source}{', random labels' if args.random_labels else ''}, "
+               f"{training.optim.value} lr {training.learning_rate:g}, wd {training.weight_decay:g}, seed {training.seed}")
+    return hf_spectral.finish_run(
+        training.output_dir, recipe="image_classification", metric="eval_accuracy", metric_label="validation accuracy",
+        title=setting, log_history=trainer.state.log_history, alignment=spectral.spectra_alignment,
+        model_card_copy=spectral.model_card_copy, train_seconds=wall,
+        extra={"args": {**asdict(args), **asdict(spectral), **training.to_dict()}})
 
 
 if __name__ == "__main__":
