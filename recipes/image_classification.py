@@ -57,7 +57,7 @@ OPTIMIZATION = {  # paper-notes §3; ViT/ResNet are our HF analogues (ResNet tra
     "mlp": dict(optim="sgd", optim_args="momentum=0.9", learning_rate=1e-3, weight_decay=0.0, lr_scheduler_type="constant"),
     "vit": dict(optim="adamw_torch", learning_rate=1e-3, weight_decay=0.05, lr_scheduler_type="cosine", warmup_steps=0.05),
 }
-EPOCHS = {"tiny": {"vgg": 30, "resnet": 30, "mlp": 100, "vit": 30}, "paper": {"vgg": 164, "resnet": 164, "mlp": 300, "vit": 164}}
+EPOCHS = {"tiny": {"vgg": 20, "resnet": 30, "mlp": 100, "vit": 20}, "paper": {"vgg": 164, "resnet": 164, "mlp": 300, "vit": 164}}
 STEP_DECAY_EPOCHS, PAPER_EPOCHS = (82, 123, 160), 164  # lr x0.1 at these epochs of 164, scaled to the run's length
 
 

@@ -184,13 +184,25 @@ def write_imagefolder(root, classes=("circle", "square"), per_class: int = 10):
     return root
 
 
-@pytest.mark.parametrize("flag", ["--train_dir", "--dataset_name"])
-def test_imagefolder_as_train_dir_or_dataset_name(ic, tmp_path, flag):
+def test_imagefolder_run_with_random_labels(ic, tmp_path):
     folder = write_imagefolder(tmp_path / "shapes")
-    out, summary = run(ic, tmp_path, "--model_type", "mlp", flag, str(folder), "--random_labels")
+    out, summary = run(ic, tmp_path, "--model_type", "mlp", "--train_dir", str(folder), "--random_labels")
     assert_wrote_a_tracked_run(out, summary)
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"] == {"0": "circle", "1": "square"}
+
+
+def test_dataset_name_loads_a_local_folder_like_train_dir(ic, tmp_path):
+    """--dataset_name goes through datasets.load_dataset (a Hub id, or here a local imagefolder)."""
+    folder = write_imagefolder(tmp_path / "shapes", per_class=4)
+    by_name = ic.load_images(ic.parse_args(["--dataset_name", str(folder)])[0])
+    by_dir = ic.load_images(ic.parse_args(["--train_dir", str(folder)])[0])
+    assert len(by_name) == 8 and by_name.column_names == ["image", "label"]
+    assert list(by_name["label"]) == list(by_dir["label"]) and sorted(list(by_name["label"])) == [0] * 4 + [1] * 4
+    expected = np.asarray(Image.open(sorted((folder / "square").glob("*.png"))[0]))
+    assert any(np.array_equal(np.asarray(im), expected) for im in by_name["image"])
+    with pytest.raises(hf_spectral.SpectralError, match="no column 'fine_label'.*--label_column"):
+        ic.load_images(ic.parse_args(["--dataset_name", str(folder), "--label_column", "fine_label"])[0])
 
 
 def test_track_spectra_false_trains_without_record(ic, tmp_path):
