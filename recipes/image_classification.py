@@ -1,12 +1,10 @@
 #!/usr/bin/env python
-"""Image classification with the HF Trainer, tracked by hf_spectral: ViT, ResNet, and the paper's
-VGG-16-BN and 4-layer MLP.
+"""Image classification with the HF Trainer, tracked by hf_spectral: ViT, ResNet, and the paper's VGG-16-BN and MLP.
 
-Yunis et al., "Approaching Deep Learning through the Spectral Dynamics of Weights" (arXiv 2408.11804)
-train VGG-16-BN on CIFAR-10 and report that the normalized effective rank of nearly every weight
-matrix falls during training (finding 2), more with more weight decay (finding 5), and less with
-random labels (finding 7, their 4-layer MLP). This recipe trains any of four models on any image
-dataset and ends with the dynamics report, the model card and a short console summary.
+Yunis et al. (arXiv 2408.11804) train VGG-16-BN on CIFAR-10 and report that the normalized effective rank of nearly
+every weight matrix falls during training (finding 2), more with more weight decay (finding 5), and less with random
+labels (finding 7, their 4-layer MLP). This trains any of four models on any image dataset, then writes the dynamics
+report, the model card and a console summary.
 
     python recipes/image_classification.py --model_type vgg                 # offline: sklearn's digits, 32x32 RGB
     python recipes/image_classification.py --model_type mlp --random_labels # the random-label experiment
@@ -14,9 +12,9 @@ dataset and ends with the dynamics report, the model card and a short console su
     python recipes/image_classification.py --model_type resnet --train_dir path/to/imagefolder
     accelerate launch --multi_gpu --num_processes 2 recipes/image_classification.py --model_type vit
 
-`--model_preset paper` is the paper's model and schedule (VGG: SGD momentum 0.9, lr 0.1, wd 1e-4, lr x0.1
-at epochs 82/123/160 of 164; MLP: SGD momentum 0.9, constant lr 1e-3, wd 0, 300 epochs; batch 128, no
-augmentation, 10% of the training set held out). Every TrainingArguments flag overrides the preset.
+`--model_preset paper`: the paper's models and settings (VGG: SGD momentum 0.9, lr 0.1, wd 1e-4, lr x0.1 at epochs
+82/123/160 of 164; MLP: SGD momentum 0.9, constant lr 1e-3, wd 0, 300 epochs; batch 128, no augmentation, 10% of
+the training set held out). Explicit TrainingArguments flags win over the presets.
 """
 
 import math
@@ -37,9 +35,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 import hf_spectral
 
-# ------------------------------------------------------------------------------------------------
-# 1. Arguments: the recipe's own flags, and TrainingArguments defaults per model type and preset
-# ------------------------------------------------------------------------------------------------
+# --- 1. Arguments: the recipe's own flags, and TrainingArguments defaults per model type and preset ---
 
 VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]  # the authors' cifar_vgg_16
 MODELS = {  # model configuration per model type and preset; "tiny" trains in minutes on 2 CPU cores
@@ -52,21 +48,18 @@ MODELS = {  # model configuration per model type and preset; "tiny" trains in mi
 }
 PAPER_SGD = dict(optim="sgd", optim_args="momentum=0.9", learning_rate=0.1, weight_decay=1e-4, lr_schedule="step")
 OPTIMIZATION = {  # paper-notes §3; ViT/ResNet are our HF analogues (ResNet trained as the paper's VGG)
-    "vgg": PAPER_SGD,
-    "resnet": PAPER_SGD,
+    "vgg": PAPER_SGD, "resnet": PAPER_SGD,
     "mlp": dict(optim="sgd", optim_args="momentum=0.9", learning_rate=1e-3, weight_decay=0.0, lr_scheduler_type="constant"),
     "vit": dict(optim="adamw_torch", learning_rate=1e-3, weight_decay=0.05, lr_scheduler_type="cosine", warmup_steps=0.05),
 }
 EPOCHS = {"tiny": {"vgg": 20, "resnet": 30, "mlp": 100, "vit": 20}, "paper": {"vgg": 164, "resnet": 164, "mlp": 300, "vit": 164}}
-STEP_DECAY_EPOCHS, PAPER_EPOCHS = (82, 123, 160), 164  # lr x0.1 at these epochs of 164, scaled to the run's length
 
 
 @dataclass
 class ImageArguments:
     model_type: str = field(default="vgg", metadata={"choices": sorted(MODELS)})
     model_preset: str = field(default="tiny", metadata={"choices": ["tiny", "paper"], "help": "Model size and schedule."})
-    dataset_name: str | None = field(default=None, metadata={"help": "datasets.load_dataset name or local folder, "
-                                                              "e.g. uoft-cs/cifar10 (default: sklearn's digits)."})
+    dataset_name: str | None = field(default=None, metadata={"help": "load_dataset name, e.g. uoft-cs/cifar10 (default: digits)."})
     dataset_config_name: str | None = None
     train_dir: str | None = field(default=None, metadata={"help": "An imagefolder: <train_dir>/<class>/<image>."})
     image_column: str | None = field(default=None, metadata={"help": "Default: the first Image column."})
@@ -76,34 +69,26 @@ class ImageArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N images (quick tests)."})
     random_labels: bool = field(default=False, metadata={"help": "A fixed permutation of all labels, before the split."})
     label_seed: int = 12345
-    lr_schedule: str | None = field(default=None, metadata={"help": "'step': the paper's x0.1 step decay (scaled to "
-                                                             "the run); otherwise --lr_scheduler_type applies."})
+    lr_schedule: str | None = field(default=None, metadata={"help": "'step': the paper's x0.1 decays, else --lr_scheduler_type."})
 
 
-TRAINER_DEFAULTS = dict(
-    per_device_train_batch_size=128, per_device_eval_batch_size=256,  # the authors' batch size
-    eval_strategy="epoch", logging_strategy="epoch", save_strategy="no", report_to="none",
-    remove_unused_columns=False,  # the transform needs the "image" column
-    dataloader_pin_memory=False,
-    # the paper's checkpoint schedule (snapshot_steps) and, for its sequential nets, consecutive-layer alignment
-    spectra_schedule="paper",
-)
+TRAINER_DEFAULTS = dict(  # batch 128 as the authors; the transform needs the "image" column; their checkpoint schedule
+    per_device_train_batch_size=128, per_device_eval_batch_size=256, eval_strategy="epoch", logging_strategy="epoch",
+    save_strategy="no", report_to="none", remove_unused_columns=False, dataloader_pin_memory=False, spectra_schedule="paper")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ImageArguments, TrainingArguments, hf_spectral.SpectralArguments]:
     """The command line (or `argv`): the recipe's defaults for the model type and preset, then explicit flags."""
     known, _ = HfArgumentParser(ImageArguments, add_help=False).parse_known_args(argv)
-    defaults = {**TRAINER_DEFAULTS, **OPTIMIZATION[known.model_type], "spectra_alignment": known.model_type in ("vgg", "mlp"),
-                "num_train_epochs": EPOCHS[known.model_preset][known.model_type],
+    defaults = {**TRAINER_DEFAULTS, **OPTIMIZATION[known.model_type], "num_train_epochs": EPOCHS[known.model_preset][known.model_type],
+                "spectra_alignment": known.model_type in ("vgg", "mlp"),  # the paper's sequential nets: consecutive layers
                 # without use_cpu, every process of a CPU launch (torchrun, accelerate --multi_gpu) trains alone
                 "use_cpu": not torch.accelerator.is_available()}
     return hf_spectral.parse_recipe_args((ImageArguments, TrainingArguments, hf_spectral.SpectralArguments), argv,
                                          defaults=defaults, output_dir="runs/image_classification_{model_type}")
 
 
-# ------------------------------------------------------------------------------------------------
-# 2. Data: one labelled image dataset, random labels before the split, an image processor
-# ------------------------------------------------------------------------------------------------
+# --- 2. Data: one labelled image dataset, random labels before the split, an image processor -----
 
 
 def digits_dataset() -> datasets.Dataset:
@@ -124,12 +109,11 @@ def load_images(args: ImageArguments) -> datasets.Dataset:
         data = datasets.load_dataset(args.dataset_name, args.dataset_config_name, split="train")
     else:
         data = digits_dataset()
-    source = args.train_dir or args.dataset_name or "digits"
     image = args.image_column or next((c for c, f in data.features.items() if isinstance(f, datasets.Image)), None)
     for column, what in ((image, "--image_column"), (args.label_column, "--label_column")):
         if column not in data.column_names:
-            raise hf_spectral.SpectralError(f"{source}: no column {column!r} (columns: {', '.join(data.column_names)}); "
-                                            f"pass {what}")
+            raise hf_spectral.SpectralError(f"{args.train_dir or args.dataset_name or 'digits'}: no column {column!r} "
+                                            f"(columns: {', '.join(data.column_names)}); pass {what}")
     data = data.select_columns([image, args.label_column]).rename_columns({image: "image", args.label_column: "label"})
     if not isinstance(data.features["label"], datasets.ClassLabel):  # ints or strings: ids 0..K-1 with names
         data = data.class_encode_column("label")
@@ -154,20 +138,11 @@ def image_processor(size: int) -> ViTImageProcessorPil:
     return ViTImageProcessorPil(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
-def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
-    return {"pixel_values": torch.stack([e["pixel_values"] for e in examples]),
-            "labels": torch.tensor([e["labels"] for e in examples])}
-
-
-# ------------------------------------------------------------------------------------------------
-# 3. Models: ViT and ResNet from transformers; the paper's VGG and MLP as small PreTrainedModels
-# ------------------------------------------------------------------------------------------------
+# --- 3. Models: ViT and ResNet from transformers; the paper's VGG and MLP as small PreTrainedModels ---
 
 
 class PaperVGGConfig(PretrainedConfig):
-    """The authors' CIFAR VGG: 3x3 convolutions (each + BatchNorm + ReLU) and 2x2 max pools ("M") in
-    `plan`, a global average pool, one Linear. The default plan is VGG-16."""
-
+    """The authors' CIFAR VGG: `plan` of 3x3 convs (+ BatchNorm, ReLU) and 2x2 max pools ("M"), global average pool, Linear."""
     model_type = "paper_vgg"
 
     def __init__(self, plan: list = VGG16, num_channels: int = 3, batch_norm: bool = True, **kwargs):
@@ -177,7 +152,6 @@ class PaperVGGConfig(PretrainedConfig):
 
 class PaperMLPConfig(PretrainedConfig):
     """The authors' MLP: flattened pixels → `hidden_sizes` Linear+ReLU layers → a Linear to the labels."""
-
     model_type = "paper_mlp"
 
     def __init__(self, input_size: int = 3072, hidden_sizes: list = (256, 256, 256), **kwargs):
@@ -187,7 +161,6 @@ class PaperMLPConfig(PretrainedConfig):
 
 class PaperModel(PreTrainedModel):
     """What both paper models share: torch's default init (as the authors) and the classification loss."""
-
     main_input_name = "pixel_values"
 
     @torch.no_grad()
@@ -221,16 +194,13 @@ class PaperVGGForImageClassification(PaperModel):
         super().__init__(config)
         widths = [c for c in config.plan if c != "M"]
         pools = [i + 1 < len(config.plan) and config.plan[i + 1] == "M" for i, c in enumerate(config.plan) if c != "M"]
-        self.blocks = nn.ModuleList(ConvBlock(a, b, config.batch_norm, p)
-                                    for a, b, p in zip([config.num_channels] + widths, widths, pools))
+        self.blocks = nn.Sequential(*(ConvBlock(a, b, config.batch_norm, p)
+                                      for a, b, p in zip([config.num_channels] + widths, widths, pools)))
         self.classifier = nn.Linear(widths[-1], config.num_labels)
         self.post_init()
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ImageClassifierOutput:
-        x = pixel_values
-        for block in self.blocks:
-            x = block(x)
-        return self.output(self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1)), labels)
+        return self.output(self.classifier(F.adaptive_avg_pool2d(self.blocks(pixel_values), 1).flatten(1)), labels)
 
 
 class PaperMLPForImageClassification(PaperModel):
@@ -267,32 +237,27 @@ def build_model(args: ImageArguments, labels: list[str]) -> PreTrainedModel:
     return PaperMLPForImageClassification(PaperMLPConfig(input_size=3 * args.image_size**2, **preset, **names))
 
 
-# ------------------------------------------------------------------------------------------------
-# 4. Training: all parameters decayed (as the paper), the paper's step decay, snapshots per epoch
-# ------------------------------------------------------------------------------------------------
+# --- 4. Training: all parameters decayed (as the paper), the paper's step decay, snapshots per epoch ---
 
 
 def optimizer_and_schedule(args: ImageArguments, training_args: TrainingArguments, model: nn.Module, total_steps: int):
-    """The optimizer --optim names (the Trainer's own choice of class and kwargs), over ALL parameters as
-    the authors (the Trainer's default exempts biases and norms from decay); with --lr_schedule step the
-    paper's x0.1 decays at epochs 82/123/160 of 164, scaled to the run, else the Trainer's scheduler."""
+    """The optimizer --optim names (the Trainer's class and kwargs) over ALL parameters, as the authors (the Trainer's
+    default exempts biases and norms from decay); --lr_schedule step: x0.1 at epochs 82/123/160 of 164, scaled to the run."""
     optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args, model)
     optimizer = optimizer_cls(model.parameters(), **{"weight_decay": training_args.weight_decay, **kwargs})
     if args.lr_schedule != "step":
         return optimizer, None
-    milestones = [round(e / PAPER_EPOCHS * total_steps) for e in STEP_DECAY_EPOCHS]
+    milestones = [round(epoch / 164 * total_steps) for epoch in (82, 123, 160)]
     return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
 
 
-def snapshot_steps(spec: str, steps_per_epoch: int, total_steps: int):
-    """The paper's checkpoint schedule (init, 4 evenly spaced in epoch 1, then every epoch), or a SpectralCallback one."""
-    if spec == "paper":
-        first = [round(steps_per_epoch * i / 4) for i in range(4)]
-        return sorted(set(first + list(range(steps_per_epoch, total_steps + 1, steps_per_epoch)) + [total_steps]))
-    if spec == "log":
+def snapshot_steps(spec: str, steps_per_epoch: int, total_steps: int) -> str | list[int]:
+    """"paper": the authors' checkpoints (init, 4 evenly spaced in epoch 1, then every epoch); else the spec as given
+    ("log", N, "a,b,c": SpectralCallback reads them)."""
+    if spec != "paper":
         return spec
-    steps = [int(s) for s in spec.split(",")]
-    return steps[0] if len(steps) == 1 else steps
+    first = [round(steps_per_epoch * i / 4) for i in range(4)]
+    return sorted(set(first + list(range(steps_per_epoch, total_steps + 1, steps_per_epoch)) + [total_steps]))
 
 
 def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
@@ -311,19 +276,18 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
     world = training.world_size * training.gradient_accumulation_steps
     steps_per_epoch = max(1, math.ceil(len(train) / (training.per_device_train_batch_size * world)))
     total = training.max_steps if training.max_steps > 0 else math.ceil(training.num_train_epochs * steps_per_epoch)
-    trainer = Trainer(model=model, args=training, train_dataset=train, eval_dataset=val, data_collator=collate,
-                      processing_class=processor, compute_metrics=hf_spectral.accuracy_metrics,
-                      optimizers=optimizer_and_schedule(args, training, model, total),
+    trainer = Trainer(model=model, args=training, train_dataset=train, eval_dataset=val, processing_class=processor,
+                      compute_metrics=hf_spectral.accuracy_metrics, optimizers=optimizer_and_schedule(args, training, model, total),
                       callbacks=spectral.callbacks(schedule=snapshot_steps(spectral.spectra_schedule, steps_per_epoch, total)))
-    hf_spectral.attach_console(trainer, "eval_accuracy")
+    hf_spectral.attach_console(trainer, "eval_accuracy", every=steps_per_epoch * max(1, total // steps_per_epoch // 25))
     start = time.time()
     trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
     wall = time.time() - start
     trainer.save_model()  # model + config + image processor: from_pretrained(output_dir) works
     if not trainer.is_world_process_zero():
         return None
-    source = args.train_dir or args.dataset_name or "digits (sklearn, 8x8 -> 32x32)"
-    setting = (f"{args.model_type} ({args.model_preset}), {source}{', random labels' if args.random_labels else ''}, "
+    setting = (f"{args.model_type} ({args.model_preset}), {args.train_dir or args.dataset_name or 'digits (8x8 -> 32x32)'}"
+               f"{', random labels' if args.random_labels else ''}, "
                f"{training.optim.value} lr {training.learning_rate:g}, wd {training.weight_decay:g}, seed {training.seed}")
     return hf_spectral.finish_run(
         training.output_dir, recipe="image_classification", metric="eval_accuracy", metric_label="validation accuracy",

@@ -156,7 +156,7 @@ def test_sgd_momentum_decay_on_all_parameters_and_step_schedule(ic):
 
 def test_paper_snapshot_schedule(ic):
     assert ic.snapshot_steps("paper", 8, 24) == [0, 2, 4, 6, 8, 16, 24]  # init, 4 in epoch 1, every epoch
-    assert ic.snapshot_steps("5", 8, 24) == 5 and ic.snapshot_steps("0,3", 8, 24) == [0, 3]
+    assert ic.snapshot_steps("log", 8, 24) == "log" and ic.snapshot_steps("0,3", 8, 24) == "0,3"  # SpectralCallback reads them
 
 
 # --- tiny runs -------------------------------------------------------------------------------------
