@@ -123,8 +123,7 @@ def load_images(args: ImageArguments) -> datasets.Dataset:
 
 
 def make_splits(args: ImageArguments, seed: int) -> datasets.DatasetDict:
-    """"train" and "validation" (``validation_fraction`` of the set); with --random_labels the labels are one
-    fixed permutation of ALL targets, drawn before the split as the authors did."""
+    """"train" / "validation"; --random_labels: one fixed permutation of ALL targets before the split (as the authors)."""
     data = load_images(args)
     if args.random_labels:
         data = hf_spectral.experiments.permute_labels(data, "label", seed=args.label_seed)
@@ -133,8 +132,7 @@ def make_splits(args: ImageArguments, seed: int) -> datasets.DatasetDict:
 
 
 def image_processor(size: int) -> ViTImageProcessorPil:
-    """Resize to size x size, scale to [0, 1], normalize to [-1, 1]: saved beside the model, so
-    `AutoImageProcessor.from_pretrained(output_dir)` preprocesses new images the same way."""
+    """Resize, scale to [0, 1], normalize to [-1, 1]; saved with the model (AutoImageProcessor.from_pretrained)."""
     return ViTImageProcessorPil(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
@@ -252,8 +250,7 @@ def optimizer_and_schedule(args: ImageArguments, training_args: TrainingArgument
 
 
 def snapshot_steps(spec: str, steps_per_epoch: int, total_steps: int) -> str | list[int]:
-    """"paper": the authors' checkpoints (init, 4 evenly spaced in epoch 1, then every epoch); else the spec as given
-    ("log", N, "a,b,c": SpectralCallback reads them)."""
+    """"paper": the authors' checkpoints (init, 4 in epoch 1, every epoch); else "log", N, "a,b,c" for SpectralCallback."""
     if spec != "paper":
         return spec
     first = [round(steps_per_epoch * i / 4) for i in range(4)]
@@ -289,10 +286,13 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
     setting = (f"{args.model_type} ({args.model_preset}), {args.train_dir or args.dataset_name or 'digits (8x8 -> 32x32)'}"
                f"{', random labels' if args.random_labels else ''}, "
                f"{training.optim.value} lr {training.learning_rate:g}, wd {training.weight_decay:g}, seed {training.seed}")
+    details = (f"`recipes/image_classification.py`: {setting}; {training.num_train_epochs:g} epochs of batch "
+               f"{training.per_device_train_batch_size}, lr schedule {args.lr_schedule or training.lr_scheduler_type.value}.")
     return hf_spectral.finish_run(
         training.output_dir, recipe="image_classification", metric="eval_accuracy", metric_label="validation accuracy",
-        title=setting, log_history=trainer.state.log_history, alignment=spectral.spectra_alignment,
-        model_card_copy=spectral.model_card_copy, train_seconds=wall,
+        title=setting, log_history=trainer.state.log_history, alignment=spectral.spectra_alignment, train_seconds=wall,
+        description=f"A {type(model).__name__} trained from scratch, its weights' spectra tracked by hf-spectral.",
+        training_details=details, model_card_copy=spectral.model_card_copy,
         extra={"args": {**asdict(args), **asdict(spectral), **training.to_dict()}})
 
 
