@@ -72,8 +72,8 @@ class ImageArguments:
     lr_schedule: str | None = field(default=None, metadata={"help": "'step': the paper's x0.1 decays, else --lr_scheduler_type."})
 
 
-TRAINER_DEFAULTS = dict(  # batch 128 as the authors; the transform needs the "image" column; their checkpoint schedule
-    per_device_train_batch_size=128, per_device_eval_batch_size=256, eval_strategy="epoch", logging_strategy="epoch",
+TRAINER_DEFAULTS = dict(  # as the authors: batch 128, no gradient clipping, their checkpoints; the transform needs "image"
+    per_device_train_batch_size=128, per_device_eval_batch_size=256, max_grad_norm=0.0, eval_strategy="epoch", logging_strategy="epoch",
     save_strategy="no", report_to="none", remove_unused_columns=False, dataloader_pin_memory=False, spectra_schedule="paper")
 
 

@@ -130,7 +130,7 @@ def test_saved_vgg_matrices_and_batchnorm_buffers(ic, tmp_path):
 def test_presets_and_explicit_flags(ic):
     _, vgg, _ = ic.parse_args(["--model_type", "vgg", "--model_preset", "paper"])
     assert (vgg.optim, vgg.learning_rate, vgg.weight_decay, vgg.num_train_epochs) == ("sgd", 0.1, 1e-4, 164)
-    assert vgg.optim_args == "momentum=0.9" and vgg.per_device_train_batch_size == 128
+    assert vgg.optim_args == "momentum=0.9" and vgg.per_device_train_batch_size == 128 and vgg.max_grad_norm == 0.0
     _, mlp, _ = ic.parse_args(["--model_type", "mlp", "--model_preset", "paper", "--learning_rate", "0.01"])
     assert (mlp.learning_rate, mlp.weight_decay, mlp.num_train_epochs, mlp.lr_scheduler_type) == (0.01, 0.0, 300, "constant")
     _, vit, _ = ic.parse_args(["--model_type", "vit", "--weight_decay", "0"])
