@@ -1,5 +1,7 @@
 """hf_spectral.experiments.permute_labels: one fixed, seeded permutation of all labels (paper-notes §3)."""
 
+import subprocess
+import sys
 from collections import Counter
 
 import datasets
@@ -23,6 +25,11 @@ def labelled(n: int = 200, classes: int = 10) -> datasets.Dataset:
 def test_public_and_lazy():
     assert hf_spectral.experiments.permute_labels is hf_spectral.experiments.labels.permute_labels
     assert "permute_labels" in dir(hf_spectral.experiments)
+    # a fresh process: the subpackage is an attribute of the package without importing it first, and cheap
+    code = ("import sys, hf_spectral; f = hf_spectral.experiments.permute_labels; "
+            "print(f.__name__, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["permute_labels", "False"]
 
 
 def test_a_fixed_permutation_of_the_same_labels():
