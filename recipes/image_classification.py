@@ -235,7 +235,7 @@ def build_model(args: ImageArguments, labels: list[str]) -> PreTrainedModel:
     return PaperMLPForImageClassification(PaperMLPConfig(input_size=3 * args.image_size**2, **preset, **names))
 
 
-# --- 4. Training: all parameters decayed (as the paper), the paper's step decay, snapshots per epoch ---
+# --- 4. Training: all parameters decayed (as the paper), the paper's step decay, snapshots per epoch ----
 
 
 def optimizer_and_schedule(args: ImageArguments, training_args: TrainingArguments, model: nn.Module, total_steps: int):
@@ -247,14 +247,6 @@ def optimizer_and_schedule(args: ImageArguments, training_args: TrainingArgument
         return optimizer, None
     milestones = [round(epoch / 164 * total_steps) for epoch in (82, 123, 160)]
     return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
-
-
-def snapshot_steps(spec: str, steps_per_epoch: int, total_steps: int) -> str | list[int]:
-    """"paper": the authors' checkpoints (init, 4 in epoch 1, every epoch); else "log", N, "a,b,c" for SpectralCallback."""
-    if spec != "paper":
-        return spec
-    first = [round(steps_per_epoch * i / 4) for i in range(4)]
-    return sorted(set(first + list(range(steps_per_epoch, total_steps + 1, steps_per_epoch)) + [total_steps]))
 
 
 def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
@@ -275,7 +267,7 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
     total = training.max_steps if training.max_steps > 0 else math.ceil(training.num_train_epochs * steps_per_epoch)
     trainer = Trainer(model=model, args=training, train_dataset=train, eval_dataset=val, processing_class=processor,
                       compute_metrics=hf_spectral.accuracy_metrics, optimizers=optimizer_and_schedule(args, training, model, total),
-                      callbacks=spectral.callbacks(schedule=snapshot_steps(spectral.spectra_schedule, steps_per_epoch, total)))
+                      callbacks=spectral.callbacks(steps_per_epoch=steps_per_epoch, epochs=math.ceil(total / steps_per_epoch)))
     hf_spectral.attach_console(trainer, "eval_accuracy", every=steps_per_epoch * max(1, total // steps_per_epoch // 25))
     start = time.time()
     trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
@@ -291,8 +283,9 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
     return hf_spectral.finish_run(
         training.output_dir, recipe="image_classification", metric="eval_accuracy", metric_label="validation accuracy",
         title=setting, log_history=trainer.state.log_history, alignment=spectral.spectra_alignment, train_seconds=wall,
-        description=f"A {type(model).__name__} trained from scratch, its weights' spectra tracked by hf-spectral.",
-        training_details=details, model_card_copy=spectral.model_card_copy,
+        card_fields={"model_summary": f"A {type(model).__name__} trained from scratch, its weights' spectra tracked by "
+                     "hf-spectral.", "model_type": type(model).__name__, "training_details": details},
+        model_card_copy=spectral.model_card_copy,
         extra={"args": {**asdict(args), **asdict(spectral), **training.to_dict()}})
 
 

@@ -18,7 +18,7 @@ def ic():
     return load_recipe("image_classification")
 
 
-TINY = ["--max_train_samples", "60", "--image_size", "16", "--max_steps", "3", "--per_device_train_batch_size", "8",
+TINY = ["--max_train_samples", "60", "--image_size", "16", "--max_steps", "4", "--per_device_train_batch_size", "8",
         "--per_device_eval_batch_size", "32", "--disable_tqdm", "true"]
 
 
@@ -152,11 +152,6 @@ def test_sgd_momentum_decay_on_all_parameters_and_step_schedule(ic):
         schedule.step()
     assert lrs[81] == pytest.approx(0.1) and lrs[82] == pytest.approx(0.01)  # x0.1 at epochs 82/123/160 of 164
     assert lrs[123] == pytest.approx(1e-3) and lrs[160] == pytest.approx(1e-4)
-
-
-def test_paper_snapshot_schedule(ic):
-    assert ic.snapshot_steps("paper", 8, 24) == [0, 2, 4, 6, 8, 16, 24]  # init, 4 in epoch 1, every epoch
-    assert ic.snapshot_steps("log", 8, 24) == "log" and ic.snapshot_steps("0,3", 8, 24) == "0,3"  # SpectralCallback reads them
 
 
 # --- tiny runs -------------------------------------------------------------------------------------
