@@ -64,6 +64,8 @@ _PUBLIC = {
     "finish_run": "hf_spectral.recipe_support.summary",
     # errors
     "SpectralError": "hf_spectral.errors",
+    # experiments (a subpackage: hf_spectral.experiments.permute_labels, ...)
+    "experiments": "hf_spectral.experiments",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]
@@ -79,6 +81,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from hf_spectral.dynamics import Comparison, Dynamics, compute_dynamics, load_dynamics, save_dynamics
     from hf_spectral.dry_run import estimate
     from hf_spectral.engine import AnalysisOptions, analyze_model
+    from hf_spectral import experiments
     from hf_spectral.errors import SpectralError
     from hf_spectral.highlights import key_events
     from hf_spectral.metrics.fourier import fourier_sparsity

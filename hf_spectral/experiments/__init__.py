@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from hf_spectral._lazy import lazy_exports
 
 _PUBLIC = {
+    "permute_labels": "hf_spectral.experiments.labels",
     "truncate": "hf_spectral.experiments.truncation",
     "low_rank": "hf_spectral.experiments.truncation",
     "recompute_batchnorm": "hf_spectral.experiments.truncation",
@@ -32,6 +33,7 @@ __all__ = sorted(_PUBLIC)
 __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from hf_spectral.experiments.labels import permute_labels
     from hf_spectral.experiments.lmc import barrier, interpolate, linear_path, perturb
     from hf_spectral.experiments.masks import (
         MaskCallback,
