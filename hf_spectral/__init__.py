@@ -41,6 +41,12 @@ _PUBLIC = {
     "update_model_card": "hf_spectral.cards",
     # errors
     "SpectralError": "hf_spectral.errors",
+    # recipe support: speech
+    "character_error_rate": "hf_spectral.recipe_support.speech",
+    "word_error_rate": "hf_spectral.recipe_support.speech",
+    "ctc_greedy_ids": "hf_spectral.recipe_support.speech",
+    "ctc_metrics": "hf_spectral.recipe_support.speech",
+    "ctc_argmax": "hf_spectral.recipe_support.speech",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]
@@ -65,6 +71,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from hf_spectral.engine import AnalysisOptions, analyze_model
     from hf_spectral.errors import SpectralError
     from hf_spectral.highlights import key_events
+    from hf_spectral.recipe_support.speech import (
+        character_error_rate,
+        ctc_argmax,
+        ctc_greedy_ids,
+        ctc_metrics,
+        word_error_rate,
+    )
     from hf_spectral.report import write_report
     from hf_spectral.store import Snapshot, read_snapshot, write_snapshot
     from hf_spectral.tracking import SpectralCallback, SpectralTracker
