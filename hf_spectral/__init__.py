@@ -47,6 +47,10 @@ _PUBLIC = {
     "ctc_greedy_ids": "hf_spectral.recipe_support.speech",
     "ctc_metrics": "hf_spectral.recipe_support.speech",
     "ctc_argmax": "hf_spectral.recipe_support.speech",
+    "spoken_digits": "hf_spectral.recipe_support.spoken_digits",
+    "SpokenDigits": "hf_spectral.recipe_support.spoken_digits",
+    "resample_audio": "hf_spectral.recipe_support.spoken_digits",
+    "espeak_available": "hf_spectral.recipe_support.spoken_digits",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]
@@ -78,6 +82,7 @@ if TYPE_CHECKING:  # pragma: no cover
         ctc_metrics,
         word_error_rate,
     )
+    from hf_spectral.recipe_support.spoken_digits import SpokenDigits, espeak_available, resample_audio, spoken_digits
     from hf_spectral.report import write_report
     from hf_spectral.store import Snapshot, read_snapshot, write_snapshot
     from hf_spectral.tracking import SpectralCallback, SpectralTracker
