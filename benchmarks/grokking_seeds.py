@@ -60,9 +60,17 @@ def run(seed: int, weight_decay: float, out: Path, threads: int) -> dict:
 
 def row_text(s: dict) -> str:
     e = s["events"]
-    return (f"grok step {s['grok_step']}, rank drop {e['rank_drop_interval']}, final val acc "
-            f"{s['final_val_accuracy']:.3f}, erank {e['erank_initial']:.3f} -> {e['erank_final']:.3f}, "
+    return (f"grok step {s['metric_step']}, rank drop {e['rank_drop_interval']}, final val acc "
+            f"{s['final_metric']:.3f}, erank {e['erank_initial']:.3f} -> {e['erank_final']:.3f}, "
             f"{s['process_wall_s']:.0f} s")
+
+
+FOURIER = "Fourier top-5 share of the embedding"  # the recipe's label of spectral/fourier/top5_fraction
+
+
+def fourier(s: dict, when: str) -> float:
+    """The Fourier top-5 share at ``when`` ("initial", "at_metric", "final") from a run's summary.json."""
+    return s["measures"][FOURIER][when]
 
 
 def table(results: list[dict]) -> str:
@@ -86,12 +94,12 @@ def table(results: list[dict]) -> str:
         around = "—" if around is None else (
             f"{around['change']:+.3f} (steps {around['window'][0]:,}–{around['window'][1]:,}) vs "
             f"{around['change_before']:+.3f}" + (f" ({around['ratio']:.1f}×)" if around["ratio"] else ""))
-        grok = step(s["grok_step"])
-        jump = "" if s["erank_at_grok"] is None else f"{s['erank_at_grok']:.3f} → "
+        grok = step(s["metric_step"])
+        jump = "" if s["erank_at_metric"] is None else f"{s['erank_at_metric']:.3f} → "
         lines.append(
-            f"| {a['seed']} | {a['weight_decay']:g} | {'**' + grok + '**' if s['grok_step'] is not None else grok} | "
-            f"{drop} | {lag} | {around} | {s['final_val_accuracy']:.3f} | {e['erank_initial']:.3f} → {jump}**{e['erank_final']:.3f}** | "
-            f"{s['fourier_initial']:.3f} → {s['fourier_final']:.3f} | {s['process_wall_s']:.0f} ({s['wall_time_s']:.0f}) |"
+            f"| {a['seed']} | {a['weight_decay']:g} | {'**' + grok + '**' if s['metric_step'] is not None else grok} | "
+            f"{drop} | {lag} | {around} | {s['final_metric']:.3f} | {e['erank_initial']:.3f} → {jump}**{e['erank_final']:.3f}** | "
+            f"{fourier(s, 'initial'):.3f} → {fourier(s, 'final'):.3f} | {s['process_wall_s']:.0f} ({s['train_seconds']:.0f}) |"
         )
     return "\n".join(lines)
 
@@ -157,8 +165,8 @@ def seeds_figure(results: list[dict], path: Path) -> None:
         ax.plot([e["step"] for e in val], [e["eval_val_accuracy"] for e in val], color=color, lw=1.8,
                 label=f"seed {a['seed']}, wd {a['weight_decay']:g}")
         ax.plot([e["step"] for e in rank], [e["spectral/mean_erank"] for e in rank], color=color, lw=1.4, ls="--")
-        if s["grok_step"] is not None:
-            ax.axvline(s["grok_step"], color=color, lw=0.8, ls=":")
+        if s["metric_step"] is not None:
+            ax.axvline(s["metric_step"], color=color, lw=0.8, ls=":")
     ax.axhline(0.9, color="0.6", lw=0.6, ls=":")
     ax.set_xlabel("step")
     ax.set_ylabel("accuracy / normalized effective rank")

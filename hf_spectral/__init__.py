@@ -19,6 +19,7 @@ _PUBLIC = {
     "analyze_series": "hf_spectral.analyzer",
     "AnalysisOptions": "hf_spectral.engine",
     "analyze_model": "hf_spectral.engine",
+    "fourier_sparsity": "hf_spectral.metrics.fourier",
     # snapshots
     "Snapshot": "hf_spectral.store",
     "read_snapshot": "hf_spectral.store",
@@ -39,8 +40,21 @@ _PUBLIC = {
     "write_report": "hf_spectral.report",
     "key_events": "hf_spectral.highlights",
     "update_model_card": "hf_spectral.cards",
-    # errors
-    "SpectralError": "hf_spectral.errors",
+    # recipe support (what the recipes in recipes/ share)
+    "ConsoleCallback": "hf_spectral.recipe_support.console",
+    "attach_console": "hf_spectral.recipe_support.console",
+    "SpectralArguments": "hf_spectral.recipe_support.arguments",
+    "parse_recipe_args": "hf_spectral.recipe_support.arguments",
+    "console_line": "hf_spectral.recipe_support.console",
+    "FullBatch": "hf_spectral.recipe_support.data",
+    "full_batch_collate": "hf_spectral.recipe_support.data",
+    "accuracy_metrics": "hf_spectral.recipe_support.metrics",
+    "causal_lm_metrics": "hf_spectral.recipe_support.metrics",
+    "causal_lm_scores": "hf_spectral.recipe_support.metrics",
+    "perplexity": "hf_spectral.recipe_support.metrics",
+    "Crossing": "hf_spectral.recipe_support.summary",
+    "RunSummary": "hf_spectral.recipe_support.summary",
+    "finish_run": "hf_spectral.recipe_support.summary",
     # recipe support: speech
     "character_error_rate": "hf_spectral.recipe_support.speech",
     "word_error_rate": "hf_spectral.recipe_support.speech",
@@ -51,6 +65,8 @@ _PUBLIC = {
     "SpokenDigits": "hf_spectral.recipe_support.spoken_digits",
     "resample_audio": "hf_spectral.recipe_support.spoken_digits",
     "espeak_available": "hf_spectral.recipe_support.spoken_digits",
+    # errors
+    "SpectralError": "hf_spectral.errors",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]
@@ -75,6 +91,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from hf_spectral.engine import AnalysisOptions, analyze_model
     from hf_spectral.errors import SpectralError
     from hf_spectral.highlights import key_events
+    from hf_spectral.metrics.fourier import fourier_sparsity
+    from hf_spectral.recipe_support.arguments import SpectralArguments, parse_recipe_args
+    from hf_spectral.recipe_support.console import ConsoleCallback, attach_console, console_line
+    from hf_spectral.recipe_support.data import FullBatch, full_batch_collate
+    from hf_spectral.recipe_support.metrics import accuracy_metrics, causal_lm_metrics, causal_lm_scores, perplexity
+    from hf_spectral.recipe_support.summary import Crossing, RunSummary, finish_run
     from hf_spectral.recipe_support.speech import (
         character_error_rate,
         ctc_argmax,

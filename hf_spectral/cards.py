@@ -74,10 +74,11 @@ def update_model_card(
     return model_card
 
 
-def new_card(dynamics: Dynamics) -> ModelCard:
-    """A fresh card from ``model_cards/template.md`` with an empty spectral section to fill."""
-    name = dynamics.source_name or "Model card"
-    return ModelCard.from_template(ModelCardData(tags=list(TAGS)), template_path=str(_template_path("template.md")), model_name=name)
+def new_card(dynamics: Dynamics, **fields: str) -> ModelCard:
+    """A fresh card from ``model_cards/template.md`` with an empty spectral section to fill;
+    ``fields`` fill the template's other slots (model_name, model_summary, training_details, ...)."""
+    fields.setdefault("model_name", dynamics.source_name or "Model card")
+    return ModelCard.from_template(ModelCardData(tags=list(TAGS)), template_path=str(_template_path("template.md")), **fields)
 
 
 def replace_section(text: str, section: str, *, where: str = "the model card") -> str:
@@ -145,7 +146,7 @@ def summary_table(dynamics: Dynamics, metric: str | None = None, max_rows: int =
 
 CARD_FIGURES = (
     ("training_rank", "Training metric and effective rank", "{metric} and the mean normalized effective rank over training; "
-     "dashed: {metric} first ≥ {threshold:g}; shaded: the steepest fall of the mean rank."),
+     "{crossing}shaded: the steepest fall of the mean rank."),
     ("rank_heatmap", "Effective rank per weight matrix", "Normalized effective rank of every weight matrix (model order) over training."),
     ("summary", "Model-level summary", "Means over all weight matrices at each snapshot."),
     ("singular_values", "Singular values over training", "σᵢ of a few matrices spread over depth, one line per index."),
@@ -162,6 +163,8 @@ def _write_images(dyn: Dynamics, folder: Path, card_dir: Path, relative: bool, m
         "summary": lambda: plots.plot_summary(dyn),
         "singular_values": lambda: plots.plot_singular_values(dyn),
     }
+    # threshold=math.inf: a metric without a target (a loss, a perplexity), no crossing to mark
+    crossing = f"dashed: {metric} first ≥ {threshold:g}; " if math.isfinite(threshold) else ""
     images, missing = [], []
     for key, alt, caption in CARD_FIGURES:
         if key == "training_rank" and (not len(dyn.training) or metric is None):
@@ -175,7 +178,7 @@ def _write_images(dyn: Dynamics, folder: Path, card_dir: Path, relative: bool, m
             continue
         link = Path(os.path.relpath(png, card_dir)).as_posix() if relative else png.resolve().as_posix()
         images.append({"alt": alt, "path": link.replace(" ", "%20"),
-                       "caption": _md(caption.format(metric=metric or "", threshold=threshold))})
+                       "caption": _md(caption.format(metric=metric or "", crossing=crossing))})
     return images, missing
 
 

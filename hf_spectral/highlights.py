@@ -275,7 +275,7 @@ def summary_lines(dyn: Dynamics, metric: str | None = None, threshold: float = 0
             lines.append(f"No matrix's top singular vectors settled (agreement ≥ {SETTLED}) before the reference snapshot.")
     metric = metric or default_metric(dyn)
     events = key_events(dyn, metric, threshold)  # metric None: rank events only
-    if metric:
+    if metric and math.isfinite(threshold):  # math.inf: a metric without a target
         if events["metric_step"] is not None:
             lines.append(f"{metric} first reached {threshold:g} at step {_n(events['metric_step'])}.")
         else:

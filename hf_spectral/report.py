@@ -72,10 +72,11 @@ def figure_specs(metric: str | None, threshold: float) -> list[FigureSpec]:
     from hf_spectral import plots
 
     metric_text = metric or "the validation metric"
+    crossing = f"dashed line: {metric_text} first ≥ {threshold:g}; " if math.isfinite(threshold) else ""
     return [
         FigureSpec("training_rank", "Training metric and effective rank",
                    f"{metric_text} (left axis) and the mean normalized effective rank (right axis, thin lines: each matrix) "
-                   f"on one step axis; dashed line: {metric_text} first ≥ {threshold:g}; shaded: the steepest fall of the mean rank.",
+                   f"on one step axis; {crossing}shaded: the steepest fall of the mean rank.",
                    lambda d: plots.plot_training_and_rank(d, metric, threshold=threshold), lambda d: _no_training(d, metric)),
         FigureSpec("summary", "Model-level summary", "Means over all weight matrices at each snapshot.",
                    plots.plot_summary, lambda d: None),

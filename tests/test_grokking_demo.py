@@ -35,7 +35,7 @@ def demo(gk, tmp_path_factory):
     with contextlib.redirect_stdout(printed):
         summary = gk.main(
             ["--p", str(P), "--train_fraction", "0.5", "--d_model", "32", "--d_mlp", "64",
-             "--max_steps", str(STEPS), "--eval_steps", str(EVAL), "--spectra_schedule", str(EVERY),
+             "--max_steps", str(STEPS), "--eval_steps", str(EVAL), "--logging_steps", str(EVAL), "--spectra_schedule", str(EVERY),
              "--disable_tqdm", "true", "--output_dir", str(out)]
         )  # fmt: skip
     return out, summary, printed.getvalue()
@@ -69,9 +69,9 @@ def test_record_holds_a_snapshot_per_scheduled_step_and_the_log_history(demo):
 def test_report_page_is_self_contained(demo):
     out, summary, _ = demo
     index = out / "report" / "index.html"
-    assert summary["report"] == str(index)
+    assert summary.report == str(index)
     page = index.read_text(encoding="utf-8")
-    assert "Grokking (a + b mod 13, 50% train" in page
+    assert "grokking (a + b mod 13, 50% train" in page
     assert page.count("data:image/png;base64,") >= 5  # figures embedded, not linked
     assert not re.search(r"""(src|href)=["']https?://""", page) and "<link" not in page
     assert "<script src" not in page
@@ -85,7 +85,7 @@ def test_flagship_png_shows_both_curves(demo):
 
     out, summary, _ = demo
     png = out / "grokking.png"
-    assert summary["figure"] == str(png)
+    assert summary.figure == str(png)
     image = imread(str(png))[..., :3]
     assert image.shape[0] > 300 and image.shape[1] > 600
     assert image.std() > 0.05  # not blank
@@ -103,8 +103,8 @@ def test_summary_numbers_match_float64_numpy(demo):
     history = json.loads((out / "training_log.json").read_text())
     val = {e["step"]: e["eval_val_accuracy"] for e in history if "eval_val_accuracy" in e}
     crossed = [s for s in sorted(val) if val[s] >= 0.9]
-    assert summary["grok_step"] == (crossed[0] if crossed else None)
-    assert summary["final_val_accuracy"] == pytest.approx(val[STEPS])
+    assert summary.metric_step == (crossed[0] if crossed else None)
+    assert summary.final_metric == pytest.approx(val[STEPS])
 
     # Mean normalized effective rank per snapshot from the stored singular values; the steepest fall.
     steps = list(range(0, STEPS + 1, EVERY))
@@ -113,7 +113,7 @@ def test_summary_numbers_match_float64_numpy(demo):
         spectra = load_file(str(out / "spectral" / f"step-{step:06d}" / "spectra.safetensors"))
         mean.append(np.mean([normalized_erank(spectra[f"sigma/{m}"]) for m in MATRICES]))
     slopes = np.diff(mean) / np.diff(steps)
-    events = summary["events"]
+    events = summary.events
     assert events["erank_initial"] == pytest.approx(mean[0], rel=1e-6)
     assert events["erank_final"] == pytest.approx(mean[-1], rel=1e-6)
     i = int(np.argmin(slopes))
@@ -134,7 +134,7 @@ def test_summary_numbers_match_float64_numpy(demo):
         for f in range(1, (P + 1) // 2)
     ])  # fmt: skip
     total = np.sum(w**2)
-    assert summary["fourier_final"] == pytest.approx(np.sort(energy)[::-1][:5].sum() / total, rel=1e-6)
+    assert summary.measures["Fourier top-5 share of the embedding"]["final"] == pytest.approx(np.sort(energy)[::-1][:5].sum() / total, rel=1e-6)
 
 
 def test_console_shows_progress_lines_and_the_summary(demo):
@@ -145,7 +145,7 @@ def test_console_shows_progress_lines_and_the_summary(demo):
     assert "spectral/erank/" not in printed  # no per-layer scalars on the console
     start = lines.index(next(line for line in lines if line.startswith("== grokking summary (a + b mod 13")))
     tail = "\n".join(lines[start:])
-    a, b = summary["events"]["rank_drop_interval"]
+    a, b = summary.events["rank_drop_interval"]
     assert "validation accuracy >= 90%: " in tail
     assert f"mean normalized effective rank fell fastest: steps {a:,}-{b:,}" in tail
     assert "Fourier top-5 share of the embedding: " in tail
@@ -153,22 +153,4 @@ def test_console_shows_progress_lines_and_the_summary(demo):
     assert json.loads((out / "summary.json").read_text())["events"]["rank_drop_interval"] == [a, b]
 
 
-def test_summary_sets_the_two_steps_side_by_side(gk, capsys):
-    args = gk.parse_args(["--output_dir", "unused"])
-    events = {"rank_drop_interval": (1100, 1150), "erank_before": 0.52, "erank_after": 0.41, "lag": 0,
-              "erank_initial": 0.85, "erank_final": 0.3}
-    result = {"grok_step": 1150, "memorized_step": 275, "final_val_accuracy": 1.0, "final_train_accuracy": 1.0,
-              "training_log": "log.json", "events": events, "erank_at_grok": 0.41, "fourier_initial": 0.1,
-              "fourier_at_grok": 0.5, "fourier_final": 0.9, "report": "r/index.html", "figure": "g.png"}
-    gk.print_summary(args, result, 0.9)
-    text = capsys.readouterr().out
-    assert "side by side: the fastest rank drop ends at step 1,150, at the step of the validation jump (step 1,150)" in text
-    assert "0.850 at init -> 0.410 at step 1,150 -> 0.300 at the end" in text
-    events.update(rank_drop_interval=(25, 50), lag=-1100)
-    gk.print_summary(args, result, 0.9)
-    assert "ends at step 50, 1,100 steps before the validation jump (step 1,150)" in capsys.readouterr().out
-    events["around_metric"] = {"window": (11900, 15900), "window_before": (7900, 11900),
-                               "change": -0.12, "change_before": -0.012, "ratio": 10.0}
-    gk.print_summary(args, result, 0.9)
-    assert ("around the jump (steps 11,900-15,900) the mean rank fell 0.120; in the 4,000 steps before, "
-            "it fell 0.012: 10.0x as fast at the jump") in capsys.readouterr().out
+# The summary's wording (side by side, around the crossing): tests/test_recipe_support.py

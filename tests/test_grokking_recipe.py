@@ -8,6 +8,7 @@ import pytest
 from tiny_models import load_recipe
 import torch
 
+import hf_spectral
 
 
 @pytest.fixture(scope="module")
@@ -64,21 +65,7 @@ def test_bad_input_raises_spectral_error(gk):
         gk.GrokkingConfig(p=7, hidden_size=30, num_attention_heads=4)
 
 
-def test_full_batch_shards_cover_the_split_once(gk):
-    data = gk.make_dataset("add", 7, 0.5, 0)["train"]  # 24 examples
-    shards = [gk.FullBatch(data, length=5, process_index=i, num_processes=5) for i in range(5)]
-    assert len(shards[0]) == 5 and shards[0][3] is shards[0][0]  # every item is the same batch
-    labels = torch.cat([s[0]["labels"] for s in shards])
-    assert {len(s[0]["labels"]) for s in shards} == {5}  # equal shards: 25 = 24 + 1 padding
-    assert (labels == -100).sum() == 1
-    assert sorted(labels[labels != -100].tolist()) == sorted(data["labels"])
-
-
-def test_compute_metrics_ignores_padding(gk):
-    from transformers import EvalPrediction
-
-    metrics = gk.compute_metrics(EvalPrediction(np.array([1, 2, 3, 0]), np.array([1, 2, 0, -100])))
-    assert metrics["accuracy"] == pytest.approx(2 / 3)
+# FullBatch and accuracy_metrics: tests/test_recipe_support.py
 
 
 # --- model ----------------------------------------------------------------------------------------
@@ -200,31 +187,36 @@ def test_fourier_sparsity_matches_explicit_fourier_basis(gk):
     norms = np.sort(np.sqrt(energy[1:]))
     n = len(norms)
     gini = np.sum((2 * np.arange(1, n + 1) - n - 1) * norms) / (n * norms.sum())
-    got = gk.fourier_sparsity(model, k=3)
+    got = hf_spectral.fourier_sparsity(model.embed_tokens.weight[:p], k=3)
     assert got["top3_fraction"] == pytest.approx(np.sort(energy[1:])[::-1][:3].sum() / energy.sum(), rel=1e-9)
     assert got["gini"] == pytest.approx(gini, rel=1e-9)
     # An embedding made of two frequencies is perfectly sparse.
     with torch.no_grad():
         model.embed_tokens.weight[:p] = torch.tensor(np.outer(np.cos(2 * np.pi * 3 * x / p), np.ones(16)))
         model.embed_tokens.weight[:p, :8] += torch.tensor(np.sin(2 * np.pi * 5 * x / p))[:, None]
-    got = gk.fourier_sparsity(model, k=2)
+    got = hf_spectral.fourier_sparsity(model.embed_tokens.weight[:p], k=2)
     assert got["top2_fraction"] == pytest.approx(1.0, abs=1e-6) and got["gini"] > 0.6
+    assert gk.fourier_measure(model) == hf_spectral.fourier_sparsity(model.embed_tokens.weight[:p], k=5)  # the recipe's measure
 
 
 # --- arguments, optimizer, a tiny run -------------------------------------------------------------
 
 
 def test_presets_and_explicit_flags(gk):
-    paper = gk.parse_args(["--preset", "paper"])
-    assert (paper.p, paper.train_fraction, paper.learning_rate, paper.weight_decay) == (113, 0.3, 1e-3, 1.0)
-    assert (paper.max_steps, paper.batch_size, paper.layer_norm, paper.warmup_steps) == (40_000, 0, False, 0)
-    control = gk.parse_args(["--preset", "paper", "--weight_decay", "0", "--train_fraction", "0.9"])
-    assert (control.weight_decay, control.train_fraction, control.p) == (0.0, 0.9, 113)
-    sling = gk.parse_args(["--preset", "slingshot", "--layer_norm", "false"])
-    assert (sling.p, sling.train_fraction, sling.batch_size, sling.weight_decay) == (97, 0.7, 512, 0.0)
-    assert sling.layer_norm is False and gk.parse_args(["--preset", "slingshot"]).layer_norm is True
-    demo = gk.parse_args([])
-    assert demo.preset == "demo" and demo.track_spectra is True and demo.split_seed == demo.seed
+    paper, train, _ = gk.parse_args(["--preset", "paper"])
+    assert (paper.p, paper.train_fraction, train.learning_rate, train.weight_decay) == (113, 0.3, 1e-3, 1.0)
+    assert (train.max_steps, paper.batch_size, paper.layer_norm, train.warmup_steps) == (40_000, 0, False, 0)
+    assert (train.eval_steps, train.logging_steps, train.max_grad_norm, train.adam_beta2) == (100, 100, 0.0, 0.98)
+    control, train, _ = gk.parse_args(["--preset", "paper", "--weight_decay", "0", "--train_fraction", "0.9"])
+    assert (train.weight_decay, control.train_fraction, control.p) == (0.0, 0.9, 113)
+    sling, train, _ = gk.parse_args(["--preset", "slingshot", "--layer_norm", "false"])
+    assert (sling.p, sling.train_fraction, sling.batch_size, train.weight_decay) == (97, 0.7, 512, 0.0)
+    assert sling.layer_norm is False and gk.parse_args(["--preset", "slingshot"])[0].layer_norm is True
+    assert train.per_device_train_batch_size == 512
+    demo, train, spectral = gk.parse_args([])
+    assert demo.preset == "demo" and spectral.track_spectra is True and demo.split_seed == train.seed == 0
+    assert train.output_dir == "runs/grokking_demo_seed0" and spectral.spectra_schedule == "25"
+    assert gk.parse_args(["--seed", "3", "--preset", "paper"])[1].output_dir == "runs/grokking_paper_seed3"
 
 
 def test_weight_decay_applies_to_every_parameter(gk, tmp_path):
@@ -232,7 +224,7 @@ def test_weight_decay_applies_to_every_parameter(gk, tmp_path):
         ["--p", "7", "--layer_norm", "true", "--max_steps", "2", "--track_spectra", "false",
          "--output_dir", str(tmp_path)]
     )  # fmt: skip
-    trainer = gk.build_trainer(args)
+    trainer = gk.build_trainer(*args)
     groups = trainer.optimizer.param_groups
     assert all(g["weight_decay"] == 1.0 for g in groups)
     assert all(g["betas"] == (0.9, 0.98) for g in groups)
@@ -242,36 +234,32 @@ def test_weight_decay_applies_to_every_parameter(gk, tmp_path):
 
 def test_tiny_run_trains_and_writes_model_and_log(gk, tmp_path, capsys):
     out = tmp_path / "run"
-    summary = gk.main(
-        ["--p", "11", "--train_fraction", "0.5", "--max_steps", "40", "--eval_steps", "10",
+    run = gk.main(
+        ["--p", "11", "--train_fraction", "0.5", "--max_steps", "40", "--eval_steps", "10", "--logging_steps", "10",
          "--track_spectra", "false", "--disable_tqdm", "true", "--output_dir", str(out)]
     )  # fmt: skip
     assert (out / "model.safetensors").exists() and (out / "config.json").exists()
     log = json.loads((out / "training_log.json").read_text())
     losses = [row["loss"] for row in log if "loss" in row]
     assert len(losses) == 4 and losses[-1] < losses[0] / 2
-    rows = gk.eval_rows(log)
-    assert [r["step"] for r in rows] == [0, 10, 20, 30, 40]
-    assert rows[-1]["eval_train_accuracy"] > rows[0]["eval_train_accuracy"]
+    val = {row["step"]: row["eval_val_accuracy"] for row in log if "eval_val_accuracy" in row}
+    train = {row["step"]: row["eval_train_accuracy"] for row in log if "eval_train_accuracy" in row}
+    assert sorted(val) == sorted(train) == [0, 10, 20, 30, 40]
+    assert train[40] > train[0]
     printed = capsys.readouterr().out
-    assert summary["final"]["step"] == 40 and "validation accuracy >= 90%: " in printed
-    assert "report:" not in printed  # no spectral record, no dynamics report
-    assert json.loads((out / "summary.json").read_text())["final_val_accuracy"] == rows[-1]["eval_val_accuracy"]
+    assert run.steps == 40 and "validation accuracy >= 90%: " in printed
+    assert "report:" not in printed and run.report is None  # no spectral record, no dynamics report
+    assert json.loads((out / "summary.json").read_text())["final_metric"] == val[40] == run.final_metric
     loaded = gk.GrokkingTransformer.from_pretrained(out)
     assert loaded.config.p == 11
-
-
-def test_first_step_above(gk):
-    log = [{"step": 0, "eval_val_accuracy": 0.1}, {"step": 5, "loss": 1.0}, {"step": 10, "eval_val_accuracy": 0.95}]
-    assert gk.first_step_above(log) == 10 and gk.first_step_above(log, threshold=0.99) is None
 
 
 def test_minibatch_preset_path_trains(gk, tmp_path):
     args = gk.parse_args(
         ["--preset", "slingshot", "--p", "7", "--batch_size", "8", "--max_steps", "6", "--eval_steps", "3",
-         "--track_spectra", "false", "--disable_tqdm", "true", "--output_dir", str(tmp_path)]
+         "--logging_steps", "3", "--track_spectra", "false", "--disable_tqdm", "true", "--output_dir", str(tmp_path)]
     )  # fmt: skip
-    trainer = gk.build_trainer(args)
+    trainer = gk.build_trainer(*args)
     assert "layers.0.ln_1.weight" in dict(trainer.model.named_parameters())
     batch = next(iter(trainer.get_train_dataloader()))
     assert batch["input_ids"].shape == (8, 3) and batch["labels"].shape == (8,)
@@ -304,7 +292,7 @@ def test_two_cpu_processes_train_one_ddp_run(gk, tmp_path):
 
     import hf_spectral
 
-    flags = ["--p", "23", "--train_fraction", "0.5", "--max_steps", "20", "--eval_steps", "10",
+    flags = ["--p", "23", "--train_fraction", "0.5", "--max_steps", "20", "--eval_steps", "10", "--logging_steps", "10",
              "--spectra_schedule", "10", "--disable_tqdm", "true"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
     command = two_cpu_processes(RECIPES / "grokking.py", *flags, "--output_dir", str(tmp_path / "two"))

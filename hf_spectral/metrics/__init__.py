@@ -20,6 +20,7 @@ from hf_spectral.metrics.agreement import (
     subspace_overlap,
     top_score,
 )
+from hf_spectral.metrics.fourier import fourier_sparsity
 from hf_spectral.metrics.spectrum import (
     FLAG_NON_FINITE,
     FLAG_RANK_DEFICIENT,
@@ -40,6 +41,7 @@ from hf_spectral.metrics.spectrum import (
 )
 
 __all__ = [
+    "fourier_sparsity",
     "DEFAULT_K",
     "FLAG_NON_FINITE",
     "FLAG_RANK_DEFICIENT",

@@ -3,6 +3,7 @@ one step axis, with the step the metric crossed its threshold and the fastest ra
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from matplotlib.figure import Figure
@@ -53,7 +54,8 @@ def plot_training_and_rank(
     for i, other in enumerate(companions):
         series = metric_series(dyn, other)
         ax.plot(axis.x(series.index), series.to_numpy(), color="C0", lw=1.4, ls=(0, (4, 2)) if i == 0 else ":", alpha=0.8, label=_pretty(other))
-    ax.axhline(threshold, color="C0", lw=0.6, ls=":", alpha=0.6)
+    if math.isfinite(threshold):  # threshold=math.inf: a metric without a target (a loss, a perplexity)
+        ax.axhline(threshold, color="C0", lw=0.6, ls=":", alpha=0.6)
 
     if per_layer and len(dyn.trajectories):
         table = dyn.trajectories
@@ -84,6 +86,8 @@ def plot_training_and_rank(
     right.spines["right"].set_visible(True)
     if metric.endswith("accuracy"):
         ax.set_ylim(-0.02, 1.02)
+    elif metric.endswith("perplexity") and len(values) and values.min() > 0:
+        ax.set_yscale("log")  # from ~vocabulary size at init to tens: a linear axis shows only the start
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = right.get_legend_handles_labels()
     if per_layer and len(dyn.trajectories):

@@ -1,0 +1,67 @@
+"""Command-line arguments shared by the recipes: ``HfArgumentParser`` with presets that set the
+defaults (explicit flags win), and the spectral tracking/report flags every recipe has."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from transformers import HfArgumentParser, TrainerCallback
+
+from hf_spectral.errors import SpectralError
+
+
+@dataclass
+class SpectralArguments:
+    """``--track_spectra``, the snapshot schedule and the report's model-card copy."""
+
+    track_spectra: bool = field(default=True, metadata={"help": "Snapshot the spectra during training (SpectralCallback)."})
+    spectra_schedule: str = field(default="log", metadata={
+        "help": '"log" (step 0, log-spaced dense early steps, 10 even ones, the last), N (every N steps) or "a,b,c".'})
+    spectra_top_k: int = field(default=10, metadata={"help": "Singular vectors kept per matrix (agreement, alignment)."})
+    spectra_alignment: bool = field(default=False, metadata={"help": "Also store consecutive-layer alignment."})
+    model_card_copy: str | None = field(default=None, metadata={
+        "help": "Also write the model card (with its figures beside it) here, e.g. model_cards/<recipe>.md."})
+
+    def callbacks(self, **options: Any) -> list[TrainerCallback]:
+        """``[SpectralCallback(...)]`` with these flags (``options`` add to or override them), or ``[]``
+        with ``--track_spectra false``."""
+        if not self.track_spectra:
+            return []
+        from hf_spectral.tracking import SpectralCallback
+
+        settings = {"schedule": self.spectra_schedule, "top_k": self.spectra_top_k, "alignment": self.spectra_alignment}
+        return [SpectralCallback(**{**settings, **options})]
+
+
+def parse_recipe_args(
+    types: Sequence[type],
+    argv: Sequence[str] | None = None,
+    *,
+    presets: Mapping[str, Mapping[str, Any]] | None = None,
+    preset_field: str = "model_preset",
+    defaults: Mapping[str, Any] | None = None,
+    output_dir: str | None = None,
+) -> tuple[Any, ...]:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) into instances of the dataclasses ``types``
+    (``TrainingArguments`` among them) with ``HfArgumentParser``. Defaults, lowest first: the
+    dataclasses', ``defaults`` (the recipe's choices), ``presets[<--preset_field>]``; explicit flags
+    win over all. ``output_dir``: when ``--output_dir`` is not given, this template filled from the
+    parsed flags (``"runs/gpt2_lm_{model_preset}_seed{seed}"``)."""
+    parser = HfArgumentParser(tuple(types))
+    flags = {action.dest for action in parser._actions}
+    unknown = sorted({key for table in [defaults or {}, *(presets or {}).values()] for key in table} - flags)
+    if unknown:  # a typo in a recipe's table would otherwise come back as an extra Namespace
+        raise SpectralError(f"recipe defaults/presets name {unknown}, which are no flags of {[t.__name__ for t in types]}")
+    parser.set_defaults(**(defaults or {}))
+    argv = list(argv) if argv is not None else None
+    known, _ = parser.parse_known_args(argv)  # first pass: which preset, which seed
+    if presets is not None:
+        name = getattr(known, preset_field)
+        if name not in presets:
+            raise SpectralError(f"--{preset_field} {name!r}: choose one of {sorted(presets)}")
+        parser.set_defaults(**presets[name])
+        known, _ = parser.parse_known_args(argv)
+    if output_dir is not None and getattr(known, "output_dir", None) is None:
+        parser.set_defaults(output_dir=output_dir.format(**vars(known)))
+    return tuple(parser.parse_args_into_dataclasses(args=argv))
