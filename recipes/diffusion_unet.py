@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,7 +27,6 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
 from PIL import Image
-from transformers import HfArgumentParser
 
 import hf_spectral
 
@@ -68,8 +67,6 @@ class RecipeArguments:
     num_train_timesteps: int = 1000
     sample_steps: int = field(default=50, metadata={"help": "DDIM steps for the sample grid."})
     num_samples: int = 16
-    track_spectra: bool = True
-    spectra_schedule: str = field(default="log", metadata={"help": '"log", N (every N steps) or "a,b,c".'})
 
 
 PRESETS = {  # block_out_channels, layers per block, attention in the second-lowest resolution
@@ -157,8 +154,10 @@ def save_sample_grid(unet: UNet2DModel, scheduler: DDPMScheduler, path: str, n: 
     return path
 
 
-def main(argv: list[str] | None = None) -> hf_spectral.RunSummary:
-    train_args, args = HfArgumentParser((TrainingArguments, RecipeArguments)).parse_args_into_dataclasses(args=argv)
+def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
+    train_args, args, spectral = hf_spectral.parse_recipe_args(
+        (TrainingArguments, RecipeArguments, hf_spectral.SpectralArguments), argv,
+        defaults={"spectra_alignment": True})  # the UNet's path, skip and time-embedding pairs
     if args.model_preset not in PRESETS:
         raise hf_spectral.SpectralError(f"--model_preset {args.model_preset!r}: choose one of {', '.join(PRESETS)}")
     out = train_args.output_dir
@@ -203,16 +202,17 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary:
             accelerator.print(f"resumed from {path} at step {global_step}")
 
     tracker = None
-    if args.track_spectra:
-        schedule = args.spectra_schedule if args.spectra_schedule == "log" else [int(s) for s in args.spectra_schedule.split(",")]
-        schedule = schedule[0] if isinstance(schedule, list) and len(schedule) == 1 else schedule
-        tracker = hf_spectral.SpectralTracker(os.path.join(out, "spectral"), schedule, max_steps=max_steps,
-                                              alignment=True, accelerator=accelerator)
+    if spectral.track_spectra:
+        tracker = hf_spectral.SpectralTracker(os.path.join(out, "spectral"), spectral.spectra_schedule, max_steps=max_steps,
+                                              top_k=spectral.spectra_top_k, alignment=spectral.spectra_alignment,
+                                              accelerator=accelerator)
         tracker.step(model, global_step)  # the initialization (or where the resumed run stands)
 
     # the loop (diffusers' train_unconditional.py)
     model.train()
+    start = time.time()
     running: list[float] = []
+    history: list[dict[str, float]] = []  # the loop's own log (finish_run reads it with or without a record)
     while global_step < max_steps:
         for (clean,) in loader:
             noise = torch.randn_like(clean)
@@ -237,8 +237,9 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary:
             if global_step % train_args.eval_steps == 0 or global_step == max_steps:
                 logs["eval_loss"] = validation_loss(model, noise_scheduler, val_images)
             if logs:
+                history.append({**logs, "step": global_step})
                 accelerator.log(logs, step=global_step)
-                accelerator.print(hf_spectral.console_line(global_step, logs))
+                accelerator.print(hf_spectral.console_line(global_step, logs, ["loss", "eval_loss"]))
             if tracker is not None:
                 if logs:
                     tracker.log(logs, step=global_step)
@@ -259,11 +260,11 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary:
         grid = save_sample_grid(unet, noise_scheduler, os.path.join(out, "samples.png"), args.num_samples,
                                 args.sample_steps, train_args.seed)
         accelerator.print(f"samples: {grid}")
-        if args.track_spectra:
-            default_run = (sys.argv[1:] if argv is None else argv) == []
-            summary = hf_spectral.finish_run(out, recipe="diffusion_unet", metric="eval_loss", higher_is_better=False,
-                                             model_card_copy="model_cards/diffusion_unet.md" if default_run else None,
-                                             alignment=True)
+        summary = hf_spectral.finish_run(out, recipe="diffusion_unet", metric="eval_loss", higher_is_better=False,
+                                         metric_label="validation ε-MSE", alignment=spectral.spectra_alignment,
+                                         model_card_copy=spectral.model_card_copy, train_seconds=time.time() - start,
+                                         log_history=history,
+                                         title=f"Diffusion UNet ({args.model_preset})")
     accelerator.end_training()
     return summary
 

@@ -20,13 +20,14 @@ import json
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass, field
 
 import datasets
 import numpy as np
 import torch
 from torch import nn
-from transformers import (HfArgumentParser, PretrainedConfig, PreTrainedModel, Trainer, TrainingArguments,
+from transformers import (PretrainedConfig, PreTrainedModel, Trainer, TrainingArguments,
                           Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC,
                           Wav2Vec2Processor)
 from transformers.audio_utils import mel_filter_bank
@@ -50,8 +51,6 @@ class SpeechArguments:
     speech_source: str = field(default="auto", metadata={"help": "offline default data: auto | espeak | tones"})
     num_utterances: int = 1200
     max_eval_samples: int = 200
-    track_spectra: bool = True
-    spectra_schedule: str = field(default="log", metadata={"help": '"log", N (every N steps) or "a,b,c"'})
 
 
 # model presets, and the TrainingArguments defaults they set (flags given on the command line win)
@@ -214,22 +213,18 @@ class CTCCollator:
         return batch
 
 
-def parse_args(argv: list[str] | None) -> tuple[SpeechArguments, TrainingArguments]:
-    """The recipe's flags and TrainingArguments, whose defaults follow the preset (explicit flags win)."""
-    parser = HfArgumentParser((SpeechArguments, TrainingArguments))
-    (known, *_) = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if known.model_type not in ("wav2vec2", "lstm") or known.model_preset not in TRAINING:
-        raise hf_spectral.SpectralError(f"--model_type {known.model_type!r} / --model_preset {known.model_preset!r}: "
-                                        f"choose wav2vec2|lstm and {'|'.join(TRAINING)}")
-    parser.set_defaults(output_dir=f"runs/speech_ctc_{known.model_type}", per_device_train_batch_size=16,
-                        per_device_eval_batch_size=32, eval_strategy="steps", eval_steps=100, logging_steps=20,
-                        save_strategy="no", report_to="none", seed=0, train_sampling_strategy="group_by_length",
-                        length_column_name="input_length", **TRAINING[known.model_preset])
-    return parser.parse_args_into_dataclasses(args=argv)
+TRAINER_DEFAULTS = dict(per_device_train_batch_size=16, per_device_eval_batch_size=32, eval_strategy="steps",
+                        eval_steps=100, logging_steps=20, save_strategy="no", report_to="none", seed=0,
+                        train_sampling_strategy="group_by_length", length_column_name="input_length",
+                        dataloader_pin_memory=False, spectra_alignment=True)  # the LSTM's gate / direction pairs; wav2vec2's blocks
 
 
-def main(argv: list[str] | None = None) -> hf_spectral.RunSummary:
-    args, training_args = parse_args(argv)
+def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
+    args, training_args, spectral = hf_spectral.parse_recipe_args(
+        (SpeechArguments, TrainingArguments, hf_spectral.SpectralArguments), argv, presets=TRAINING,
+        defaults=TRAINER_DEFAULTS, output_dir="runs/speech_ctc_{model_type}")
+    if args.model_type not in ("wav2vec2", "lstm"):
+        raise hf_spectral.SpectralError(f"--model_type {args.model_type!r}: choose wav2vec2 or lstm")
     data, data_label = load_data(args, training_args.seed)
     data["test"] = data["test"].select(range(min(args.max_eval_samples, len(data["test"]))))
     data = data.map(lambda row: {"text": transcript(row["text"])})
@@ -241,29 +236,26 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary:
 
     data = data.map(prepare, remove_columns=data["train"].column_names)
     model = build_model(args, processor)
-    callbacks = [hf_spectral.ConsoleCallback()]
-    if args.track_spectra:
-        schedule = args.spectra_schedule if args.spectra_schedule == "log" else [int(s) for s in args.spectra_schedule.split(",")]
-        # alignment: the LSTM's ih→hh and layer-to-layer pairs (g gate, bidirectional halves); wav2vec2's blocks
-        callbacks.append(hf_spectral.SpectralCallback(schedule=schedule[0] if len(schedule) == 1 else schedule,
-                                                      alignment=True))
     trainer = Trainer(model=model, args=training_args, train_dataset=data["train"], eval_dataset=data["test"],
                       data_collator=CTCCollator(processor), processing_class=processor,
                       compute_metrics=hf_spectral.ctc_metrics(processor.tokenizer.get_vocab()),
-                      preprocess_logits_for_metrics=hf_spectral.ctc_argmax, callbacks=callbacks)
+                      preprocess_logits_for_metrics=hf_spectral.ctc_argmax, callbacks=spectral.callbacks())
+    hf_spectral.attach_console(trainer, ["eval_cer", "eval_wer"])
+    start = time.time()
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    wall = time.time() - start
     if not any("eval_cer" in e and e.get("step") == trainer.state.global_step for e in trainer.state.log_history):
         trainer.evaluate()  # the final metric, when the last step was not an evaluation step
     trainer.save_model()  # model + processor (vocab.json, tokenizer and feature-extractor configs)
     trainer.save_state()
     print(f"data: {data_label}; {len(data['train'])} train / {len(data['test'])} eval utterances")
-    if not args.track_spectra or not trainer.is_world_process_zero():
+    if not trainer.is_world_process_zero():
         return None
-    recipe = f"speech_ctc_{args.model_type}"
-    default_run = (sys.argv[1:] if argv is None else argv) in ([], ["--model_type", args.model_type])
-    return hf_spectral.finish_run(training_args.output_dir, recipe=recipe, metric="eval_cer", higher_is_better=False,
-                                  model_card_copy=f"model_cards/{recipe}.md" if default_run else None,
-                                  alignment=True)
+    return hf_spectral.finish_run(training_args.output_dir, recipe=f"speech_ctc_{args.model_type}", metric="eval_cer",
+                                  higher_is_better=False, metric_label="character error rate",
+                                  title=f"Speech CTC ({args.model_type}, {args.model_preset}; {data_label})",
+                                  log_history=trainer.state.log_history, alignment=spectral.spectra_alignment,
+                                  model_card_copy=spectral.model_card_copy, train_seconds=wall)
 
 
 if __name__ == "__main__":

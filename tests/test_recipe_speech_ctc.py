@@ -55,24 +55,25 @@ def _top_diagonal(u_prev: np.ndarray, v_next: np.ndarray, k: int) -> np.ndarray:
 
 
 def test_lstm_alignment_pairs_match_numpy(lstm_run):
-    """The paper's LSTM pairing (g gate rows, bidirectional column halves) recomputed with float64 numpy SVDs
-    of the saved final weights, which are the weights of the step-6 snapshot."""
+    """The paper's LSTM pairing recomputed with float64 numpy SVDs of the saved final weights (those of the
+    step-6 snapshot): the g-gate block of the left vectors of the whole stacked (i, f, g, o) matrix, as the
+    authors do, against the right vectors of the next matrix, read on its direction's column half."""
     w = {k: v.astype(np.float64) for k, v in load_file(lstm_run / "model.safetensors").items()}
     h = 16
     g = slice(2 * h, 3 * h)  # gate order i, f, g, o
     cases = {
-        "lstm.weight_ih_l0[g] → lstm.weight_hh_l0": (w["lstm.weight_ih_l0"][g], w["lstm.weight_hh_l0"]),
-        "lstm.weight_hh_l0_reverse[g] → lstm.weight_ih_l1[rev]": (w["lstm.weight_hh_l0_reverse"][g],
+        "lstm.weight_ih_l0[g] → lstm.weight_hh_l0": (w["lstm.weight_ih_l0"], w["lstm.weight_hh_l0"]),
+        "lstm.weight_hh_l0_reverse[g] → lstm.weight_ih_l1[rev]": (w["lstm.weight_hh_l0_reverse"],
                                                                   w["lstm.weight_ih_l1"][:, h:]),
-        "lstm.weight_ih_l0[g] → lstm.weight_ih_l1_reverse[fwd]": (w["lstm.weight_ih_l0"][g],
+        "lstm.weight_ih_l0[g] → lstm.weight_ih_l1_reverse[fwd]": (w["lstm.weight_ih_l0"],
                                                                   w["lstm.weight_ih_l1_reverse"][:, :h]),
-        "lstm.weight_hh_l1[g] → head[fwd]": (w["lstm.weight_hh_l1"][g], w["head.weight"][:, :h]),
+        "lstm.weight_hh_l1[g] → head[fwd]": (w["lstm.weight_hh_l1"], w["head.weight"][:, :h]),
     }
     dyn = hf_spectral.dynamics_from_source(lstm_run / "spectral")
     final = dyn.alignment[dyn.alignment["step"] == 6]
     assert len(set(final["pair"])) == 4 + 8 + 4  # ih→hh per cell; 2×2×2 into layer 1; 4 into the head
     for label, (prev, nxt) in cases.items():
-        u = np.linalg.svd(prev, full_matrices=False)[0]
+        u = np.linalg.svd(prev, full_matrices=False)[0][g]  # the g gate's rows of the stacked left vectors
         v = np.linalg.svd(nxt, full_matrices=False)[2].T
         got = final[final["pair"] == label].sort_values("index")["value"].to_numpy()
         assert len(got) > 0, label
