@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
     start = time.time()
     running: list[float] = []
     history: list[dict[str, float]] = []  # the loop's own log (finish_run reads it with or without a record)
+    spectra: dict[str, float] = {}  # the latest spectral scalars, for the console line
     while global_step < max_steps:
         for (clean,) in loader:
             noise = torch.randn_like(clean)
@@ -239,11 +240,12 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
             if logs:
                 history.append({**logs, "step": global_step})
                 accelerator.log(logs, step=global_step)
-                accelerator.print(hf_spectral.console_line(global_step, logs, ["loss", "eval_loss"]))
             if tracker is not None:
                 if logs:
                     tracker.log(logs, step=global_step)
-                tracker.step(model, global_step)
+                spectra.update(tracker.step(model, global_step) or {})  # scalars also go to accelerator.log
+            if logs:
+                accelerator.print(hf_spectral.console_line(global_step, {**spectra, **logs}, ["eval_loss"]))
             if train_args.checkpointing_steps > 0 and global_step % train_args.checkpointing_steps == 0:
                 accelerator.save_state(os.path.join(checkpoints, f"checkpoint-{global_step}"))
             if global_step >= max_steps:
