@@ -162,12 +162,14 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
         raise hf_spectral.SpectralError(f"--model_preset {args.model_preset!r}: choose one of {', '.join(PRESETS)}")
     out = train_args.output_dir
     accelerator = Accelerator(
+        cpu=not torch.accelerator.is_available(),  # CPU processes (accelerate launch --multi_gpu) join one gloo group
         gradient_accumulation_steps=train_args.gradient_accumulation_steps,
         mixed_precision=train_args.mixed_precision,
         log_with=None if train_args.report_to == "none" else train_args.report_to,
         project_config=ProjectConfiguration(project_dir=out, logging_dir=os.path.join(out, "logs")),
     )
     set_seed(train_args.seed)
+    accelerator.print(f"{accelerator.num_processes} process(es), {accelerator.distributed_type}")
 
     # data
     train_images, val_images = load_images(args, train_args.seed)

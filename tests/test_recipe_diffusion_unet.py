@@ -89,3 +89,21 @@ def test_imagefolder_stand_in_and_presets(tmp_path):
     assert paper.config.block_out_channels == (64, 128, 256, 512) and paper.config.layers_per_block == 2
     with pytest.raises(hf_spectral.SpectralError, match="model_preset"):
         module.main(["--output_dir", str(tmp_path / "bad"), "--model_preset", "huge"])
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_one_run(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPUs: one gloo DDP run, one record, one summary."""
+    import os
+    import subprocess
+
+    from tiny_models import RECIPES, two_cpu_processes
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(two_cpu_processes(RECIPES / "diffusion_unet.py", "--output_dir", str(out), *TINY),
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 process(es), DistributedType.MULTI_CPU" in proc.stdout
+    assert proc.stdout.count("== diffusion_unet summary") == 1
+    assert list(hf_spectral.dynamics_from_source(out / "spectral").summary["step"]) == [0, 1, 3, 6]
