@@ -214,7 +214,7 @@ class CTCCollator:
 
 
 TRAINER_DEFAULTS = dict(per_device_train_batch_size=16, per_device_eval_batch_size=32, eval_strategy="steps",
-                        eval_steps=100, logging_steps=20, save_strategy="no", report_to="none", seed=0,
+                        eval_on_start=True, eval_steps=100, logging_steps=20, save_strategy="no", report_to="none", seed=0,
                         train_sampling_strategy="group_by_length", length_column_name="input_length",
                         dataloader_pin_memory=False, spectra_alignment=True,  # LSTM gate / direction pairs; wav2vec2's
                         use_cpu=not torch.accelerator.is_available())  # CPU processes join one gloo DDP run
