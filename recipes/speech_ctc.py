@@ -252,8 +252,15 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
     print(f"data: {data_label}; {len(data['train'])} train / {len(data['test'])} eval utterances")
     if not trainer.is_world_process_zero():
         return None
+    kind = "Wav2Vec2ForCTC" if args.model_type == "wav2vec2" else "bidirectional LSTM on power-mel features"
     return hf_spectral.finish_run(training_args.output_dir, recipe=f"speech_ctc_{args.model_type}", metric="eval_cer",
                                   higher_is_better=False, metric_label="character error rate",
+                                  description=f"A {kind} ({args.model_preset} preset) trained from scratch with "
+                                              f"character CTC on {data_label}; the processor is saved beside it.",
+                                  training_details=f"AdamW lr {training_args.learning_rate}, weight decay "
+                                                   f"{training_args.weight_decay}, {training_args.lr_scheduler_type.value} "
+                                                   f"schedule, {trainer.state.global_step} steps of "
+                                                   f"{training_args.per_device_train_batch_size} (recipes/speech_ctc.py).",
                                   title=f"Speech CTC ({args.model_type}, {args.model_preset}; {data_label})",
                                   log_history=trainer.state.log_history, alignment=spectral.spectra_alignment,
                                   model_card_copy=spectral.model_card_copy, train_seconds=wall)
