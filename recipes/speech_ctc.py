@@ -175,7 +175,7 @@ class SpeechLSTMForCTC(PreTrainedModel):
         samples = attention_mask.sum(-1) if attention_mask is not None else torch.full(
             (input_values.shape[0],), input_values.shape[1], device=input_values.device)
         frames = samples // self.config.hop_length + 1  # center=True framing
-        # padded, not packed: a packed LSTM's backward was 8x slower on CPU; batches are grouped by length
+        # padded, not packed: packed was 3.4-8x slower on CPU (benchmarks/lstm_packed.py); batches are grouped by length
         # (--train_sampling_strategy group_by_length), so the reverse direction reads few zero frames first
         logits = self.head(self.lstm(self.features(input_values, frames))[0])
         loss = None
