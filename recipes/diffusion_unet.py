@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
     model.train()
     start = time.time()
     running: list[float] = []
-    history: list[dict[str, float]] = []  # the loop's own log (finish_run reads it with or without a record)
+    history: list[dict[str, float]] = []  # the loop's log without a record (the tracker's also holds a resumed run's past)
     spectra: dict[str, float] = {}  # the latest spectral scalars, for the console line
     while global_step < max_steps:
         for (clean,) in loader:
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
                              f"{train_args.train_batch_size}×{train_args.gradient_accumulation_steps}, {max_steps} steps, "
                              f"{train_args.lr_scheduler} schedule, seed {train_args.seed} (recipes/diffusion_unet.py).",
             metric_label="validation ε-MSE", alignment=spectral.spectra_alignment, model_card_copy=spectral.model_card_copy,
-            train_seconds=time.time() - start, log_history=history, title=f"Diffusion UNet ({args.model_preset})")
+            train_seconds=time.time() - start, log_history=tracker.history if tracker else history, title=f"Diffusion UNet ({args.model_preset})")
     accelerator.end_training()
     return summary
 

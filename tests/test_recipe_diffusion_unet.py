@@ -74,7 +74,8 @@ def test_sample_grid_png(run):
     assert grid.size == (3 * 2 * (16 + 2), 3 * 2 * (16 + 2))  # 4 samples in a 2x2 grid, 1-px borders, x3
 
 
-def test_imagefolder_stand_in_and_presets(tmp_path):
+def test_imagefolder_stand_in_resume_and_presets(tmp_path):
+    """--train_dir (an imagefolder) end to end; then --resume_from_checkpoint latest continues the run and its record."""
     module = load_recipe("diffusion_unet")
     folder = tmp_path / "images"
     folder.mkdir()
@@ -82,9 +83,16 @@ def test_imagefolder_stand_in_and_presets(tmp_path):
     for i in range(12):
         Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     out = tmp_path / "run"
-    module.main(["--output_dir", str(out), "--train_dir", str(folder), "--track_spectra", "false",
-                 *[a for a in TINY if a not in ("--spectra_schedule", "0,1,3,6")], "--train_batch_size", "4"])
-    assert (out / "model_index.json").is_file() and not (out / "spectral").exists()
+    common = ["--output_dir", str(out), "--train_dir", str(folder), "--train_batch_size", "4", "--model_preset", "tiny",
+              "--resolution", "16", "--logging_steps", "2", "--eval_steps", "2", "--sample_steps", "2",
+              "--num_samples", "4", "--spectra_schedule", "0,2,4,6"]
+    module.main([*common, "--max_steps", "4", "--checkpointing_steps", "2"])
+    assert (out / "model_index.json").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    module.main([*common, "--max_steps", "6", "--resume_from_checkpoint", "latest"])
+    assert list(hf_spectral.dynamics_from_source(out / "spectral").summary["step"]) == [0, 2, 4, 6]
+    steps = [e["step"] for e in json.loads((out / "training_log.json").read_text()) if "eval_loss" in e]
+    assert steps == [2, 4, 6]  # the resumed run's log continues the first one's
     paper = module.make_unet("paper", 32)
     assert paper.config.block_out_channels == (64, 128, 256, 512) and paper.config.layers_per_block == 2
     with pytest.raises(hf_spectral.SpectralError, match="model_preset"):
