@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from transformers import (HfArgumentParser, PretrainedConfig, PreTrainedModel, Trainer, TrainingArguments,
                           Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC,
-                          Wav2Vec2Processor)
+                          Wav2Vec2Processor, set_seed)
 from transformers.audio_utils import mel_filter_bank
 from transformers.modeling_outputs import CausalLMOutput
 
@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
                 "labels": processor.tokenizer(row["text"]).input_ids, "input_length": len(row["audio"])}
 
     data = data.map(prepare, remove_columns=data["train"].column_names)
+    set_seed(training_args.seed)  # the model's initialization (the Trainer seeds only a model_init)
     model = build_model(args, processor)
     trainer = Trainer(model=model, args=training_args, train_dataset=data["train"], eval_dataset=data["test"],
                       data_collator=CTCCollator(processor), processing_class=processor,
