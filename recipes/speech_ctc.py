@@ -90,10 +90,15 @@ def load_data(args: SpeechArguments, seed: int) -> tuple[datasets.DatasetDict, s
         raw = datasets.load_dataset(kind, data_files={"train": args.train_file})
     else:
         raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
-    for column in (args.audio_column, args.text_column):
+    name = args.dataset_name or args.train_file
+    for split in (args.train_split_name, args.eval_split_name or args.train_split_name):
+        if split not in raw:
+            raise hf_spectral.SpectralError(f"{name}: no split {split!r} (splits: {list(raw)}); pass --train_split_name "
+                                            "/ --eval_split_name")
+    for flag, column in (("audio", args.audio_column), ("text", args.text_column)):
         if column not in raw[args.train_split_name].column_names:
-            raise hf_spectral.SpectralError(f"{args.dataset_name or args.train_file}: no column {column!r} (columns: "
-                                            f"{raw[args.train_split_name].column_names}); pass --{column}_column")
+            raise hf_spectral.SpectralError(f"{name}: no column {column!r} (columns: "
+                                            f"{raw[args.train_split_name].column_names}); pass --{flag}_column")
     if args.eval_split_name is None:
         raw = raw[args.train_split_name].train_test_split(test_size=0.1, seed=seed)
     else:
@@ -107,7 +112,7 @@ def load_data(args: SpeechArguments, seed: int) -> tuple[datasets.DatasetDict, s
         return {"audio": hf_spectral.resample_audio(np.asarray(array, dtype=np.float32), rate), "text": row[args.text_column]}
 
     raw = raw.map(standard, remove_columns=raw["train"].column_names)
-    return raw, args.dataset_name or args.train_file
+    return raw, name
 
 
 def build_processor(train_texts: list[str], output_dir: str) -> Wav2Vec2Processor:

@@ -94,6 +94,9 @@ def test_wav2vec2_on_a_local_dataset_stand_in(tmp_path):
     load_recipe("speech_ctc").main(["--output_dir", str(out), "--model_type", "wav2vec2", "--train_file", str(train),
                                     *[a for a in TINY if a not in ("--num_utterances", "24")]])
     _check_written(out, [0, 1, 3, 6])
+    with pytest.raises(hf_spectral.SpectralError, match="no column 'speech'.*--audio_column"):
+        load_recipe("speech_ctc").main(["--output_dir", str(tmp_path / "bad"), "--train_file", str(train),
+                                        "--audio_column", "speech"])
     model = Wav2Vec2ForCTC.from_pretrained(out)
     assert model.config.vocab_size == len(json.loads((out / "vocab.json").read_text()))
     assert set(json.loads((out / "vocab.json").read_text())) >= set("onetwhr")  # lower-cased transcripts
