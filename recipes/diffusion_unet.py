@@ -267,12 +267,14 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
         data = args.dataset_name or args.train_dir or f"scikit-learn's 1,797 digits upsampled to {args.resolution}²"
         summary = hf_spectral.finish_run(
             out, recipe="diffusion_unet", metric="eval_loss", higher_is_better=False,
-            description=f"A diffusers `UNet2DModel` (channels {unet.config.block_out_channels}) trained from scratch as a "
-                        f"DDPM (ε-prediction, {args.num_train_timesteps} timesteps) on {data}. Load it with "
-                        "`DDPMPipeline.from_pretrained`; `samples.png` shows samples.",
-            training_details=f"AdamW lr {train_args.learning_rate}, weight decay {train_args.weight_decay}, batch "
-                             f"{train_args.train_batch_size}×{train_args.gradient_accumulation_steps}, {max_steps} steps, "
-                             f"{train_args.lr_scheduler} schedule, seed {train_args.seed} (recipes/diffusion_unet.py).",
+            card_fields={
+                "model_summary": f"A diffusers `UNet2DModel` trained from scratch as a DDPM (ε-prediction, "
+                                 f"{args.num_train_timesteps} timesteps) on {data} by `recipes/diffusion_unet.py` of "
+                                 "hf-spectral. Load it with `DDPMPipeline.from_pretrained`; `samples.png` shows samples.",
+                "model_type": f"UNet2DModel, channels {unet.config.block_out_channels} ({args.model_preset} preset)",
+                "training_details": f"AdamW lr {train_args.learning_rate}, weight decay {train_args.weight_decay} on all "
+                                    f"parameters, batch {train_args.train_batch_size}×{train_args.gradient_accumulation_steps}, "
+                                    f"{max_steps} steps, {train_args.lr_scheduler} schedule, seed {train_args.seed}."},
             metric_label="validation ε-MSE", alignment=spectral.spectra_alignment, model_card_copy=spectral.model_card_copy,
             train_seconds=time.time() - start, log_history=tracker.history if tracker else history, title=f"Diffusion UNet ({args.model_preset})")
     accelerator.end_training()

@@ -9,8 +9,6 @@ drops; without weight decay neither happens. Ends with the dynamics report, grok
     python recipes/grokking.py --preset demo --weight_decay 0   # control: no grokking, no rank collapse
     python recipes/grokking.py --preset paper                   # the paper's setting (40k steps)
     accelerate launch recipes/grokking.py --preset paper        # same, on whatever accelerate sees
-
-A preset sets the defaults of every flag, TrainingArguments' included; explicit flags win.
 """
 
 import math
@@ -71,7 +69,7 @@ OPERATIONS = {  # name: (formula for titles, a∘b mod p)
 
 @dataclass
 class GrokkingArguments:
-    """The recipe's own flags (a preset fills their defaults, and those of TrainingArguments)."""
+    """The recipe's own flags. A preset sets the defaults of every flag, TrainingArguments' too; explicit flags win."""
 
     preset: str = field(default="demo", metadata={"help": "Base setting.", "choices": sorted(PRESETS)})
     operation: str = field(default="add", metadata={"help": "a∘b mod p.", "choices": sorted(OPERATIONS)})
@@ -127,7 +125,6 @@ def make_dataset(operation: str, p: int, train_fraction: float, split_seed: int)
 # --- 3. Model: the authors' 1-layer Transformer as a HuggingFace model ----------------------------
 class GrokkingConfig(PretrainedConfig):
     """Configuration of `GrokkingTransformer`: vocabulary = the p numbers and "=" (id p)."""
-
     model_type = "grokking_transformer"
 
     def __init__(self, p: int = 113, num_hidden_layers: int = 1, hidden_size: int = 128, num_attention_heads: int = 4,

@@ -17,6 +17,7 @@ LSTM's alignment pairs: ih→hh, ih/hh→next ih, g gate, bidirectional halves).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -246,10 +247,16 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
     data = data.map(prepare, remove_columns=data["train"].column_names)
     set_seed(training_args.seed)  # the model's initialization (the Trainer seeds only a model_init)
     model = build_model(args, processor)
+    # the paper decays ALL parameters (the Trainer's default optimizer exempts biases and norms)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=training_args.learning_rate, weight_decay=training_args.weight_decay,
+                                  betas=(training_args.adam_beta1, training_args.adam_beta2), eps=training_args.adam_epsilon)
+    per_step = training_args.per_device_train_batch_size * training_args.world_size * training_args.gradient_accumulation_steps
     trainer = Trainer(model=model, args=training_args, train_dataset=data["train"], eval_dataset=data["test"],
-                      data_collator=CTCCollator(processor), processing_class=processor,
+                      data_collator=CTCCollator(processor), processing_class=processor, optimizers=(optimizer, None),
                       compute_metrics=hf_spectral.ctc_metrics(processor.tokenizer.get_vocab()),
-                      preprocess_logits_for_metrics=hf_spectral.ctc_argmax, callbacks=spectral.callbacks())
+                      preprocess_logits_for_metrics=hf_spectral.ctc_argmax,
+                      callbacks=spectral.callbacks(steps_per_epoch=max(1, len(data["train"]) // per_step),
+                                                   epochs=math.ceil(training_args.num_train_epochs)))
     hf_spectral.attach_console(trainer, ["eval_cer", "eval_wer"])
     start = time.time()
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -264,12 +271,14 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
     kind = "Wav2Vec2ForCTC" if args.model_type == "wav2vec2" else "bidirectional LSTM on power-mel features"
     return hf_spectral.finish_run(training_args.output_dir, recipe=f"speech_ctc_{args.model_type}", metric="eval_cer",
                                   higher_is_better=False, metric_label="character error rate",
-                                  description=f"A {kind} ({args.model_preset} preset) trained from scratch with "
-                                              f"character CTC on {data_label}; the processor is saved beside it.",
-                                  training_details=f"AdamW lr {training_args.learning_rate}, weight decay "
-                                                   f"{training_args.weight_decay}, {training_args.lr_scheduler_type.value} "
-                                                   f"schedule, {trainer.state.global_step} steps of "
-                                                   f"{training_args.per_device_train_batch_size} (recipes/speech_ctc.py).",
+                                  card_fields={"model_summary": f"A {kind} ({args.model_preset} preset) trained from "
+                                               f"scratch with character CTC on {data_label} by `recipes/speech_ctc.py` "
+                                               "of hf-spectral; its processor is saved beside it.",
+                                               "model_type": f"{kind}, CTC over characters",
+                                               "training_details": f"AdamW lr {training_args.learning_rate}, weight decay "
+                                               f"{training_args.weight_decay} on all parameters, "
+                                               f"{training_args.lr_scheduler_type.value} schedule, {trainer.state.global_step} "
+                                               f"steps of {training_args.per_device_train_batch_size}, {wall:.0f} s."},
                                   title=f"Speech CTC ({args.model_type}, {args.model_preset}; {data_label})",
                                   log_history=trainer.state.log_history, alignment=spectral.spectra_alignment,
                                   model_card_copy=spectral.model_card_copy, train_seconds=wall)

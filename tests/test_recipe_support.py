@@ -190,7 +190,7 @@ def tracked_run(tmp_path_factory):
     with contextlib.redirect_stdout(printed):
         run = hf_spectral.finish_run(out, recipe="toy", metric="eval_accuracy", threshold=0.9, log_history=history,
                                      model_card_copy=out.parent / "cards" / "toy.md", alignment=True, train_seconds=4.0,
-                                     description="A toy run.", extra={"note": 1})
+                                     card_fields={"model_summary": "A toy run."}, extra={"note": 1})
     return out, run, printed.getvalue(), weights
 
 
@@ -256,7 +256,10 @@ def test_summary_sets_the_two_steps_side_by_side():
                                  threshold=0.9, metric_step=1150, after_step=275, events=events, erank_initial=0.85,
                                  erank_at_metric=0.41, erank_final=0.3, final_metric=1.0, report="r/index.html")
     after = hf_spectral.Crossing("eval_train_accuracy", 0.99, "train accuracy")
+    run.events_after = {"rank_drop_interval": (525, 550), "erank_before": 0.631, "erank_after": 0.619, "lag": -600}
     text = "\n".join(summary_text(run, after=after, metric_label="validation accuracy"))
+    assert ("after train accuracy reached 99% (step 275) it fell fastest at steps 525-550 (0.631 -> 0.619), "
+            "600 steps before validation accuracy crossed") in text
     assert "validation accuracy >= 90%: step 1,150 (train accuracy >= 99%: step 275)" in text
     assert "side by side: the fastest rank drop ends at step 1,150, at the step validation accuracy crossed (step 1,150)" in text
     assert "0.850 at init -> 0.410 at step 1,150 -> 0.300 at the end (-64.7%)" in text
@@ -266,3 +269,33 @@ def test_summary_sets_the_two_steps_side_by_side():
                                "change": -0.12, "change_before": -0.012, "ratio": 10.0}
     assert ("around the crossing (steps 11,900-15,900) the mean rank fell 0.120; in the 4,000 steps before, "
             "it fell 0.012: 10.0x as fast at the crossing") in "\n".join(summary_text(run, metric_label="validation accuracy"))
+
+
+def test_paper_schedule_is_init_four_inside_epoch_one_then_every_epoch():
+    from hf_spectral.recipe_support.arguments import paper_schedule
+
+    assert paper_schedule(100, 3) == [0, 20, 40, 60, 80, 100, 200, 300]
+    (callback,) = hf_spectral.SpectralArguments(spectra_schedule="paper").callbacks(steps_per_epoch=10, epochs=2)
+    assert callback.schedule.steps == (0, 2, 4, 6, 8, 10, 20)
+    with pytest.raises(hf_spectral.SpectralError, match="num_train_epochs"):
+        hf_spectral.SpectralArguments(spectra_schedule="paper").callbacks()
+
+
+def test_a_report_that_cannot_be_drawn_leaves_the_summary(tracked_run, tmp_path, monkeypatch):
+    import shutil
+
+    import hf_spectral.report
+
+    out, _, _, _ = tracked_run
+    shutil.copytree(out / "spectral", tmp_path / "spectral")
+
+    def broken(*args, **kwargs):
+        raise hf_spectral.SpectralError("figures: no display")
+
+    monkeypatch.setattr(hf_spectral.report, "write_report", broken)
+    history = [{"step": s, "eval_accuracy": a} for s, a in ACCURACY.items()]
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        run = hf_spectral.finish_run(tmp_path, recipe="toy", metric="eval_accuracy", threshold=0.9, log_history=history)
+    assert run.report is None and run.metric_step == 6 and run.erank_final is not None
+    assert "report incomplete: figures: no display" in printed.getvalue()
+    assert json.loads((tmp_path / "summary.json").read_text())["metric_step"] == 6

@@ -41,7 +41,6 @@ from hf_spectral.metrics.spectrum import (
 )
 
 __all__ = [
-    "fourier_sparsity",
     "DEFAULT_K",
     "FLAG_NON_FINITE",
     "FLAG_RANK_DEFICIENT",
@@ -60,6 +59,7 @@ __all__ = [
     "alignment_matrix",
     "conv_centre_alignment",
     "decompose",
+    "fourier_sparsity",
     "gini",
     "in_in_alignment",
     "kernel_centre",

@@ -17,21 +17,34 @@ class SpectralArguments:
 
     track_spectra: bool = field(default=True, metadata={"help": "Snapshot the spectra during training (SpectralCallback)."})
     spectra_schedule: str = field(default="log", metadata={
-        "help": '"log" (step 0, log-spaced dense early steps, 10 even ones, the last), N (every N steps) or "a,b,c".'})
+        "help": '"log" (step 0, log-spaced dense early steps, 10 even ones, the last), N (every N steps), "a,b,c", '
+                'or "paper" (the authors\' checkpoints: init, 4 evenly spaced inside epoch 1, then every epoch).'})
     spectra_top_k: int = field(default=10, metadata={"help": "Singular vectors kept per matrix (agreement, alignment)."})
     spectra_alignment: bool = field(default=False, metadata={"help": "Also store consecutive-layer alignment."})
     model_card_copy: str | None = field(default=None, metadata={
         "help": "Also write the model card (with its figures beside it) here, e.g. model_cards/<recipe>.md."})
 
-    def callbacks(self, **options: Any) -> list[TrainerCallback]:
+    def callbacks(self, *, steps_per_epoch: int | None = None, epochs: int | None = None, **options: Any) -> list[TrainerCallback]:
         """``[SpectralCallback(...)]`` with these flags (``options`` add to or override them), or ``[]``
-        with ``--track_spectra false``."""
+        with ``--track_spectra false``. The "paper" schedule needs ``steps_per_epoch`` and ``epochs``."""
         if not self.track_spectra:
             return []
         from hf_spectral.tracking import SpectralCallback
 
-        settings = {"schedule": self.spectra_schedule, "top_k": self.spectra_top_k, "alignment": self.spectra_alignment}
+        schedule: Any = self.spectra_schedule
+        if schedule.strip().lower() == "paper":
+            if not steps_per_epoch or not epochs:
+                raise SpectralError("--spectra_schedule paper needs whole epochs: pass --num_train_epochs (and no --max_steps)")
+            schedule = paper_schedule(steps_per_epoch, epochs)
+        settings = {"schedule": schedule, "top_k": self.spectra_top_k, "alignment": self.spectra_alignment}
         return [SpectralCallback(**{**settings, **options})]
+
+
+def paper_schedule(steps_per_epoch: int, epochs: int) -> list[int]:
+    """The authors' checkpoint steps (paper-notes §3): the initialization, 4 evenly spaced inside
+    the first epoch, then the end of every epoch."""
+    inside = [round(steps_per_epoch * i / 5) for i in range(1, 5)]
+    return sorted({0, *inside, *(steps_per_epoch * e for e in range(1, epochs + 1))})
 
 
 def parse_recipe_args(

@@ -58,7 +58,8 @@ def causal_lm_scores(logits: Any, labels: Any) -> Any:
 def causal_lm_metrics(eval_pred: Any) -> dict[str, float]:
     """``compute_metrics`` for causal LMs with :func:`causal_lm_scores`: ``perplexity`` (exp of the
     mean cross-entropy over every predicted token, weighting tokens, not batches) and
-    ``token_accuracy`` (next-token argmax accuracy)."""
+    ``token_accuracy`` (next-token argmax accuracy). Exact, where exp(eval_loss) is not: transformers
+    5 divides a T-token block's summed losses of its T − 1 predicted tokens by T."""
     scores, labels = _predictions(eval_pred)
     mask = np.asarray(labels)[:, 1:] != IGNORE_INDEX
     mask = mask[:, : scores.shape[1]]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -92,8 +93,7 @@ def finish_run(
     after: Crossing | None = None,
     measures: Mapping[str, str] | None = None,
     metric_label: str | None = None,
-    description: str | None = None,
-    training_details: str | None = None,
+    card_fields: Mapping[str, str] | None = None,
     model_card_copy: str | Path | None = None,
     alignment: bool = False,
     train_seconds: float | None = None,
@@ -110,7 +110,7 @@ def finish_run(
     (``trainer.state.log_history``, which also holds a final ``trainer.evaluate()``); default: the
     record's. Writes ``training_log.json``, ``summary.json`` (with ``extra``), and, when the
     record has snapshots, ``report/index.html``, ``<recipe>.png``, the model card ``README.md``
-    (``description`` / ``training_details`` fill its template) and its copy at
+    (``card_fields`` fill its template: model_summary, model_type, training_details, ...) and its copy at
     ``model_card_copy`` with figures beside it. ``alignment``: tell the consecutive-layer alignment.
     ``train_seconds``: the wall time of ``trainer.train()``, told with the steps it took.
     """
@@ -136,17 +136,22 @@ def finish_run(
     _fill_metric(run, dyn, target)
     if after is not None and after.metric in training_metrics(dyn):
         run.after_step = key_events(dyn, after.metric, after.threshold)["metric_step"]
+    problem = None
     if tracked:
         _fill_rank(run, dyn, target, measures or {})
-        run.report = str(_report(dyn, out, recipe, title, metric, target))
-        figure = _figure(dyn, out / recipe, title, metric, metric_label or metric, target)
-        run.figure = None if figure is None else str(figure)
-        fields = _card_fields(run, description, training_details)
-        run.model_card = str(_write_card(out / CARD_FILE, out / CARD_IMAGES, dyn, fields, metric, target))
-        if model_card_copy is not None:
-            copy = Path(model_card_copy)
-            run.model_card_copy = str(_write_card(copy, copy.with_name(f"{copy.stem}_plots"), dyn, fields, metric, target))
+        try:  # the model is saved already: a report that cannot be drawn must not hide the summary
+            run.report = str(_report(dyn, out, recipe, title, metric, target))
+            figure = _figure(dyn, out / recipe, title, metric, metric_label or metric, target)
+            run.figure = None if figure is None else str(figure)
+            card = _write_card(out / CARD_FILE, out / CARD_IMAGES, dyn, _card_fields(run, card_fields or {}), metric, target)
+            run.model_card = str(card)
+            if model_card_copy is not None:
+                run.model_card_copy = str(_copy_card(card, out / CARD_IMAGES, Path(model_card_copy)))
+        except SpectralError as exc:
+            problem = f"report incomplete: {exc}"
     run.lines = summary_text(run, title=title, after=after, metric_label=metric_label, alignment=alignment)
+    if problem:
+        run.lines.append(problem)
     _write_json(out / SUMMARY_FILE, run.to_dict())
     if not quiet:
         print("\n".join(["", *run.lines]), flush=True)
@@ -255,13 +260,9 @@ def _known(dyn: Dynamics, metric: str) -> str | None:
     return metric if metric in training_metrics(dyn) else None
 
 
-def _card_fields(run: RunSummary, description: str | None, training_details: str | None) -> dict[str, str]:
-    fields = {"model_name": run.recipe}
-    if description:
-        fields["model_summary"] = description
-    if training_details:
-        fields["training_details"] = training_details
-    if run.final_metric is not None:
+def _card_fields(run: RunSummary, given: Mapping[str, str]) -> dict[str, str]:
+    fields = {"model_name": run.recipe, **given}
+    if run.final_metric is not None and "evaluation" not in fields:
         best = f" (best {_num(run.best_metric)} at step {run.best_step:,})" if run.best_step is not None else ""
         fields["evaluation"] = f"`{run.metric}` at the end of training: {_num(run.final_metric)}{best}."
     return fields
@@ -276,6 +277,18 @@ def _write_card(path: Path, images: Path, dyn: Dynamics, fields: dict[str, str],
     with atomic_file(path) as tmp:
         card.save(tmp)
     return path
+
+
+def _copy_card(card: Path, images: Path, copy: Path) -> Path:
+    """The card at ``copy`` with its figures in ``<copy stem>_plots/`` beside it (copied, not redrawn)."""
+    folder = copy.with_name(f"{copy.stem}_plots")
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    if images.is_dir():
+        shutil.copytree(images, folder, dirs_exist_ok=True)
+    text = card.read_text(encoding="utf-8").replace(f"]({images.name}/", f"]({folder.name}/")
+    with atomic_file(copy) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return copy
 
 
 # ------------------------------------------------------------------------------------------------
@@ -299,7 +312,7 @@ def summary_text(run: RunSummary, *, title: str | None = None, after: Crossing |
         lines.append(text)
     events = run.events
     if events is not None:
-        lines += _rank_lines(run, events, label)
+        lines += _rank_lines(run, events, label, after)
     if run.final_metric is not None:
         best = (f" (best {_num(run.best_metric)} at step {run.best_step:,})"
                 if run.best_step is not None and run.best_metric != run.final_metric else "")
@@ -310,19 +323,20 @@ def summary_text(run: RunSummary, *, title: str | None = None, after: Crossing |
         lines.append("consecutive-layer alignment (mean score): " + (
             f"{_num(run.alignment_initial)} at init -> {_num(run.alignment_final)} at the end"
             if run.alignment_final is not None else "not recorded (SpectralCallback(alignment=True, top_k > 0))"))
+    if run.events is None:
+        lines.append("no spectral record (--track_spectra false): no report")
     if run.report is not None:
         lines.append(f"report: {run.report}")
-        if run.figure is not None:
-            lines.append(f"figure: {run.figure}")
+    if run.figure is not None:
+        lines.append(f"figure: {run.figure}")
+    if run.model_card is not None:
         copy = f" (copy: {run.model_card_copy})" if run.model_card_copy else ""
         lines.append(f"model card: {run.model_card}{copy}")
-    else:
-        lines.append("no spectral record (--track_spectra false): no report")
     lines.append(f"training log: {run.training_log}")
     return lines
 
 
-def _rank_lines(run: RunSummary, events: dict[str, Any], label: str) -> list[str]:
+def _rank_lines(run: RunSummary, events: dict[str, Any], label: str, after: Crossing | None) -> list[str]:
     crossed = run.metric_step
     lines = []
     if events["rank_drop_interval"] is None:
@@ -338,7 +352,8 @@ def _rank_lines(run: RunSummary, events: dict[str, Any], label: str) -> list[str
     if later is not None and later["rank_drop_interval"] is not None:
         a, b = later["rank_drop_interval"]
         where = f", {_when(later['lag'])} {label} crossed" if crossed is not None else ""
-        lines.append(f"after step {run.after_step:,} it fell fastest at steps {a:,}-{b:,} "
+        since = f"{after.label} reached {_share(after.threshold)}" if after is not None else "that"
+        lines.append(f"after {since} (step {run.after_step:,}) it fell fastest at steps {a:,}-{b:,} "
                      f"({later['erank_before']:.3f} -> {later['erank_after']:.3f}){where}")
     if events.get("around_metric") is not None:
         lines.append(around_text(events["around_metric"]))
