@@ -62,6 +62,16 @@ _PUBLIC = {
     "Crossing": "hf_spectral.recipe_support.summary",
     "RunSummary": "hf_spectral.recipe_support.summary",
     "finish_run": "hf_spectral.recipe_support.summary",
+    # recipe support: speech
+    "character_error_rate": "hf_spectral.recipe_support.speech",
+    "word_error_rate": "hf_spectral.recipe_support.speech",
+    "ctc_greedy_ids": "hf_spectral.recipe_support.speech",
+    "ctc_metrics": "hf_spectral.recipe_support.speech",
+    "ctc_argmax": "hf_spectral.recipe_support.speech",
+    "spoken_digits": "hf_spectral.recipe_support.spoken_digits",
+    "SpokenDigits": "hf_spectral.recipe_support.spoken_digits",
+    "resample_audio": "hf_spectral.recipe_support.spoken_digits",
+    "espeak_available": "hf_spectral.recipe_support.spoken_digits",
     # errors
     "SpectralError": "hf_spectral.errors",
     # experiments (a subpackage: hf_spectral.experiments.permute_labels, ...)
@@ -90,6 +100,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from hf_spectral.recipe_support.data import FullBatch, full_batch_collate
     from hf_spectral.recipe_support.metrics import accuracy_metrics, causal_lm_metrics, causal_lm_scores, perplexity
     from hf_spectral.recipe_support.summary import Crossing, RunSummary, finish_run
+    from hf_spectral.recipe_support.speech import (
+        character_error_rate,
+        ctc_argmax,
+        ctc_greedy_ids,
+        ctc_metrics,
+        word_error_rate,
+    )
+    from hf_spectral.recipe_support.spoken_digits import SpokenDigits, espeak_available, resample_audio, spoken_digits
     from hf_spectral.report import write_report
     from hf_spectral.series import dynamics_from_source, load_series
     from hf_spectral.store import Snapshot, read_snapshot, write_snapshot
