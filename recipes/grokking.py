@@ -270,7 +270,7 @@ def build_trainer(args: GrokkingArguments, training: TrainingArguments, spectral
     trainer = Trainer(model=model, args=training, train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=hf_spectral.full_batch_collate,
                       optimizers=(optimizer, None), compute_metrics=hf_spectral.accuracy_metrics,
                       preprocess_logits_for_metrics=lambda logits, labels: logits[:, -1].argmax(-1),  # gather answers, not logits
-                      callbacks=spectral.callbacks(extra_measures={"fourier": fourier_measure}, max_overhead=None))  # all snapshots
+                      callbacks=spectral.callbacks(extra_measures={"fourier": fourier_measure}))
     hf_spectral.attach_console(trainer, ["eval_train_accuracy", "eval_val_accuracy", "spectral/fourier/top5_fraction"])
     return trainer
 

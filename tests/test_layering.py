@@ -33,7 +33,7 @@ LAYERS: dict[str, int] = {
     "hf_spectral.cost": 6, "hf_spectral.dry_run": 6,
     "hf_spectral.tracking": 7, "hf_spectral.experiments": 7,
     "hf_spectral.highlights": 8, "hf_spectral.plots": 8, "hf_spectral.report": 8, "hf_spectral.cards": 8,
-    "hf_spectral.cli": 8, "hf_spectral.__main__": 8,
+    "hf_spectral.cli": 8, "hf_spectral.__main__": 8, "hf_spectral.recipe_support": 8,
     "hf_spectral": 9,  # the package root: the public API, loaded lazily
 }
 DYNAMICS_MAY_IMPORT = ("hf_spectral.dynamics", "hf_spectral.store", "hf_spectral.atomic", "hf_spectral.metrics",

@@ -1,4 +1,4 @@
-"""hf_spectral.experiments.permute_labels: one fixed, seeded permutation of all labels (paper-notes §3)."""
+"""hf_spectral.experiments.permute_labels: one fixed, seeded permutation of all labels (docs/definitions.md §7)."""
 
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""Random labels (paper-notes §3, finding 7): one fixed, seeded permutation of all targets.
+"""Random labels (docs/definitions.md §7, finding 7): one fixed, seeded permutation of all targets.
 
 The authors shuffle the label column of the whole training set once, before the train/validation
 split, so both splits carry the same random assignment and the multiset of labels (the class balance)

@@ -21,6 +21,9 @@ class SpectralArguments:
                 'or "paper" (the authors\' checkpoints: init, 4 evenly spaced inside epoch 1, then every epoch).'})
     spectra_top_k: int = field(default=10, metadata={"help": "Singular vectors kept per matrix (agreement, alignment)."})
     spectra_alignment: bool = field(default=False, metadata={"help": "Also store consecutive-layer alignment."})
+    # Off in recipes: their schedule is the experiment (the paper's x-axes need every early snapshot).
+    spectra_max_overhead: float | None = field(default=None, metadata={
+        "help": "Skip scheduled snapshots beyond this share of the training time (e.g. 0.05; default: take all)."})
     model_card_copy: str | None = field(default=None, metadata={
         "help": "Also write the model card (with its figures beside it) here, e.g. model_cards/<recipe>.md."})
 
@@ -36,7 +39,8 @@ class SpectralArguments:
             if not steps_per_epoch or not epochs:
                 raise SpectralError("--spectra_schedule paper needs whole epochs: pass --num_train_epochs (and no --max_steps)")
             schedule = paper_schedule(steps_per_epoch, epochs)
-        settings = {"schedule": schedule, "top_k": self.spectra_top_k, "alignment": self.spectra_alignment}
+        settings = {"schedule": schedule, "top_k": self.spectra_top_k, "alignment": self.spectra_alignment,
+                    "max_overhead": self.spectra_max_overhead}
         return [SpectralCallback(**{**settings, **options})]
 
 

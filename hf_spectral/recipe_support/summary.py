@@ -19,7 +19,7 @@ from hf_spectral.dynamics.compute import empty_table, training_table
 from hf_spectral.dynamics.types import TABLES, Dynamics
 from hf_spectral.errors import SpectralError
 from hf_spectral.highlights import key_events, layer_changes, mean_erank, metric_series, training_metrics
-from hf_spectral.store import atomic_file
+from hf_spectral.atomic import atomic_file
 
 RECORD = "spectral"  # SpectralCallback's default record folder under TrainingArguments.output_dir
 LOG_FILE = "training_log.json"
@@ -167,7 +167,7 @@ def finish_run(
 
 
 def _dynamics(record: Path, history: list[dict[str, Any]]) -> Dynamics:
-    from hf_spectral.dynamics import dynamics_from_source
+    from hf_spectral.series import dynamics_from_source
 
     dyn = dynamics_from_source(str(record))
     # the Trainer's history is the longer one: it holds evaluations after the last snapshot
