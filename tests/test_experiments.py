@@ -324,3 +324,42 @@ def test_evaluate_truncated_through_the_trainer_and_restore(tmp_path) -> None:
     with_full = experiments.evaluate_truncated(trainer, fraction=0.5, keeps=("top",), full=True, log=False)
     assert with_full["eval_loss"] == pytest.approx(full, rel=1e-6)
     assert with_full["eval_top50_loss"] == pytest.approx(halves["eval_top50_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("route", ["callbacks", "attach"])
+def test_spectral_callback_truncation_eval_logs_live_truncated_losses(tmp_path, route: str) -> None:
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    from hf_spectral import SpectralCallback
+
+    class Regressor(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mlp = TinyMLP((12, 16, 16, 1))
+
+        def forward(self, x, labels=None):
+            out = self.mlp(x).squeeze(-1)
+            return {"loss": nn.functional.mse_loss(out, labels), "logits": out}
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 12)
+    y = x[:, :2].sum(1)
+    data = Dataset.from_dict({"x": x.tolist(), "labels": y.tolist()})
+    args = TrainingArguments(tmp_path, max_steps=6, per_device_train_batch_size=16, learning_rate=1e-2, report_to=[],
+                             save_strategy="no", use_cpu=True, disable_tqdm=True)
+    callback = SpectralCallback(schedule=[0, 6], top_k=0, max_overhead=None, truncation_eval=0.5)
+    trainer = Trainer(Regressor(), args, train_dataset=data, eval_dataset=data,
+                      callbacks=[callback] if route == "callbacks" else [])
+    if route == "attach":
+        callback.attach(trainer)
+    trainer.train()
+    logged = {e["step"]: e for e in trainer.state.log_history if "eval_top50_loss" in e}
+    assert sorted(logged) == [0, 6]
+    truncated = experiments.truncate(trainer.model, 0.5, "top")  # the trained model, truncated independently
+    with torch.no_grad():
+        expected_top = float(nn.functional.mse_loss(truncated.mlp(x).squeeze(-1), y))
+        expected_full = float(nn.functional.mse_loss(trainer.model.mlp(x).squeeze(-1), y))
+    assert logged[6]["eval_top50_loss"] == pytest.approx(expected_top, rel=1e-4)
+    assert logged[6]["eval_loss"] == pytest.approx(expected_full, rel=1e-5)
+    assert "eval_bottom50_loss" in logged[6]

@@ -45,6 +45,10 @@ class SpectralCallback(TrainerCallback):
     alignment:  also store consecutive-layer alignment in each snapshot (full SVDs of paired layers).
     heavy_tail: also compute weightwatcher's α metrics of every matrix (logged: ``spectral/mean_alpha``,
                 per layer ``spectral/alpha/<matrix>``; docs/heavy_tailed.md).
+    truncation_eval: at each snapshot also evaluate the model with every matrix truncated to the top and
+                the bottom share of its SVD (0.5: ``eval_top50_*``, ``eval_bottom50_*``, next to the full model's
+                ``eval_*``), through the Trainer's evaluation loop (paper Fig. 4 as a live curve). Needs an
+                ``eval_dataset``; ``attach(trainer)`` is the explicit route to it.
     extra_measures: ``{name: function(model) -> {key: value}}``, computed at each snapshot, logged as
                 ``spectral/<name>/<key>`` and stored in the snapshot's ``meta["extra_measures"]``.
     max_overhead: the largest share of the projected training time (time per step × ``max_steps``)
@@ -68,7 +72,13 @@ class SpectralCallback(TrainerCallback):
         heavy_tail: bool = False,
         extra_measures: Mapping[str, Callable[[nn.Module], Mapping[str, float]]] | None = None,
         max_overhead: float | None = 0.05,
+        truncation_eval: float | None = None,
     ) -> None:
+        if truncation_eval is not None and not 0.0 < truncation_eval <= 1.0:
+            raise SpectralError(f"SpectralCallback truncation_eval={truncation_eval}: give the kept share of each SVD, "
+                                "in (0, 1], e.g. 0.5")
+        self.truncation_eval = truncation_eval
+        self._trainer: Any = None  # needed only by truncation_eval (it evaluates through the Trainer)
         self.schedule = Schedule.parse(schedule)
         self.max_overhead = max_overhead
         self.budget = OverheadBudget(max_overhead) if max_overhead is not None else None  # validates it
@@ -100,6 +110,7 @@ class SpectralCallback(TrainerCallback):
         if all(cb is not self for cb in handler.callbacks):
             trainer.add_callback(self)
         self._handler = handler
+        self._trainer = trainer
         self._attached = True
         return self
 
@@ -117,6 +128,12 @@ class SpectralCallback(TrainerCallback):
             raise SpectralError("SpectralCallback got no model from the Trainer; pass model= to Trainer")
         if not self._attached:  # look for the handler dispatching this event (the fallback)
             self._handler = _calling_handler(self)
+            if self.truncation_eval is not None:
+                self._trainer = _calling_trainer(self)
+        if self.truncation_eval is not None and getattr(self._trainer, "eval_dataset", None) is None:
+            logger.warning("hf_spectral: truncation_eval needs a Trainer with an eval_dataset, reached through "
+                           "SpectralCallback(...).attach(trainer); truncated evaluations are off for this run")
+            self._trainer = None
         if self._handler is None:
             logger.warning("hf_spectral: spectral scalars go to trainer.state.log_history only: this trainer does "
                            "not dispatch events through transformers' CallbackHandler, so report_to loggers miss them")
@@ -201,11 +218,24 @@ class SpectralCallback(TrainerCallback):
             return
         started = time.perf_counter()
         scalars = self.recorder.record(_unwrap(model), step, self._meta(state))
+        if scalars and self._trainer is not None:
+            scalars.update(self._truncated_metrics())
         if scalars:
             self._emit(args, state, control, scalars)
             self.recorder.write_log_history(state.log_history)
         if self.budget is not None:
             self.budget.charge(time.perf_counter() - started)
+
+    def _truncated_metrics(self) -> dict[str, float]:
+        """The full model's and its top-/bottom-truncated copies' eval metrics (``eval_top50_loss``...), through
+        the Trainer's evaluation loop; a failure only warns (tracking never stops training)."""
+        from hf_spectral.experiments.truncation import evaluate_truncated
+
+        try:
+            return evaluate_truncated(self._trainer, self.truncation_eval, full=True, log=False)
+        except Exception as exc:  # noqa: BLE001 - any failure of an optional evaluation
+            logger.warning("hf_spectral: truncated evaluation failed (%s: %s); training goes on", type(exc).__name__, exc)
+            return {}
 
     def _within_budget(self, step: int) -> bool:
         """Whether the overhead budget allows a snapshot at ``step`` (step 0 and the last step always).
@@ -259,14 +289,27 @@ def _calling_handler(callback: TrainerCallback) -> Any:
     the model, optimizer and dataloaders to events, not the handler)."""
     from transformers.trainer_callback import CallbackHandler
 
+    return _on_stack(lambda obj: isinstance(obj, CallbackHandler) and any(cb is callback for cb in obj.callbacks))
+
+
+def _calling_trainer(callback: TrainerCallback) -> Any:
+    """The Trainer whose handler dispatches the current event to ``callback`` (the same fallback), or None."""
+    from transformers import Trainer
+
+    return _on_stack(lambda obj: isinstance(obj, Trainer) and any(cb is callback for cb in obj.callback_handler.callbacks),
+                     depth=12)
+
+
+def _on_stack(match: Callable[[Any], bool], depth: int = 8) -> Any:
+    """The first ``self`` among the callers' frames (up to ``depth``) that ``match`` accepts, or None."""
     frame = inspect.currentframe()
     try:
-        caller = frame.f_back if frame is not None else None
-        for _ in range(8):
+        caller = frame.f_back.f_back if frame is not None and frame.f_back is not None else None
+        for _ in range(depth):
             if caller is None:
                 return None
             candidate = caller.f_locals.get("self")
-            if isinstance(candidate, CallbackHandler) and any(cb is callback for cb in candidate.callbacks):
+            if match(candidate):
                 return candidate
             caller = caller.f_back
         return None
