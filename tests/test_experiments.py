@@ -27,6 +27,18 @@ class TinyCNN(nn.Module):
         return self.head(torch.relu(self.up(torch.relu(self.bn(self.conv(x))))).flatten(1))
 
 
+class Regressor(nn.Module):
+    """A tiny MLP regressor with a Trainer-shaped output (for the truncated evaluations)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = TinyMLP((12, 16, 16, 1))
+
+    def forward(self, x, labels=None):
+        out = self.mlp(x).squeeze(-1)
+        return {"loss": nn.functional.mse_loss(out, labels), "logits": out}
+
+
 def _numpy_low_rank(w: np.ndarray, fraction: float, keep: str) -> np.ndarray:
     u, s, vh = np.linalg.svd(w.astype(np.float64), full_matrices=False)
     k = math.ceil(fraction * len(s))
@@ -291,15 +303,6 @@ def test_evaluate_truncated_through_the_trainer_and_restore(tmp_path) -> None:
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
-    class Regressor(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.mlp = TinyMLP((12, 16, 16, 1))
-
-        def forward(self, x, labels=None):
-            out = self.mlp(x).squeeze(-1)
-            return {"loss": nn.functional.mse_loss(out, labels), "logits": out}
-
     torch.manual_seed(0)
     x = torch.randn(64, 12)
     data = Dataset.from_dict({"x": x.tolist(), "labels": (x[:, :2].sum(1)).tolist()})
@@ -332,15 +335,6 @@ def test_spectral_callback_truncation_eval_logs_live_truncated_losses(tmp_path, 
     from transformers import Trainer, TrainingArguments
 
     from hf_spectral import SpectralCallback
-
-    class Regressor(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.mlp = TinyMLP((12, 16, 16, 1))
-
-        def forward(self, x, labels=None):
-            out = self.mlp(x).squeeze(-1)
-            return {"loss": nn.functional.mse_loss(out, labels), "logits": out}
 
     torch.manual_seed(0)
     x = torch.randn(64, 12)
