@@ -7,6 +7,7 @@ The analyzer, the training callback and the experiments all come through here.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -604,6 +605,7 @@ def process_state() -> Any:
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
+    _leave_group_at_exit()
     if PartialState._shared_state:  # already made: its settings stand
         return PartialState()
     cpu = parse_flag_from_env("ACCELERATE_USE_CPU")
@@ -611,6 +613,23 @@ def process_state() -> Any:
         accelerator = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
         cpu = accelerator is None or accelerator.type == "mps"  # accelerate distributes no MPS
     return PartialState(cpu=cpu)
+
+
+@functools.cache
+def _leave_group_at_exit() -> None:
+    """Destroy the process group when the interpreter exits (registered once). A gloo group left to the
+    interpreter's tear-down sometimes aborts a process whose work is done ("terminate called without an
+    active exception", SIGABRT, exit code -6), failing a launch that succeeded."""
+    import atexit
+
+    def leave() -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            try:
+                torch.distributed.destroy_process_group()
+            except Exception:  # noqa: BLE001 - exiting anyway; the group may be half torn down
+                pass
+
+    atexit.register(leave)
 
 
 def launched_processes() -> int:

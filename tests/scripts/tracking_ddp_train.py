@@ -28,10 +28,6 @@ def main() -> None:
     trainer.train()
     print(f"rank {trainer.args.process_index} of {trainer.args.world_size} done at step {trainer.state.global_step}",
           flush=True)
-    # Leave the gloo group before exiting: an undestroyed group's threads sometimes abort the process at
-    # interpreter exit ("terminate called without an active exception", SIGABRT), after all work is done.
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
