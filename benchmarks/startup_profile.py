@@ -75,7 +75,7 @@ def profile_worker(folder: Path, out: Path) -> dict:
         lap("read")
         sigma = metrics.singular_values(matrix)
         lap("kernel")
-        results.append(engine._spectrum_result(spec, tuple(matrix.shape), sigma, None, options))
+        results.append(engine._spectrum_result(spec, matrix, sigma, None, options))
         lap("metrics")
     snapshot = engine._assemble(plan, results, [], {"source": str(folder)})
     lap("assemble")
