@@ -8,14 +8,14 @@ from typing import Sequence
 
 import torch
 
-from hf_spectral.sources.types import ModelPart, TensorReader
+from hf_spectral.sources.types import ModelPart, ReaderContext, TensorReader
 from hf_spectral.tensor_info import TensorInfo
 from hf_spectral.views import build_matrix, plan_matrices
 from hf_spectral.views.modules import composed_name
 from hf_spectral.views.types import MatrixSpec
 
 
-class ComposedReader:
+class ComposedReader(ReaderContext):
     """A reader presenting each composed weight as the one tensor ``X.weight`` it stands for (its
     stored parts hidden), every other tensor as stored."""
 
@@ -48,12 +48,6 @@ class ComposedReader:
 
     def close(self) -> None:
         """Nothing to release: the wrapped reader is closed with its checkpoint."""
-
-    def __enter__(self) -> "ComposedReader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def composed_reader(part: ModelPart) -> TensorReader:

@@ -9,11 +9,11 @@ import torch
 
 from hf_spectral.errors import SpectralError
 from hf_spectral.sources.composed import composed_reader
-from hf_spectral.sources.types import Checkpoint, ModelPart, TensorReader
+from hf_spectral.sources.types import Checkpoint, ModelPart, ReaderContext, TensorReader
 from hf_spectral.tensor_info import TensorInfo
 
 
-class DifferenceReader:
+class DifferenceReader(ReaderContext):
     """Reads ``a.read(name) − b.read(name)`` for every float tensor both readers hold with the same shape.
 
     The subtraction is done in float32 (float64 when either side is float64 or ``dtype`` asks for it):
@@ -47,12 +47,6 @@ class DifferenceReader:
 
     def close(self) -> None:
         """Nothing to release: the two readers are closed with their own checkpoints."""
-
-    def __enter__(self) -> "DifferenceReader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"DifferenceReader({self.a!r} − {self.b!r}, {len(self._infos)} tensors)"

@@ -21,14 +21,14 @@ from typing import Any
 import torch
 
 from hf_spectral.errors import SpectralError
-from hf_spectral.sources.types import Checkpoint, ModelPart
+from hf_spectral.sources.types import Checkpoint, ModelPart, ReaderContext
 from hf_spectral.tensor_info import TensorInfo
 
 _CONFIG_PATTERNS = ["config.json", "model_index.json", "*/config.json"]
 _HEADER_CACHE_VERSION = 1
 
 
-class HeaderReader:
+class HeaderReader(ReaderContext):
     """A reader that knows names, shapes and dtypes (from headers) but holds no tensor data."""
 
     shares_storage = False
@@ -49,12 +49,6 @@ class HeaderReader:
 
     def close(self) -> None:
         """Nothing is open."""
-
-    def __enter__(self) -> "HeaderReader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def resolve_headers(source: str, *, revision: str | None = None, variant: str | None = None) -> list[Checkpoint]:

@@ -16,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 
 from hf_spectral.errors import SpectralError
 from hf_spectral.sources.layout import index_weight_map
+from hf_spectral.sources.types import ReaderContext
 from hf_spectral.tensor_info import DTYPE_BYTES, TensorInfo, dtype_code
 
 def _bad_file(path: Path, error: Exception) -> SpectralError:
@@ -74,7 +75,7 @@ def read_safetensors_header(path: Path) -> list[TensorInfo]:
     return [info for _, _, info in entries]
 
 
-class SafetensorsReader:
+class SafetensorsReader(ReaderContext):
     """Reads one model stored as one or more ``.safetensors`` files.
 
     Headers of every file are parsed and checked when the reader is made (``read_safetensors_header``:
@@ -168,12 +169,6 @@ class SafetensorsReader:
             except Exception:  # already closed: nothing to release
                 pass
 
-    def __enter__(self) -> "SafetensorsReader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __getstate__(self) -> dict[str, Any]:
         # Only paths and header facts travel; handles and locks are per process.
         return {"files": self.files, "index_json": self.index_json, "_infos": self._infos, "_where": self._where}
@@ -191,7 +186,7 @@ class SafetensorsReader:
 _NESTED_KEYS = ("state_dict", "model", "module")
 
 
-class TorchBinReader:
+class TorchBinReader(ReaderContext):
     """Reads one model stored as one or more ``torch.save`` files (``pytorch_model.bin`` and shards).
 
     Files are loaded on first use with ``torch.load(mmap=True, weights_only=True)``: the tensors
@@ -274,12 +269,6 @@ class TorchBinReader:
         """Drop the loaded (mapped) state dicts; the reader re-loads files if used again."""
         with self._lock:
             self._loaded = {}
-
-    def __enter__(self) -> "TorchBinReader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"files": self.files, "index_json": self.index_json}

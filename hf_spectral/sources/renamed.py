@@ -8,11 +8,11 @@ from typing import Callable
 
 import torch
 
-from hf_spectral.sources.types import TensorReader
+from hf_spectral.sources.types import ReaderContext, TensorReader
 from hf_spectral.tensor_info import TensorInfo
 
 
-class RenamedReader:
+class RenamedReader(ReaderContext):
     """``inner``'s tensors named ``rename(name)``; reading and closing go to ``inner``."""
 
     def __init__(self, inner: TensorReader, rename: Callable[[str], str]) -> None:
@@ -34,12 +34,6 @@ class RenamedReader:
 
     def close(self) -> None:
         self.inner.close()
-
-    def __enter__(self) -> "RenamedReader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"RenamedReader({self.inner!r})"

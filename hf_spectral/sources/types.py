@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -32,6 +32,22 @@ class TensorReader(Protocol):
     def __enter__(self) -> "TensorReader": ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+R = TypeVar("R", bound="ReaderContext")
+
+
+class ReaderContext:
+    """The context-manager half of every ``TensorReader``: ``with reader:`` closes it at the end."""
+
+    def close(self) -> None:  # pragma: no cover - each reader defines its own
+        raise NotImplementedError
+
+    def __enter__(self: R) -> R:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass
