@@ -89,46 +89,51 @@ def sweep_tables(runs: Sequence[SweepRun], metric: str | None = None) -> tuple[p
     (init / final), loss_init/final (training loss), metric, metric_final, collapsed (norm fell by more than
     10× while the loss did not fall).
     """
-    from hf_spectral.dynamics import compute_dynamics
     from hf_spectral.series import load_series
+    from hf_spectral.store import STATUS_OK
 
     over_time, rows = [], []
     for run in runs:
         record = run.folder / RECORD
         if not record.is_dir():
             raise SpectralError(f"{run.folder}: no {RECORD}/ record; run the recipe with spectral tracking on")
-        dyn = compute_dynamics(load_series(record), top=10)
-        norms = dyn.trajectories.groupby("step")["frobenius_norm"].sum()
-        erank = dyn.summary.set_index("step")["mean_normalized_effective_rank"]
-        frame = pd.DataFrame({"mean_normalized_effective_rank": erank, "total_frobenius": norms}).reset_index()
+        # the snapshots' own tables and the run's log history: nothing is decomposed or compared again
+        snapshots = load_series(record)
+        frame = pd.DataFrame([{"step": s.meta.get("step"),
+                               "mean_normalized_effective_rank": s.summary().get("mean_normalized_effective_rank"),
+                               "total_frobenius": float(s.table.loc[s.table["status"] == STATUS_OK, "frobenius_norm"].sum())}
+                              for s in snapshots])
         over_time.append(frame.assign(weight_decay=run.weight_decay, seed=run.seed))
-        losses = _series(dyn.training, "loss")
-        chosen = metric or _default_metric(dyn.training)
-        final_metric = _series(dyn.training, chosen) if chosen else pd.Series(dtype=float)
+        history = snapshots[-1].meta.get("log_history") or []
+        losses = _logged(history, "loss")
+        chosen = metric or _default_metric(history)
+        final_metric = _logged(history, chosen) if chosen else []
+        erank, norms = frame["mean_normalized_effective_rank"], frame["total_frobenius"]
         norm_init, norm_final = float(norms.iloc[0]), float(norms.iloc[-1])
-        loss_init = float(losses.iloc[0]) if len(losses) else float("nan")
-        loss_final = float(losses.iloc[-1]) if len(losses) else float("nan")
+        loss_init = losses[0] if losses else float("nan")
+        loss_final = losses[-1] if losses else float("nan")
         ratio = norm_init / norm_final if norm_final > 0 else float("inf")
         rows.append({
             "weight_decay": run.weight_decay, "seed": run.seed,
             "erank_init": float(erank.iloc[0]), "erank_final": float(erank.iloc[-1]),
             "norm_init": norm_init, "norm_final": norm_final, "norm_ratio": ratio,
             "loss_init": loss_init, "loss_final": loss_final,
-            "metric": chosen, "metric_final": float(final_metric.iloc[-1]) if len(final_metric) else float("nan"),
+            "metric": chosen, "metric_final": final_metric[-1] if final_metric else float("nan"),
             "collapsed": bool(ratio > COLLAPSE_FACTOR and not loss_final < loss_init),
         })
     columns = ["weight_decay", "seed", "step", "mean_normalized_effective_rank", "total_frobenius"]
     return pd.concat(over_time, ignore_index=True)[columns], pd.DataFrame(rows)
 
 
-def _series(training: pd.DataFrame, metric: str) -> pd.Series:
-    rows = training[training["metric"] == metric].sort_values("step") if len(training) else training
-    return rows["value"].astype(float).reset_index(drop=True) if len(rows) else pd.Series(dtype=float)
+def _logged(history: list[dict], metric: str) -> list[float]:
+    """The values of ``metric`` in a Trainer log history, in step order."""
+    entries = sorted((e for e in history if isinstance(e.get(metric), (int, float))), key=lambda e: e.get("step", 0))
+    return [float(e[metric]) for e in entries]
 
 
-def _default_metric(training: pd.DataFrame) -> str | None:
+def _default_metric(history: list[dict]) -> str | None:
     """The run's eval accuracy when logged, else its eval loss, else none."""
-    names = set(training["metric"]) if len(training) else set()
+    names = {key for entry in history for key in entry}
     for preferred in sorted(n for n in names if n.startswith("eval_") and n.endswith("accuracy")) + ["eval_loss"]:
         if preferred in names:
             return preferred
