@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The science check of the grokking demo: 3 seeds with weight decay 1.0 and the weight-decay-0 control.
+"""The science check of the grokking demo: 3 seeds at the demo's weight decay and the weight-decay-0 control.
 
 Runs `recipes/grokking.py --preset demo` (the `make demo` setting) once per run, one after another,
 each in a fresh process, and writes a markdown table into docs/grokking.md between the markers
@@ -33,27 +33,33 @@ RECIPE = ROOT / "recipes" / "grokking.py"
 DOCS = ROOT / "docs" / "grokking.md"
 START = "<!-- benchmarks/grokking_seeds.py: start -->"
 END = "<!-- benchmarks/grokking_seeds.py: end -->"
-DEFAULT_RUNS = ["0:1", "1:1", "2:1", "0:0"]  # seed:weight_decay
+DEFAULT_RUNS = ["0:3", "1:3", "2:3", "0:0"]  # seed:weight_decay (the demo preset: 3)
 
 
-def run(seed: int, weight_decay: float, out: Path, threads: int) -> dict:
-    """One recipe run in a fresh process; its summary.json plus the process's wall time."""
-    folder = out / f"seed{seed}_wd{weight_decay:g}"
+def run_recipe(flags: list[str], folder: Path, threads: int, label: str) -> dict:
+    """`recipes/grokking.py FLAGS --output_dir FOLDER` in a fresh process; its summary.json plus the
+    process's wall time and the load average around it."""
     shutil.rmtree(folder, ignore_errors=True)
-    command = [sys.executable, str(RECIPE), "--preset", "demo", "--seed", str(seed),
-               "--weight_decay", str(weight_decay), "--output_dir", str(folder), "--disable_tqdm", "true"]
+    command = [sys.executable, str(RECIPE), *flags, "--output_dir", str(folder), "--disable_tqdm", "true"]
     if threads:
         command += ["--num_threads", str(threads)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     load = os.getloadavg()[0]
     started = time.perf_counter()
-    print(f"[grokking_seeds] seed {seed}, weight decay {weight_decay:g}: {' '.join(command[1:])}", flush=True)
-    with open(out / f"seed{seed}_wd{weight_decay:g}.log", "w") as log:
+    print(f"[{label}] {' '.join(command[1:])}", flush=True)
+    with open(folder.with_name(folder.name + ".log"), "w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     wall = time.perf_counter() - started
     summary = json.loads((folder / "summary.json").read_text())
     summary.update(process_wall_s=wall, load_before=load, load_after=os.getloadavg()[0], folder=str(folder),
                    finished_at=time.strftime("%Y-%m-%d %H:%M"))
+    return summary
+
+
+def run(seed: int, weight_decay: float, out: Path, threads: int) -> dict:
+    """One demo run with this seed and weight decay (see run_recipe)."""
+    flags = ["--preset", "demo", "--seed", str(seed), "--weight_decay", str(weight_decay)]
+    summary = run_recipe(flags, out / f"seed{seed}_wd{weight_decay:g}", threads, "grokking_seeds")
     print(f"[grokking_seeds]   {row_text(summary)}", flush=True)
     return summary
 
@@ -135,11 +141,12 @@ def section(results: list[dict], threads: int) -> str:
     ])
 
 
-def write_docs(text: str, path: Path = DOCS) -> None:
-    """Replace the delimited section of docs/grokking.md (append it when the markers are missing)."""
+def write_docs(text: str, path: Path = DOCS, start: str = START, end: str = END) -> None:
+    """Replace the section of ``path`` between the markers ``start`` and ``end`` (``text`` includes them;
+    appended when the markers are missing)."""
     doc = path.read_text()
-    if START in doc and END in doc:
-        doc = doc[: doc.index(START)] + text + doc[doc.index(END) + len(END):]
+    if start in doc and end in doc:
+        doc = doc[: doc.index(start)] + text + doc[doc.index(end) + len(end):]
     else:
         doc = doc.rstrip("\n") + "\n\n" + text + "\n"
     tmp = path.with_suffix(".md.tmp")
@@ -172,7 +179,8 @@ def seeds_figure(results: list[dict], path: Path) -> None:
     ax.set_ylabel("accuracy / normalized effective rank")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.set_title(f"Grokking demo (a + b mod {a['p']}, {a['train_fraction']:.0%} train): weight decay 1.0, 3 seeds, "
+    decay = max(r["args"]["weight_decay"] for r in results)
+    ax.set_title(f"Grokking demo (a + b mod {a['p']}, {a['train_fraction']:.0%} train): weight decay {decay:g}, 3 seeds, "
                  "against weight decay 0", fontsize=10)
     runs = ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8, title="run")
     ax.add_artist(runs)

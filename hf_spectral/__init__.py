@@ -62,6 +62,7 @@ _PUBLIC = {
     "Crossing": "hf_spectral.recipe_support.summary",
     "RunSummary": "hf_spectral.recipe_support.summary",
     "finish_run": "hf_spectral.recipe_support.summary",
+    "set_cpu_threads": "hf_spectral.recipe_support.threads",
     # recipe support: speech
     "character_error_rate": "hf_spectral.recipe_support.speech",
     "word_error_rate": "hf_spectral.recipe_support.speech",

@@ -215,7 +215,9 @@ def test_presets_and_explicit_flags(gk):
     assert train.per_device_train_batch_size == 512
     demo, train, spectral = gk.parse_args([])
     assert demo.preset == "demo" and spectral.track_spectra is True and demo.split_seed == train.seed == 0
-    assert train.output_dir == "runs/grokking_demo_seed0" and spectral.spectra_schedule == "25"
+    assert train.output_dir == "runs/grokking_demo_seed0" and spectral.spectra_schedule == "50"
+    # the paper's data and model, lr x weight decay 6x the paper's (docs/grokking.md, the search)
+    assert (demo.p, demo.train_fraction, train.learning_rate, train.weight_decay, train.max_steps) == (113, 0.3, 2e-3, 3.0, 3000)
     assert gk.parse_args(["--seed", "3", "--preset", "paper"])[1].output_dir == "runs/grokking_paper_seed3"
 
 
@@ -226,7 +228,7 @@ def test_weight_decay_applies_to_every_parameter(gk, tmp_path):
     )  # fmt: skip
     trainer = gk.build_trainer(*args)
     groups = trainer.optimizer.param_groups
-    assert all(g["weight_decay"] == 1.0 for g in groups)
+    assert all(g["weight_decay"] == 3.0 for g in groups)  # the demo preset's
     assert all(g["betas"] == (0.9, 0.98) for g in groups)
     in_optimizer = {id(p) for g in groups for p in g["params"]}
     assert in_optimizer == {id(p) for p in trainer.model.parameters()}  # biases and LayerNorms too

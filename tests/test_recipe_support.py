@@ -268,8 +268,17 @@ def test_summary_sets_the_two_steps_side_by_side():
     assert "ends at step 50, 1,100 steps before validation accuracy crossed (step 1,150)" in "\n".join(summary_text(run, metric_label="validation accuracy"))
     events["around_metric"] = {"window": (11900, 15900), "window_before": (7900, 11900),
                                "change": -0.12, "change_before": -0.012, "ratio": 10.0}
-    assert ("around the crossing (steps 11,900-15,900) the mean rank fell 0.120; in the 4,000 steps before, "
-            "it fell 0.012: 10.0x as fast at the crossing") in "\n".join(summary_text(run, metric_label="validation accuracy"))
+    assert ("the rank drop coincides with the crossing (10.0x the rate before): around it (steps 11,900-15,900) "
+            "the mean rank fell 0.120; in the 4,000 steps before, it fell 0.012") in "\n".join(summary_text(run, metric_label="validation accuracy"))
+    # below 3x (the demo's old setting: 0.97x) it says the opposite
+    events["around_metric"].update(change=-0.043, change_before=-0.044, ratio=0.043 / 0.044)
+    assert ("the rank drop does not coincide with the crossing (1.0x the rate before): around it (steps 11,900-15,900) "
+            "the mean rank fell 0.043; in the 4,000 steps before, it fell 0.044") in "\n".join(summary_text(run, metric_label="validation accuracy"))
+    # a fall after a window in which the rank rose coincides; a rise never does
+    events["around_metric"].update(change=-0.05, change_before=0.01, ratio=-5.0)
+    assert "the rank drop coincides with the crossing: around it" in "\n".join(summary_text(run))
+    events["around_metric"].update(change=0.02, change_before=-0.05, ratio=-0.4)
+    assert "the rank drop does not coincide with the crossing: around it" in "\n".join(summary_text(run))
 
 
 def test_paper_schedule_is_init_four_inside_epoch_one_then_every_epoch():

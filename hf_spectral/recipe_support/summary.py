@@ -18,7 +18,7 @@ import pandas as pd
 from hf_spectral.dynamics.compute import empty_table, training_table
 from hf_spectral.dynamics.types import TABLES, Dynamics
 from hf_spectral.errors import SpectralError
-from hf_spectral.highlights import key_events, layer_changes, mean_erank, metric_series, training_metrics
+from hf_spectral.highlights import drop_coincides, key_events, layer_changes, mean_erank, metric_series, training_metrics
 from hf_spectral.atomic import atomic_file
 
 RECORD = "spectral"  # SpectralCallback's default record folder under TrainingArguments.output_dir
@@ -383,14 +383,16 @@ def _rank_lines(run: RunSummary, events: dict[str, Any], label: str, after: Cros
 
 
 def around_text(around: dict[str, Any]) -> str:
-    """`around the crossing (steps a-b) the mean rank fell 0.120; in the 4,000 steps before, it fell
-    0.012: 10.0x as fast at the crossing` (``key_events(...)["around_metric"]``)."""
+    """`the rank drop coincides with the crossing (10.0x the rate before): around it (steps a-b) the
+    mean rank fell 0.120; in the 4,000 steps before, it fell 0.012` (``key_events(...)["around_metric"]``;
+    "does not coincide" below :data:`hf_spectral.highlights.COINCIDES`)."""
     (a, b), (c, _) = around["window"], around["window_before"]
-    text = (f"around the crossing (steps {a:,}-{b:,}) the mean rank {_moved(around['change'])}; "
-            f"in the {a - c:,} steps before, it {_moved(around['change_before'])}")
+    verdict = "coincides" if drop_coincides(around) else "does not coincide"
+    rate = ""
     if around["change"] < 0 and around["change_before"] < 0 and around["ratio"] is not None:
-        text += f": {around['ratio']:.1f}x as fast at the crossing"
-    return text
+        rate = f" ({around['ratio']:.1f}x the rate before)"
+    return (f"the rank drop {verdict} with the crossing{rate}: around it (steps {a:,}-{b:,}) the mean rank "
+            f"{_moved(around['change'])}; in the {a - c:,} steps before, it {_moved(around['change_before'])}")
 
 
 def _moved(change: float) -> str:
