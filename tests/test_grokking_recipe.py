@@ -203,17 +203,17 @@ def test_fourier_sparsity_matches_explicit_fourier_basis(gk):
 
 
 def test_presets_and_explicit_flags(gk):
-    paper, train, _ = gk.parse_args(["--preset", "paper"])
+    paper, train, *_ = gk.parse_args(["--preset", "paper"])
     assert (paper.p, paper.train_fraction, train.learning_rate, train.weight_decay) == (113, 0.3, 1e-3, 1.0)
     assert (train.max_steps, paper.batch_size, paper.layer_norm, train.warmup_steps) == (40_000, 0, False, 0)
     assert (train.eval_steps, train.logging_steps, train.max_grad_norm, train.adam_beta2) == (100, 100, 0.0, 0.98)
-    control, train, _ = gk.parse_args(["--preset", "paper", "--weight_decay", "0", "--train_fraction", "0.9"])
+    control, train, *_ = gk.parse_args(["--preset", "paper", "--weight_decay", "0", "--train_fraction", "0.9"])
     assert (train.weight_decay, control.train_fraction, control.p) == (0.0, 0.9, 113)
-    sling, train, _ = gk.parse_args(["--preset", "slingshot", "--layer_norm", "false"])
+    sling, train, *_ = gk.parse_args(["--preset", "slingshot", "--layer_norm", "false"])
     assert (sling.p, sling.train_fraction, sling.batch_size, train.weight_decay) == (97, 0.7, 512, 0.0)
     assert sling.layer_norm is False and gk.parse_args(["--preset", "slingshot"])[0].layer_norm is True
     assert train.per_device_train_batch_size == 512
-    demo, train, spectral = gk.parse_args([])
+    demo, train, spectral, _ = gk.parse_args([])
     assert demo.preset == "demo" and spectral.track_spectra is True and demo.split_seed == train.seed == 0
     assert train.output_dir == "runs/grokking_demo_seed0" and spectral.spectra_schedule == "25"
     assert gk.parse_args(["--seed", "3", "--preset", "paper"])[1].output_dir == "runs/grokking_paper_seed3"
@@ -224,7 +224,7 @@ def test_weight_decay_applies_to_every_parameter(gk, tmp_path):
         ["--p", "7", "--layer_norm", "true", "--max_steps", "2", "--track_spectra", "false",
          "--output_dir", str(tmp_path)]
     )  # fmt: skip
-    trainer = gk.build_trainer(*args)
+    trainer = gk.build_trainer(*args[:3])
     groups = trainer.optimizer.param_groups
     assert all(g["weight_decay"] == 1.0 for g in groups)
     assert all(g["betas"] == (0.9, 0.98) for g in groups)
@@ -259,7 +259,7 @@ def test_minibatch_preset_path_trains(gk, tmp_path):
         ["--preset", "slingshot", "--p", "7", "--batch_size", "8", "--max_steps", "6", "--eval_steps", "3",
          "--logging_steps", "3", "--track_spectra", "false", "--disable_tqdm", "true", "--output_dir", str(tmp_path)]
     )  # fmt: skip
-    trainer = gk.build_trainer(*args)
+    trainer = gk.build_trainer(*args[:3])
     assert "layers.0.ln_1.weight" in dict(trainer.model.named_parameters())
     batch = next(iter(trainer.get_train_dataloader()))
     assert batch["input_ids"].shape == (8, 3) and batch["labels"].shape == (8,)
