@@ -45,22 +45,22 @@ class ExperimentArguments:
                 "start afresh."})
 
     def configure(self, training: TrainingArguments) -> None:
-        """Check the flags against ``training`` and give a branch its own data order (before the Trainer is built:
-        the Trainer hands ``data_seed`` to accelerate when it is made)."""
+        """Check the flags against ``training`` and give a branched or rewound run its own data order (before the
+        Trainer is built: the Trainer hands ``data_seed`` to accelerate when it is made)."""
         chosen = [f"--{name} {value}" for name, value in (("branch_from", self.branch_from), ("rewind_to", self.rewind_to),
                                                            ("resume_from_checkpoint", training.resume_from_checkpoint)) if value]
         if len(chosen) > 1:
             raise SpectralError(f"{' and '.join(chosen)}: pass only one of them (a run starts from one place)")
         if self.rewind_to:
             _weights_file(self.rewind_to, "--rewind_to")
+        if (self.branch_from or self.rewind_to) and training.data_seed is None:
+            training.data_seed = branch_data_seed(training.seed)
         if self.branch_from:
             _weights_file(self.branch_from, "--branch_from")
             missing = [name for name in TRAINING_STATE if not os.path.isfile(os.path.join(self.branch_from, name))]
             if missing:
                 raise SpectralError(f"--branch_from {self.branch_from}: no {', '.join(missing)} (a branch resumes the optimizer "
                                     "and schedule); save full checkpoints in the trunk run (--save_only_model false)")
-            if training.data_seed is None:
-                training.data_seed = branch_data_seed(training.seed)
 
     def train(self, trainer: Trainer) -> TrainOutput:
         """``trainer.train()`` from where the flags say: a branch point, a rewound model, the Trainer's own
