@@ -281,6 +281,23 @@ def test_spectral_tracking_records_the_fourier_measure(gk, tmp_path):
     assert 0.0 < last["extra_measures"]["fourier"]["top5_fraction"] <= 1.0
 
 
+def test_a_branch_resumes_the_trunk_checkpoint_and_tracks_from_the_split(gk, tmp_path):
+    common = ["--p", "7", "--train_fraction", "0.5", "--batch_size", "4", "--max_steps", "6", "--eval_steps", "3",
+              "--logging_steps", "1", "--disable_tqdm", "true"]  # fmt: skip
+    gk.main([*common, "--track_spectra", "false", "--save_strategy", "steps", "--save_steps", "3", "--save_only_model",
+             "false", "--output_dir", str(tmp_path / "trunk")])  # fmt: skip
+    trunk_log = json.loads((tmp_path / "trunk" / "training_log.json").read_text())
+    run = gk.main([*common, "--branch_from", str(tmp_path / "trunk" / "checkpoint-3"), "--seed", "1", "--split_seed", "0",
+                   "--spectra_schedule", "1", "--output_dir", str(tmp_path / "branch")])  # fmt: skip
+    log = json.loads((tmp_path / "branch" / "training_log.json").read_text())
+    losses = lambda rows: {r["step"]: r["loss"] for r in rows if "loss" in r}  # noqa: E731
+    assert run.steps == 6 and sorted(losses(log)) == [1, 2, 3, 4, 5, 6]
+    assert [losses(log)[s] for s in (1, 2, 3)] == [losses(trunk_log)[s] for s in (1, 2, 3)]  # the trunk's history
+    assert losses(log)[4] != losses(trunk_log)[4]  # its own data order from the split on
+    steps = hf_spectral.dynamics_from_source(tmp_path / "branch" / "spectral").summary["step"].tolist()
+    assert steps[0] == 3 and steps[-1] == 6 and len(steps) >= 3  # snapshots from the split point on
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_train_one_ddp_run(gk, tmp_path):
     """`accelerate launch` with 2 CPU processes trains ONE run (DDP over gloo: one summary, one record,
