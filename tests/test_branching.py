@@ -125,11 +125,18 @@ def test_an_epoch_boundary_branch_draws_its_order_from_its_seed(trunk, tmp_path)
     assert sorted(np.concatenate(one.seen[:8])) == list(range(ROWS))  # still one pass over the data per epoch
 
 
-def test_branch_data_seeds_are_far_apart_and_set_before_the_trainer(tmp_path):
+def test_branch_data_seeds_are_far_apart_and_set_before_the_trainer(trunk, tmp_path):
     # the seedable sampler orders epoch e by data_seed + e: seeds 1 and 2 would share orders one epoch apart
     seeds = [branch_data_seed(s) for s in range(50)]
     assert len(set(seeds)) == 50 and min(abs(a - b) for i, a in enumerate(seeds) for b in seeds[i + 1:]) > 1000
     assert all(0 <= s < 2**31 for s in seeds)
+    branch = hf_spectral.ExperimentArguments(branch_from=str(trunk[0] / "checkpoint-8"))
+    parsed = TrainingArguments(output_dir=str(tmp_path), seed=7, report_to="none")
+    branch.configure(parsed)
+    assert parsed.data_seed == branch_data_seed(7)
+    chosen = TrainingArguments(output_dir=str(tmp_path), seed=7, data_seed=5, report_to="none")
+    branch.configure(chosen)
+    assert chosen.data_seed == 5  # an explicit --data_seed wins
 
 
 def test_rewind_starts_from_the_checkpoint_weights_with_a_fresh_optimizer(trunk, tmp_path):

@@ -53,14 +53,14 @@ class ExperimentArguments:
             raise SpectralError(f"{' and '.join(chosen)}: pass only one of them (a run starts from one place)")
         if self.rewind_to:
             _weights_file(self.rewind_to, "--rewind_to")
-        if (self.branch_from or self.rewind_to) and training.data_seed is None:
-            training.data_seed = branch_data_seed(training.seed)
         if self.branch_from:
             _weights_file(self.branch_from, "--branch_from")
             missing = [name for name in TRAINING_STATE if not os.path.isfile(os.path.join(self.branch_from, name))]
             if missing:
                 raise SpectralError(f"--branch_from {self.branch_from}: no {', '.join(missing)} (a branch resumes the optimizer "
                                     "and schedule); save full checkpoints in the trunk run (--save_only_model false)")
+        if (self.branch_from or self.rewind_to) and training.data_seed is None:
+            training.data_seed = branch_data_seed(training.seed)
 
     def train(self, trainer: Trainer) -> TrainOutput:
         """``trainer.train()`` from where the flags say: a branch point, a rewound model, the Trainer's own
