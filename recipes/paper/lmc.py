@@ -7,21 +7,23 @@ and exactly then the endpoints share their top singular vectors (top-10 agreemen
 different trunks share neither; norm-preserving noise of size η at the split point destroys both together.
 
 Here: the grokking recipe's 1-layer Transformer (recipes/grokking.py) on a + b mod 41, 50% of the pairs, AdamW
-lr 3e-3, wd 1.0, minibatches of 64 (a full batch has no data order to vary), 600 steps. Two trunks (seeds 0, 1);
+lr 3e-3, wd 1.0, minibatches of 64 (a full batch has no data order to vary), 500 steps. Two trunks (seeds 0, 1);
 branches with seeds 1 and 2 from each trunk at every split step (`--branch_from trunk/checkpoint-N`; step 0 is
 `--rewind_to` the trunk's initialization); the η sweep perturbs one split point of trunk 0 with two noise seeds
-and trains both with one data order. ~10 min on one quiet CPU thread.
+and trains both with one data order. ~2 min of CPU on one thread (runs/paper_lmc; rerun: finished runs reused).
 
     python recipes/paper/lmc.py                                  # writes runs/paper_lmc/{lmc.png, summary.md, ...}
-    python recipes/paper/lmc.py --splits 0,25,100,300 --etas 0,0.5 --output_dir /tmp/lmc   # quicker
+    python recipes/paper/lmc.py --splits 0,10,25,50,100,150,200,300,400 --max_steps 600 --output_dir /tmp/lmc   # denser
 """
 
 import importlib.util
+import json
 import os
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -51,15 +53,26 @@ class LMCArguments:
     p: int = 41
     train_fraction: float = 0.5
     batch_size: int = 64
-    max_steps: int = 600
+    max_steps: int = 500
     learning_rate: float = 3e-3
     weight_decay: float = 1.0
     trunks: str = field(default="0,1", metadata={"help": "Trunk seeds (init and data order)."})
     branch_seeds: str = field(default="1,2", metadata={"help": "Data-order seeds of the branches of every trunk."})
-    splits: str = field(default="0,10,25,50,100,150,200,300,400", metadata={"help": "Split steps (0: the initialization)."})
+    splits: str = field(default="0,25,50,100,300", metadata={"help": "Split steps (0: the initialization)."})
     eta_split: int = field(default=300, metadata={"help": "The split step the η sweep perturbs (trunk 0)."})
-    etas: str = field(default="0,0.1,0.25,0.5,1", metadata={"help": "Perturbation sizes η of the sweep."})
+    etas: str = field(default="0,0.5,1,1.5,2.5", metadata={"help": "Perturbation sizes η of the sweep (paper: 0 to 2.5)."})
     num_threads: int = field(default=1, metadata={"help": "torch CPU threads."})
+
+
+def check_settings(args: LMCArguments) -> None:
+    """Finished runs in --output_dir are reused (an interrupted experiment resumes): only if they were trained alike."""
+    training = {k: getattr(args, k) for k in ("p", "train_fraction", "batch_size", "max_steps", "learning_rate", "weight_decay")}
+    path = Path(args.output_dir, "training.json")
+    before = json.loads(path.read_text()) if path.is_file() else training
+    if before != training:
+        raise hf_spectral.SpectralError(f"{args.output_dir} holds runs trained with {before}; pass a new --output_dir")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(training))
 
 
 def ints(text: str) -> list[int]:
@@ -76,18 +89,24 @@ def recipe_flags(args: LMCArguments, seed: int, output_dir: str, *extra: str) ->
 
 
 class SaveAt(TrainerCallback):
-    """Save a full checkpoint (weights, optimizer, scheduler, random state) at each of ``steps``."""
+    """Save a full checkpoint (weights, optimizer, scheduler, random state) at each of ``steps``; stop after the
+    last (the trunk's own end is never used; its schedule still runs to --max_steps)."""
 
     def __init__(self, steps: list[int]):
         self.steps = set(steps)
 
     def on_step_end(self, args, state, control, **kwargs):
         control.should_save = control.should_save or state.global_step in self.steps
+        control.should_training_stop = control.should_training_stop or state.global_step >= max(self.steps)
 
 
 # --- 2. Runs: trunks with checkpoints at the split steps, branches from them --------------------------
 def train(args: LMCArguments, seed: int, output_dir: str, *extra: str, save_at: list[int] = ()):
-    """One run of the grokking recipe (its Trainer, started as ExperimentArguments say); returns the trained model."""
+    """One run of the grokking recipe (its Trainer, started as ExperimentArguments say); returns the trained model,
+    also saved in ``output_dir`` (a run found finished there is loaded instead: an interrupted experiment resumes)."""
+    done = os.path.join(output_dir, "checkpoint-0" if save_at else "", "config.json")
+    if os.path.isfile(done) and all(os.path.isdir(os.path.join(output_dir, f"checkpoint-{s}")) for s in save_at):
+        return grokking.GrokkingTransformer.from_pretrained(os.path.dirname(done)).eval()
     recipe_args, training, spectral, experiment = grokking.parse_args(recipe_flags(args, seed, output_dir, *extra))
     trainer = grokking.build_trainer(recipe_args, training, spectral)
     trainer.remove_callback(hf_spectral.ConsoleCallback)  # dozens of runs: one line each, printed below
@@ -95,6 +114,8 @@ def train(args: LMCArguments, seed: int, output_dir: str, *extra: str, save_at: 
         trainer.add_callback(SaveAt(save_at))
         trainer.save_model(os.path.join(output_dir, "checkpoint-0"))  # the initialization, for the step-0 split
     experiment.train(trainer)
+    if not save_at:
+        trainer.save_model(output_dir)
     return trainer.model.eval()
 
 
@@ -134,6 +155,7 @@ def evaluator(args: LMCArguments):
 
 def main(argv: list[str] | None = None) -> hf_spectral.experiments.LMCReport:
     (args,) = HfArgumentParser(LMCArguments).parse_args_into_dataclasses(args=argv)
+    check_settings(args)
     torch.set_num_threads(args.num_threads)
     transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar per run
     splits, seeds, trunks = ints(args.splits), ints(args.branch_seeds), ints(args.trunks)
