@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from hf_spectral import experiments
+from hf_spectral import SpectralError, experiments
 from hf_spectral.plots import plot_lmc, save_figure
 from tiny_models import TinyMLP
 
@@ -90,10 +90,12 @@ def test_endpoints_as_paths_and_bad_pairs(tmp_path):
     saved = {"a": a, "b": b}
     report = experiments.lmc_report([experiments.BranchPair("branches", 5, "a", "b")], _evaluate, load=saved.__getitem__)
     assert report.summary.loc[0, "barrier_loss"] == pytest.approx(_numpy_expectation(a, b)["barrier_loss"], abs=2e-6)
-    with pytest.raises(ValueError, match="load="):
+    with pytest.raises(SpectralError, match="load="):
         experiments.lmc_report([experiments.BranchPair("branches", 5, "a", "b")], _evaluate)
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(SpectralError, match="kind"):
         experiments.lmc_report([experiments.BranchPair("siblings", 5, a, b)], _evaluate)
+    with pytest.raises(SpectralError, match="same architecture"):
+        experiments.endpoint_agreement(a, TinyMLP((6, 12, 3)))
 
 
 def test_saved_tables_and_the_figure(tmp_path):
@@ -112,5 +114,5 @@ def test_saved_tables_and_the_figure(tmp_path):
     means = report.summary[report.summary["kind"] == "branches"].groupby("split")["barrier_loss"].mean().to_numpy()
     np.testing.assert_allclose(barrier_ax.lines[0].get_ydata(), means)
     assert all(p.exists() for p in save_figure(fig, tmp_path / "lmc" / "lmc")) and len(written) == 4
-    with pytest.raises(Exception, match="no barrier of 'perplexity'"):
+    with pytest.raises(SpectralError, match="no barrier of 'perplexity'"):
         plot_lmc(report.summary, report.paths, metric="perplexity")

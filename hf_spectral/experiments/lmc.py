@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hf_spectral.atomic import atomic_file
+from hf_spectral.errors import SpectralError
 from hf_spectral.experiments._matrices import as_matrix, live_matrices, matrix_agreement
 from hf_spectral.experiments.truncation import recompute_batchnorm
 
@@ -148,12 +149,13 @@ def markdown_table(frame: pd.DataFrame) -> str:
 def endpoint_agreement(model_a: nn.Module, model_b: nn.Module, top: int = 10) -> pd.DataFrame:
     """Per weight matrix (the analyzer's views, model order) the top-``top`` agreement score and subspace overlap
     of the two models' singular vectors: ``matrix``, ``agreement``, ``subspace``."""
-    mine = {entry.spec.name: entry for entry in live_matrices(model_b, what="an agreement")}
+    theirs = {entry.spec.name: entry for entry in live_matrices(model_b, what="an agreement")}
     rows = []
     for entry in live_matrices(model_a, what="an agreement"):
-        other = mine.get(entry.spec.name)
+        other = theirs.get(entry.spec.name)
         if other is None or tuple(other.parameter.shape) != tuple(entry.parameter.shape):
-            raise ValueError(f"{entry.spec.name}: the second model has no matrix of this name and shape")
+            raise SpectralError(f"{entry.spec.name}: the second model has no matrix of this name and shape; "
+                                "compare two models of one architecture")
         score, subspace = matrix_agreement(as_matrix(entry), as_matrix(other), top)
         rows.append({"matrix": entry.spec.name, "agreement": score, "subspace": subspace})
     return pd.DataFrame(rows, columns=["matrix", "agreement", "subspace"])
@@ -168,9 +170,11 @@ def lmc_report(pairs: Iterable[BranchPair], evaluate: Callable[[nn.Module], Mapp
     :func:`endpoint_agreement` of the two endpoints. Metrics whose name ends with one of ``higher_is_better`` are
     better high: their barrier is measured on the negated values. ``load(path)`` opens endpoints given as paths."""
     pairs = list(pairs)
+    if not pairs:
+        raise SpectralError("lmc_report got no BranchPair; pass the pairs of endpoints to connect")
     for pair in pairs:
         if pair.kind not in PAIR_KINDS:
-            raise ValueError(f"BranchPair kind {pair.kind!r}: use one of {', '.join(PAIR_KINDS)}")
+            raise SpectralError(f"BranchPair kind {pair.kind!r} (split {pair.split}): use one of {', '.join(PAIR_KINDS)}")
     summary, paths, layers = [], [], []
     for pair in tqdm(pairs, desc="LMC pairs", disable=not progress or len(pairs) < 2):
         a, b = _endpoint(pair.a, load), _endpoint(pair.b, load)
@@ -186,17 +190,18 @@ def lmc_report(pairs: Iterable[BranchPair], evaluate: Callable[[nn.Module], Mapp
         summary.append(row)
         paths.append(path.assign(**key))
         layers.append(agreement.assign(**key))
-    if not summary:
-        raise ValueError("lmc_report needs at least one BranchPair")
-    front = list(key)
-    return LMCReport(summary=pd.DataFrame(summary),
-                     paths=pd.concat(paths, ignore_index=True).pipe(lambda f: f[front + [c for c in f.columns if c not in front]]),
-                     layers=pd.concat(layers, ignore_index=True).pipe(lambda f: f[front + [c for c in f.columns if c not in front]]))
+    return LMCReport(summary=pd.DataFrame(summary), paths=_keys_first(paths, key), layers=_keys_first(layers, key))
+
+
+def _keys_first(frames: list[pd.DataFrame], key: Mapping[str, Any]) -> pd.DataFrame:
+    """The frames stacked, the pair's key columns (kind, split, eta, label) in front."""
+    frame = pd.concat(frames, ignore_index=True)
+    return frame[list(key) + [c for c in frame.columns if c not in key]]
 
 
 def _endpoint(endpoint: nn.Module | str | os.PathLike, load: Callable[[str], nn.Module] | None) -> nn.Module:
     if isinstance(endpoint, nn.Module):
         return endpoint
     if load is None:
-        raise ValueError(f"{endpoint}: an endpoint given as a path needs lmc_report(load=...), e.g. AutoModel.from_pretrained")
+        raise SpectralError(f"{endpoint}: an endpoint given as a path needs lmc_report(load=...), e.g. AutoModel.from_pretrained")
     return load(os.fspath(endpoint))
