@@ -94,7 +94,7 @@ def test_endpoints_as_paths_and_bad_pairs(tmp_path):
         experiments.lmc_report([experiments.BranchPair("branches", 5, "a", "b")], _evaluate)
     with pytest.raises(SpectralError, match="kind"):
         experiments.lmc_report([experiments.BranchPair("siblings", 5, a, b)], _evaluate)
-    with pytest.raises(SpectralError, match="same architecture"):
+    with pytest.raises(SpectralError, match="one architecture"):
         experiments.endpoint_agreement(a, TinyMLP((6, 12, 3)))
 
 
