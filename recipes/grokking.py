@@ -8,6 +8,7 @@ without weight decay neither happens. Ends with the dynamics report, grokking.pn
     python recipes/grokking.py                                  # CPU demo: p=113, 30%, lr 2e-3, wd 3 (~4.5 min, `make demo`)
     python recipes/grokking.py --preset demo --weight_decay 0   # control: no grokking, no rank collapse
     python recipes/grokking.py --preset paper                   # the paper's setting (40k steps)
+    python recipes/grokking.py --batch_size 64 --branch_from RUN/checkpoint-100 --seed 1 --split_seed 0  # an LMC branch
     accelerate launch recipes/grokking.py --preset paper        # same, on whatever accelerate sees
 """
 
@@ -85,17 +86,16 @@ class GrokkingArguments:
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads per process (0: the idle cores at the start)."})
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[GrokkingArguments, TrainingArguments, hf_spectral.SpectralArguments]:
+def parse_args(argv: list[str] | None = None) -> tuple[GrokkingArguments, TrainingArguments, hf_spectral.SpectralArguments, hf_spectral.ExperimentArguments]:
     """The command line (or `argv`): the recipe's defaults, then the preset's, then explicit flags."""
-    args, training, spectral = hf_spectral.parse_recipe_args(
-        (GrokkingArguments, TrainingArguments, hf_spectral.SpectralArguments), argv, presets=PRESETS, preset_field="preset",
+    args, training, spectral, experiment = hf_spectral.parse_recipe_args(
+        (GrokkingArguments, TrainingArguments, hf_spectral.SpectralArguments, hf_spectral.ExperimentArguments), argv, presets=PRESETS,
         # CPU processes (torchrun, accelerate launch --multi_gpu) join one DDP run over gloo only with use_cpu
-        defaults={**TRAINER_DEFAULTS, "use_cpu": not torch.accelerator.is_available()},
+        defaults={**TRAINER_DEFAULTS, "use_cpu": not torch.accelerator.is_available()}, preset_field="preset",
         output_dir=os.path.join("runs", "grokking_{preset}_seed{seed}"))
-    if args.split_seed is None:
-        args.split_seed = training.seed  # as the authors: one seed for split and init
+    args.split_seed = training.seed if args.split_seed is None else args.split_seed  # as the authors: one seed for split and init
     training.per_device_train_batch_size = args.batch_size or 1  # full batch: 1 item = the whole batch
-    return args, training, spectral
+    return args, training, spectral, experiment
 
 
 # --- 2. Data: every pair (a, b) as the sequence [a, b, =], target a∘b mod p at the last position ----
@@ -277,10 +277,10 @@ def build_trainer(args: GrokkingArguments, training: TrainingArguments, spectral
 # --- 6. Report ------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
     """Train, save the model; on the main process write the report, grokking.png, model card and summary."""
-    args, training, spectral = parse_args(argv)
+    args, training, spectral, experiment = parse_args(argv)
     trainer = build_trainer(args, training, spectral)
     start = time.time()
-    trainer.train()
+    experiment.train(trainer)  # from scratch, --resume_from_checkpoint, --branch_from or --rewind_to
     wall = time.time() - start
     trainer.save_model(training.output_dir)  # safetensors + config.json, loadable with from_pretrained
     if not trainer.is_world_process_zero():
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
         after=hf_spectral.Crossing("eval_train_accuracy", 0.99, "train accuracy"), title=setting,
         measures={"eval_train_accuracy": "train accuracy", "spectral/fourier/top5_fraction": "Fourier top-5 share of the embedding"},
         log_history=trainer.state.log_history, alignment=spectral.spectra_alignment, model_card_copy=spectral.model_card_copy,
-        train_seconds=wall, extra={"args": {**asdict(args), **asdict(spectral), **training.to_dict()}})
+        train_seconds=wall, extra={"args": {**asdict(args), **asdict(spectral), **asdict(experiment), **training.to_dict()}})
 
 
 if __name__ == "__main__":

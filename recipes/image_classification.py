@@ -11,6 +11,7 @@ report, the model card and a console summary.
     python recipes/image_classification.py --model_type vgg --model_preset paper --dataset_name uoft-cs/cifar10
     python recipes/image_classification.py --model_type resnet --train_dir path/to/imagefolder
     accelerate launch --multi_gpu --num_processes 2 recipes/image_classification.py --model_type vit
+    python recipes/image_classification.py --branch_from RUN/checkpoint-26 --seed 1 --split_seed 0  # an LMC branch
 
 `--model_preset paper`: the paper's models and settings (VGG: SGD momentum 0.9, lr 0.1, wd 1e-4, lr x0.1 at epochs
 82/123/160 of 164; MLP: SGD momentum 0.9, constant lr 1e-3, wd 0, 300 epochs; batch 128, no augmentation, 10% of
@@ -69,6 +70,8 @@ class ImageArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N images (quick tests)."})
     random_labels: bool = field(default=False, metadata={"help": "A fixed permutation of all labels, before the split."})
     label_seed: int = 12345
+    split_seed: int | None = field(default=None, metadata={"help": "Seed of the train/val split (default: --seed; keep a "
+                                                               "branch's or rewound run's split that of its trunk)."})
     lr_schedule: str | None = field(default=None, metadata={"help": "'step': the paper's x0.1 decays, else --lr_scheduler_type."})
 
 
@@ -77,15 +80,16 @@ TRAINER_DEFAULTS = dict(  # as the authors: batch 128, no gradient clipping, the
     save_strategy="no", report_to="none", remove_unused_columns=False, dataloader_pin_memory=False, spectra_schedule="paper")
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ImageArguments, TrainingArguments, hf_spectral.SpectralArguments]:
+def parse_args(argv: list[str] | None = None) -> tuple[ImageArguments, TrainingArguments, hf_spectral.SpectralArguments,
+                                                       hf_spectral.ExperimentArguments]:
     """The command line (or `argv`): the recipe's defaults for the model type and preset, then explicit flags."""
     known, _ = HfArgumentParser(ImageArguments, add_help=False).parse_known_args(argv)
     defaults = {**TRAINER_DEFAULTS, **OPTIMIZATION[known.model_type], "num_train_epochs": EPOCHS[known.model_preset][known.model_type],
                 "spectra_alignment": known.model_type in ("vgg", "mlp"),  # the paper's sequential nets: consecutive layers
                 # without use_cpu, every process of a CPU launch (torchrun, accelerate --multi_gpu) trains alone
                 "use_cpu": not torch.accelerator.is_available()}
-    return hf_spectral.parse_recipe_args((ImageArguments, TrainingArguments, hf_spectral.SpectralArguments), argv,
-                                         defaults=defaults, output_dir="runs/image_classification_{model_type}")
+    types = (ImageArguments, TrainingArguments, hf_spectral.SpectralArguments, hf_spectral.ExperimentArguments)
+    return hf_spectral.parse_recipe_args(types, argv, defaults=defaults, output_dir="runs/image_classification_{model_type}")
 
 
 # --- 2. Data: one labelled image dataset, random labels before the split, an image processor -----
@@ -251,9 +255,9 @@ def optimizer_and_schedule(args: ImageArguments, training_args: TrainingArgument
 
 def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
     """Train, save model + image processor; on the main process write the report, model card and summary."""
-    args, training, spectral = parse_args(argv)
+    args, training, spectral, experiment = parse_args(argv)
     set_seed(training.seed)
-    splits = make_splits(args, training.seed)
+    splits = make_splits(args, training.seed if args.split_seed is None else args.split_seed)
     processor = image_processor(args.image_size)
 
     def transform(batch: dict) -> dict:
@@ -270,7 +274,7 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
                       callbacks=spectral.callbacks(steps_per_epoch=steps_per_epoch, epochs=math.ceil(total / steps_per_epoch)))
     hf_spectral.attach_console(trainer, "eval_accuracy", every=steps_per_epoch * max(1, total // steps_per_epoch // 25))
     start = time.time()
-    trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+    experiment.train(trainer)  # from scratch, --resume_from_checkpoint, --branch_from or --rewind_to
     wall = time.time() - start
     trainer.save_model()  # model + config + image processor: from_pretrained(output_dir) works
     if not trainer.is_world_process_zero():
@@ -286,7 +290,7 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
         card_fields={"model_summary": f"A {type(model).__name__} trained from scratch, its weights' spectra tracked by "
                      "hf-spectral.", "model_type": type(model).__name__, "training_details": details},
         model_card_copy=spectral.model_card_copy,
-        extra={"args": {**asdict(args), **asdict(spectral), **training.to_dict()}})
+        extra={"args": {**asdict(args), **asdict(spectral), **asdict(experiment), **training.to_dict()}})
 
 
 if __name__ == "__main__":

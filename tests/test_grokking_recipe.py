@@ -203,17 +203,17 @@ def test_fourier_sparsity_matches_explicit_fourier_basis(gk):
 
 
 def test_presets_and_explicit_flags(gk):
-    paper, train, _ = gk.parse_args(["--preset", "paper"])
+    paper, train, *_ = gk.parse_args(["--preset", "paper"])
     assert (paper.p, paper.train_fraction, train.learning_rate, train.weight_decay) == (113, 0.3, 1e-3, 1.0)
     assert (train.max_steps, paper.batch_size, paper.layer_norm, train.warmup_steps) == (40_000, 0, False, 0)
     assert (train.eval_steps, train.logging_steps, train.max_grad_norm, train.adam_beta2) == (100, 100, 0.0, 0.98)
-    control, train, _ = gk.parse_args(["--preset", "paper", "--weight_decay", "0", "--train_fraction", "0.9"])
+    control, train, *_ = gk.parse_args(["--preset", "paper", "--weight_decay", "0", "--train_fraction", "0.9"])
     assert (train.weight_decay, control.train_fraction, control.p) == (0.0, 0.9, 113)
-    sling, train, _ = gk.parse_args(["--preset", "slingshot", "--layer_norm", "false"])
+    sling, train, *_ = gk.parse_args(["--preset", "slingshot", "--layer_norm", "false"])
     assert (sling.p, sling.train_fraction, sling.batch_size, train.weight_decay) == (97, 0.7, 512, 0.0)
     assert sling.layer_norm is False and gk.parse_args(["--preset", "slingshot"])[0].layer_norm is True
     assert train.per_device_train_batch_size == 512
-    demo, train, spectral = gk.parse_args([])
+    demo, train, spectral, _ = gk.parse_args([])
     assert demo.preset == "demo" and spectral.track_spectra is True and demo.split_seed == train.seed == 0
     assert train.output_dir == "runs/grokking_demo_seed0" and spectral.spectra_schedule == "50"
     # the paper's data and model, lr x weight decay 6x the paper's (docs/grokking.md, the search)
@@ -226,7 +226,7 @@ def test_weight_decay_applies_to_every_parameter(gk, tmp_path):
         ["--p", "7", "--layer_norm", "true", "--max_steps", "2", "--track_spectra", "false",
          "--output_dir", str(tmp_path)]
     )  # fmt: skip
-    trainer = gk.build_trainer(*args)
+    trainer = gk.build_trainer(*args[:3])
     groups = trainer.optimizer.param_groups
     assert all(g["weight_decay"] == 3.0 for g in groups)  # the demo preset's
     assert all(g["betas"] == (0.9, 0.98) for g in groups)
@@ -261,7 +261,7 @@ def test_minibatch_preset_path_trains(gk, tmp_path):
         ["--preset", "slingshot", "--p", "7", "--batch_size", "8", "--max_steps", "6", "--eval_steps", "3",
          "--logging_steps", "3", "--track_spectra", "false", "--disable_tqdm", "true", "--output_dir", str(tmp_path)]
     )  # fmt: skip
-    trainer = gk.build_trainer(*args)
+    trainer = gk.build_trainer(*args[:3])
     assert "layers.0.ln_1.weight" in dict(trainer.model.named_parameters())
     batch = next(iter(trainer.get_train_dataloader()))
     assert batch["input_ids"].shape == (8, 3) and batch["labels"].shape == (8,)
@@ -281,6 +281,23 @@ def test_spectral_tracking_records_the_fourier_measure(gk, tmp_path):
     assert len(metas) >= 2
     last = json.loads(metas[-1].read_text())
     assert 0.0 < last["extra_measures"]["fourier"]["top5_fraction"] <= 1.0
+
+
+def test_a_branch_resumes_the_trunk_checkpoint_and_tracks_from_the_split(gk, tmp_path):
+    common = ["--p", "7", "--train_fraction", "0.5", "--batch_size", "4", "--max_steps", "6", "--eval_steps", "3",
+              "--logging_steps", "1", "--disable_tqdm", "true"]  # fmt: skip
+    gk.main([*common, "--track_spectra", "false", "--save_strategy", "steps", "--save_steps", "3", "--save_only_model",
+             "false", "--output_dir", str(tmp_path / "trunk")])  # fmt: skip
+    trunk_log = json.loads((tmp_path / "trunk" / "training_log.json").read_text())
+    run = gk.main([*common, "--branch_from", str(tmp_path / "trunk" / "checkpoint-3"), "--seed", "1", "--split_seed", "0",
+                   "--spectra_schedule", "1", "--output_dir", str(tmp_path / "branch")])  # fmt: skip
+    log = json.loads((tmp_path / "branch" / "training_log.json").read_text())
+    losses = lambda rows: {r["step"]: r["loss"] for r in rows if "loss" in r}  # noqa: E731
+    assert run.steps == 6 and sorted(losses(log)) == [1, 2, 3, 4, 5, 6]
+    assert [losses(log)[s] for s in (1, 2, 3)] == [losses(trunk_log)[s] for s in (1, 2, 3)]  # the trunk's history
+    assert losses(log)[4] != losses(trunk_log)[4]  # its own data order from the split on
+    steps = hf_spectral.dynamics_from_source(tmp_path / "branch" / "spectral").summary["step"].tolist()
+    assert steps[0] == 3 and steps[-1] == 6 and len(steps) >= 3  # snapshots from the split point on
 
 
 @pytest.mark.slow

@@ -107,12 +107,12 @@ def test_train_file_without_validation_holds_out_the_end_and_tracking_can_be_off
 
 
 def test_presets_flags_and_bad_input(lm, tmp_path):
-    args, training, spectral = lm.parse_args(["--model_preset", "paper"])
+    args, training, spectral, _ = lm.parse_args(["--model_preset", "paper"])
     assert (args.n_layer, args.n_embd, args.n_head, args.block_size) == (12, 768, 12, 1024)
     assert (training.learning_rate, training.adam_beta1, training.adam_beta2, training.weight_decay) == (6e-4, 0.9, 0.95, 0.1)
     assert (training.lr_scheduler_type, training.warmup_steps, training.num_train_epochs) == ("cosine", 0.02, 10)
     assert spectral.spectra_schedule == "paper" and spectral.spectra_alignment is True
-    args, training, spectral = lm.parse_args(["--n_layer", "3"])
+    args, training, spectral, _ = lm.parse_args(["--n_layer", "3"])
     assert (args.model_preset, args.n_layer, args.n_embd, training.max_steps) == ("tiny", 3, 128, 400)
     assert training.output_dir == "runs/gpt2_lm_tiny_seed42" and spectral.spectra_schedule == "log"
     with pytest.raises(hf_spectral.SpectralError, match="random_labels"):

@@ -45,7 +45,7 @@ def assert_wrote_a_tracked_run(out, summary, min_snapshots: int = 3) -> None:
 def test_digits_upsampled_to_rgb_and_normalized(ic):
     from sklearn.datasets import load_digits
 
-    args, _, _ = ic.parse_args([])
+    args, *_ = ic.parse_args([])
     data = ic.load_images(args)
     digits = load_digits()
     assert len(data) == 1797 and data.features["label"].names == [str(d) for d in range(10)]
@@ -62,7 +62,7 @@ def test_digits_upsampled_to_rgb_and_normalized(ic):
 
 
 def test_random_labels_are_permuted_before_the_split(ic):
-    args, targs, _ = ic.parse_args(["--random_labels", "--max_train_samples", "300"])
+    args, targs, *_ = ic.parse_args(["--random_labels", "--max_train_samples", "300"])
     got = ic.make_splits(args, seed=targs.seed)
     full = ic.load_images(args)
     expected = hf_spectral.experiments.permute_labels(full, seed=12345).train_test_split(test_size=0.1, seed=targs.seed)
@@ -81,7 +81,7 @@ def test_random_labels_are_permuted_before_the_split(ic):
 
 
 def test_mlp_forward_matches_numpy(ic):
-    args, _, _ = ic.parse_args(["--model_type", "mlp", "--model_preset", "paper"])
+    args, *_ = ic.parse_args(["--model_type", "mlp", "--model_preset", "paper"])
     model = ic.build_model(args, [str(d) for d in range(10)]).eval()
     sizes = [(p.shape[0], p.shape[1]) for n, p in model.named_parameters() if n.endswith("weight")]
     assert sizes == [(256, 3072), (256, 256), (256, 256), (10, 256)]  # the paper's 3072→256→256→256→10
@@ -94,7 +94,7 @@ def test_mlp_forward_matches_numpy(ic):
 
 
 def test_paper_vgg16_bn_shape_and_torch_default_init(ic):
-    args, _, _ = ic.parse_args(["--model_type", "vgg", "--model_preset", "paper"])
+    args, *_ = ic.parse_args(["--model_type", "vgg", "--model_preset", "paper"])
     model = ic.build_model(args, [str(d) for d in range(10)])
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     widths = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
@@ -113,7 +113,7 @@ def test_saved_vgg_matrices_and_batchnorm_buffers(ic, tmp_path):
     """Analyzed from its folder (its model type unknown to transformers: the generic rules), a VGG gives its 13
     flattened convs + the classifier; BatchNorm weights and running statistics are never matrices; alignment
     pairs consecutive layers (conv → conv at the kernel centre, last conv → classifier)."""
-    args, _, _ = ic.parse_args(["--model_type", "vgg"])
+    args, *_ = ic.parse_args(["--model_type", "vgg"])
     model = ic.build_model(args, [str(d) for d in range(10)])
     model.save_pretrained(tmp_path / "vgg")
     snapshot = hf_spectral.analyze(str(tmp_path / "vgg"), alignment=True, progress=False)
@@ -128,17 +128,17 @@ def test_saved_vgg_matrices_and_batchnorm_buffers(ic, tmp_path):
 
 
 def test_presets_and_explicit_flags(ic):
-    _, vgg, _ = ic.parse_args(["--model_type", "vgg", "--model_preset", "paper"])
+    _, vgg, *_ = ic.parse_args(["--model_type", "vgg", "--model_preset", "paper"])
     assert (vgg.optim, vgg.learning_rate, vgg.weight_decay, vgg.num_train_epochs) == ("sgd", 0.1, 1e-4, 164)
     assert vgg.optim_args == "momentum=0.9" and vgg.per_device_train_batch_size == 128 and vgg.max_grad_norm == 0.0
-    _, mlp, _ = ic.parse_args(["--model_type", "mlp", "--model_preset", "paper", "--learning_rate", "0.01"])
+    _, mlp, *_ = ic.parse_args(["--model_type", "mlp", "--model_preset", "paper", "--learning_rate", "0.01"])
     assert (mlp.learning_rate, mlp.weight_decay, mlp.num_train_epochs, mlp.lr_scheduler_type) == (0.01, 0.0, 300, "constant")
-    _, vit, _ = ic.parse_args(["--model_type", "vit", "--weight_decay", "0"])
+    _, vit, *_ = ic.parse_args(["--model_type", "vit", "--weight_decay", "0"])
     assert vit.optim == "adamw_torch" and vit.weight_decay == 0.0
 
 
 def test_sgd_momentum_decay_on_all_parameters_and_step_schedule(ic):
-    args, targs, _ = ic.parse_args(["--model_type", "vgg"])
+    args, targs, *_ = ic.parse_args(["--model_type", "vgg"])
     model = ic.build_model(args, [str(d) for d in range(10)])
     optimizer, schedule = ic.optimizer_and_schedule(args, targs, model, total_steps=164)
     assert isinstance(optimizer, torch.optim.SGD) and len(optimizer.param_groups) == 1

@@ -12,7 +12,7 @@ _MODULES = {  # module: its public names
     "labels": ("permute_labels",),
     "truncation": ("truncate", "low_rank", "recompute_batchnorm", "evaluate_truncated"),
     "masks": ("magnitude_mask", "random_mask", "apply_mask", "density", "mask_agreement", "MaskCallback"),
-    "lmc": ("interpolate", "linear_path", "barrier", "perturb"),
+    "lmc": ("interpolate", "linear_path", "barrier", "perturb", "BranchPair", "LMCReport", "endpoint_agreement", "lmc_report"),
 }
 _PUBLIC = {name: f"hf_spectral.experiments.{module}" for module, names in _MODULES.items() for name in names}
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hf_spectral import metrics
 from hf_spectral.engine import AnalysisOptions, plan_model
 from hf_spectral.errors import SpectralError
 from hf_spectral.views import MatrixSpec, build_matrix, restore_weight
@@ -62,3 +63,13 @@ def write_matrix(entry: LiveMatrix, matrix: torch.Tensor) -> None:
     stored = restore_weight(entry.spec, matrix)
     with torch.no_grad():
         entry.parameter.copy_(stored.to(entry.parameter.dtype))
+
+
+def matrix_agreement(a: torch.Tensor, b: torch.Tensor, top: int = 10) -> tuple[float, float]:
+    """How much two same-shaped matrices share their top singular vectors: the mean of the top-``top`` S_ii
+    (paper Eq. 5, the score the dynamics reports) and the top-``top`` subspace overlap, from float64 SVDs."""
+    u_a, _, vh_a = torch.linalg.svd(a.to(torch.float64), full_matrices=False)
+    u_b, _, vh_b = torch.linalg.svd(b.to(torch.float64), full_matrices=False)
+    k = min(top, u_a.shape[1])
+    diagonal = metrics.agreement_diagonal(u_a[:, :k], vh_a[:k].mT, u_b[:, :k], vh_b[:k].mT)
+    return metrics.top_score(diagonal, top), metrics.agreement_subspace(u_a, vh_a.mT, u_b, vh_b.mT, k=k)

@@ -17,9 +17,8 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from hf_spectral import metrics
 from hf_spectral.views import build_matrix
-from hf_spectral.experiments._matrices import as_matrix, live_matrices
+from hf_spectral.experiments._matrices import as_matrix, live_matrices, matrix_agreement
 
 Mask = dict[str, torch.Tensor]
 
@@ -103,14 +102,9 @@ def mask_agreement(model: nn.Module, mask: Mapping[str, torch.Tensor], top: int 
             continue
         dense = as_matrix(entry)
         kept = mask[name].to(entry.parameter.device)
-        masked = build_matrix(entry.spec, lambda _n: entry.parameter.detach() * kept).to(torch.float64)
-        u_a, _, vh_a = torch.linalg.svd(masked, full_matrices=False)
-        u_b, _, vh_b = torch.linalg.svd(dense, full_matrices=False)
-        k = min(top, u_a.shape[1])
-        diagonal = metrics.agreement_diagonal(u_a[:, :k], vh_a[:k].mT, u_b[:, :k], vh_b[:k].mT)
-        rows.append({"matrix": entry.spec.name, "density": float(kept.float().mean()),
-                     "agreement": metrics.top_score(diagonal, top),
-                     "subspace": metrics.agreement_subspace(u_a, vh_a.mT, u_b, vh_b.mT, k=k)})
+        masked = build_matrix(entry.spec, lambda _n: entry.parameter.detach() * kept)
+        score, subspace = matrix_agreement(masked, dense, top)
+        rows.append({"matrix": entry.spec.name, "density": float(kept.float().mean()), "agreement": score, "subspace": subspace})
     return pd.DataFrame(rows, columns=["matrix", "density", "agreement", "subspace"])
 
 

@@ -4,7 +4,8 @@
 Figure families, one module each: ``spectra`` (σᵢ over time), ``rank`` (effective rank heat map
 and lines), ``agreement``, ``alignment``, ``summary`` (model-level panel), ``training`` (a
 training metric and the mean rank on one axis, with key events marked), ``heavy_tail``
-(weightwatcher's α per matrix over time, with its 2–6 band, beside the effective rank).
+(weightwatcher's α per matrix over time, with its 2–6 band, beside the effective rank), ``lmc``
+(linear mode connectivity: barrier and endpoint agreement per split step, the η sweep).
 """
 
 from hf_spectral.highlights import key_events
@@ -12,6 +13,7 @@ from hf_spectral.plots._common import StepAxis, is_log_spaced, save_figure, shor
 from hf_spectral.plots.agreement import plot_agreement, plot_agreement_scores
 from hf_spectral.plots.alignment import plot_alignment, plot_alignment_scores
 from hf_spectral.plots.heavy_tail import plot_alpha
+from hf_spectral.plots.lmc import plot_lmc
 from hf_spectral.plots.rank import plot_rank_heatmap, plot_rank_lines
 from hf_spectral.plots.spectra import plot_singular_values
 from hf_spectral.plots.summary import plot_summary
@@ -26,6 +28,7 @@ __all__ = [
     "plot_agreement_scores",
     "plot_alignment",
     "plot_alignment_scores",
+    "plot_lmc",
     "plot_rank_heatmap",
     "plot_rank_lines",
     "plot_singular_values",

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from transformers import HfArgumentParser, TrainerCallback
+from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
 
 from hf_spectral.errors import SpectralError
+from hf_spectral.recipe_support.branching import ExperimentArguments
 
 
 @dataclass
@@ -64,7 +65,8 @@ def parse_recipe_args(
     (``TrainingArguments`` among them) with ``HfArgumentParser``. Defaults, lowest first: the
     dataclasses', ``defaults`` (the recipe's choices), ``presets[<--preset_field>]``; explicit flags
     win over all. ``output_dir``: when ``--output_dir`` is not given, this template filled from the
-    parsed flags (``"runs/gpt2_lm_{model_preset}_seed{seed}"``)."""
+    parsed flags (``"runs/gpt2_lm_{model_preset}_seed{seed}"``). An :class:`ExperimentArguments` among
+    ``types`` is checked against the ``TrainingArguments`` (``ExperimentArguments.configure``)."""
     parser = HfArgumentParser(tuple(types))
     flags = {action.dest for action in parser._actions}
     unknown = sorted({key for table in [defaults or {}, *(presets or {}).values()] for key in table} - flags)
@@ -81,4 +83,9 @@ def parse_recipe_args(
         known, _ = parser.parse_known_args(argv)
     if output_dir is not None and getattr(known, "output_dir", None) is None:
         parser.set_defaults(output_dir=output_dir.format(**vars(known)))
-    return tuple(parser.parse_args_into_dataclasses(args=argv))
+    parsed = tuple(parser.parse_args_into_dataclasses(args=argv))
+    training = next((item for item in parsed if isinstance(item, TrainingArguments)), None)
+    for item in parsed:
+        if isinstance(item, ExperimentArguments) and training is not None:
+            item.configure(training)  # --branch_from's data seed must be set before the Trainer is made
+    return parsed
