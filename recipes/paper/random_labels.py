@@ -75,8 +75,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return (model(x).argmax(-1) == y).float().mean().item()
 
 
-def train(labels: str, args: argparse.Namespace) -> pd.DataFrame:
-    """One run; its spectra go to <output_dir>/<labels>/spectral; returns the per-epoch accuracies."""
+def train(labels: str, args: argparse.Namespace) -> tuple[pd.DataFrame, nn.Module]:
+    """One run; its spectra go to <output_dir>/<labels>/spectral; returns the per-epoch accuracies and the model."""
     (x, y), (x_val, y_val) = digits_splits(labels, args.seed, args.label_seed)
     torch.manual_seed(args.seed)  # the same initialization for both runs
     model = build_model(args.hidden)
@@ -102,7 +102,7 @@ def train(labels: str, args: argparse.Namespace) -> pd.DataFrame:
             print(f"{labels:6s} labels  epoch {epoch:4d}  train acc {rows[-1]['train_accuracy']:.3f}  "
                   f"val acc {rows[-1]['val_accuracy']:.3f}")
     tracker.close()
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), model
 
 
 def spectra(labels: str, args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -170,10 +170,11 @@ def markdown(history: pd.DataFrame, ranks: pd.DataFrame, agreement: pd.DataFrame
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def main(argv: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, nn.Module]]:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    history = pd.concat([train(labels, args) for labels in LABELS], ignore_index=True)
+    runs = {labels: train(labels, args) for labels in LABELS}
+    history = pd.concat([runs[labels][0] for labels in LABELS], ignore_index=True)
     parts = [spectra(labels, args) for labels in LABELS]
     ranks = pd.concat([p[0] for p in parts], ignore_index=True)
     agreement = pd.concat([p[1] for p in parts], ignore_index=True)
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.
     (args.output_dir / "random_labels.md").write_text(text + "\n")
     plot(history, ranks, agreement, args.figure)
     print(f"{text}\nfigure: {args.figure}")
-    return history, ranks, agreement
+    return history, ranks, agreement, {labels: runs[labels][1] for labels in LABELS}
 
 
 if __name__ == "__main__":
