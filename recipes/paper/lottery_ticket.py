@@ -125,8 +125,11 @@ def plot(agreement: pd.DataFrame, curves: pd.DataFrame, tickets: pd.DataFrame, d
         mask_ax.plot(rows["target_density"], rows["agreement"], marker="o", color=colors[kind], alpha=0.7,
                      ls={"0.weight": ":", "2.weight": "-", "4.weight": "--"}.get(matrix, "-."),
                      label=f"{kind}, {matrix}")
+    densities = sorted(agreement["target_density"].unique())
     mask_ax.set(xscale="log", xlabel="density of the mask (global)", ylabel="top-10 agreement of mask⊙W with W",
                 ylim=(0, 1.02), title="pruning the final dense weights")
+    mask_ax.set_xticks(densities, [f"{d:.0%}" for d in densities])
+    mask_ax.minorticks_off()
     mask_ax.legend(fontsize=7)
     for name, rows in curves.groupby("model", sort=False):
         kind = name.split()[0]
@@ -149,15 +152,19 @@ def plot(agreement: pd.DataFrame, curves: pd.DataFrame, tickets: pd.DataFrame, d
 
 def markdown(agreement: pd.DataFrame, curves: pd.DataFrame, tickets: pd.DataFrame) -> str:
     table = agreement.pivot_table(index=["matrix", "mask"], columns="target_density", values="agreement", sort=False)
-    lines = ["Top-10 agreement of SVD(mask ⊙ W) with SVD(W), final dense weights, by global density:", "",
+    subspace = agreement.pivot_table(index=["matrix", "mask"], columns="target_density", values="subspace", sort=False)
+    lines = ["Top-10 agreement of SVD(mask ⊙ W) with SVD(W) (in brackets: top-10 subspace overlap), final dense "
+             "weights, by global density:", "",
              "| matrix | mask | " + " | ".join(f"{d:g}" for d in table.columns) + " |", "|---|---|" + "---|" * len(table.columns)]
-    lines += [f"| `{m}` | {k} | " + " | ".join(f"{v:.3f}" for v in vals) + " |" for (m, k), vals in table.iterrows()]
+    lines += [f"| `{m}` | {k} | " + " | ".join(f"{v:.3f} ({o:.2f})" for v, o in zip(vals, subspace.loc[(m, k)])) + " |"
+              for (m, k), vals in table.iterrows()]
     final = curves.groupby("model", sort=False)["val_accuracy"].last()
-    lines += ["", "| network | val. acc. end | top-10 agreement with the dense final weights, per matrix |", "|---|---|---|",
+    lines += ["", "| network | val. acc. end | top-10 agreement (subspace overlap) with the dense final weights, per matrix |", "|---|---|---|",
               f"| dense | {final.iloc[0]:.3f} | 1 |"]
     for kind, rows in tickets.groupby("mask", sort=False):
         name = next(n for n in final.index if n.startswith(kind))
-        lines.append(f"| {name} | {final[name]:.3f} | " + ", ".join(f"`{r.matrix}` {r.agreement:.3f}" for r in rows.itertuples()) + " |")
+        lines.append(f"| {name} | {final[name]:.3f} | "
+                     + ", ".join(f"`{r.matrix}` {r.agreement:.3f} ({r.subspace:.2f})" for r in rows.itertuples()) + " |")
     return "\n".join(lines)
 
 
