@@ -84,7 +84,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, fl
     return {"loss": F.cross_entropy(logits, y).item(), "accuracy": (logits.argmax(-1) == y).float().mean().item()}
 
 
-def evaluate_truncated(model: nn.Module, fraction: float, keep: str, train: tuple, val: tuple) -> dict[str, float]:
+def evaluate_low_rank(model: nn.Module, fraction: float, keep: str, train: tuple, val: tuple) -> dict[str, float]:
     """Every matrix but the last cut to its top (or bottom) ⌈fraction·R⌉ directions, BatchNorm re-estimated on
     the training set (a no-op for the MLP), evaluated on the validation set; the model itself is untouched."""
     truncated = experiments.truncate(model, fraction=fraction, keep=keep)
@@ -112,7 +112,7 @@ def train(kind: str, args: argparse.Namespace, train_set: tuple, val_set: tuple)
         if epoch in marks:
             row = {"model": kind, "epoch": epoch, **{f"full_{k}": v for k, v in evaluate(model, *val_set).items()}}
             for keep in ("top", "bottom"):
-                scores = evaluate_truncated(model, args.fraction, keep, train_set, val_set)
+                scores = evaluate_low_rank(model, args.fraction, keep, train_set, val_set)
                 row.update({f"{keep}_{k}": v for k, v in scores.items()})
             rows.append(row)
             print(f"{kind} epoch {epoch:3d}  val loss full {row['full_loss']:.3f}  top {row['top_loss']:.3f}  "
@@ -131,7 +131,7 @@ def train(kind: str, args: argparse.Namespace, train_set: tuple, val_set: tuple)
 
 def by_fraction(kind: str, model: nn.Module, train_set: tuple, val_set: tuple) -> pd.DataFrame:
     """The trained model evaluated with every kept fraction 0.1 ... 1.0 of the top and of the bottom."""
-    rows = [{"model": kind, "keep": keep, "fraction": f, **evaluate_truncated(model, f, keep, train_set, val_set)}
+    rows = [{"model": kind, "keep": keep, "fraction": f, **evaluate_low_rank(model, f, keep, train_set, val_set)}
             for keep in ("top", "bottom") for f in np.round(np.linspace(0.1, 1.0, 10), 2)]
     return pd.DataFrame(rows)
 
