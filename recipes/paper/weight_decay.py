@@ -7,6 +7,7 @@ weights falling as the decay grows, until a decay so strong that the norm collap
 for 1,500 steps per weight decay, then one table and one figure from the sweep's records.
 
     python recipes/paper/weight_decay.py                       # 4 runs x 1,500 steps, ~4 min on one thread
+    python recipes/paper/weight_decay.py --weight_decay 0 0.1 1 10 100   # + the norm collapse (wd 100)
     python recipes/paper/weight_decay.py --weight_decay 0 1 10 --max_steps 300
 
 Writes <output>/ (the sweep: one run per weight decay, report/) and <output>/weight_decay.md; the figure goes to
