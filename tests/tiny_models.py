@@ -195,7 +195,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 def load_recipe(name: str = "grokking") -> ModuleType:
     """``recipes/<name>.py`` imported as a module (recipes are scripts, not a package), once per session:
     dataclasses resolve their module by name, and the grokking recipe registers its config with AutoConfig."""
-    module_name = f"{name}_recipe"
+    module_name = f"{name.replace('/', '_')}_recipe"  # paper/truncation -> paper_truncation_recipe
     if module_name not in sys.modules:
         spec = importlib.util.spec_from_file_location(module_name, RECIPES / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
