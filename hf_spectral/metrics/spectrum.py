@@ -73,13 +73,16 @@ _CHUNK_ELEMENTS = 1 << 24
 # Column blocks of the lower-triangular Gram product (eigh reads only the lower triangle):
 # 4 blocks do ~5/8 of the full GEMM's flops; measured 30-35% faster than A.T @ A.
 _GRAM_BLOCKS = 4
-# Top-k eigenvectors of the Gram matrix (top_eigenvectors): a block of 2k + 8 vectors; eigh
-# instead when the matrix has fewer than 4 blocks' rows, or when the filter would need more than
-# n / 6 matrix products (eigh's extra work on the vectors, ~2-6 n³ flops, is worth ~n/6 to n/2 of
-# them). Filter sweeps of at most 30 degrees, each followed by a QR and Rayleigh–Ritz. Residual
-# target 1e-12·λ₁.
-_FILTER_MIN_SIZE = 1024
-_BLOCK_EXTRA = 8
+# Top-k eigenvectors of the Gram matrix (top_eigenvectors), from FILTER_MIN_SIZE rows of the Gram on:
+# measured side by side (benchmarks/topk_vectors.py, 1 thread), decompose / singular_values was
+# 2.2x (eigh) vs 2.0x (filter) at 384², 2.4x vs 1.5x at 1024², 3.4x vs 2.5x at 2048²: below ~1024 eigh's
+# extra work on the vectors (~2x eigvalsh there) is no more than the filter's few dozen block products,
+# and eigh has no convergence to check. The filter uses a block of 2k + 8 vectors; eigh instead when the
+# matrix has fewer than 4 blocks' rows, or when the filter would need more than n / 6 block products
+# (about eigh's extra cost). Sweeps of at most 30 degrees, each followed by a QR and Rayleigh–Ritz.
+# Residual target 1e-12·λ₁.
+FILTER_MIN_SIZE = 1024
+BLOCK_EXTRA = 8
 _RATE_MARGIN = 1.5
 _FILTER_MIN_RATIO = 4
 _FILTER_DEGREE_DIVISOR = 6
@@ -175,7 +178,8 @@ def decompose(matrix: torch.Tensor, k: int, *, precision: str = "float32") -> De
         return Decomposition(*(t.to(out_device) for t in empty))
     # With vectors (1 thread, interleaved): svd fp32 on the tall side 0.24 / 3.1 / 18.7 s for
     # 3072x768 / 50257x768 / 4096²; Gram + eigh + U = TV/σ 0.14 / 1.26 / 19.3 s (eigh computes all
-    # n eigenvectors, which dominates for square matrices: parity there, 2.5x faster when tall).
+    # n eigenvectors, which dominates for square matrices). From a 1024-column Gram on, eigvalsh +
+    # a Chebyshev filter for the top k replaces eigh (top_eigenvectors; benchmarks/topk_vectors.py).
     compute = _top_gram if precision == "float32" else _top_direct
     sigma, u, s, v = _with_retry(lambda w: compute(w, k), work)
     u, v = _fix_signs(u, v)
@@ -436,7 +440,7 @@ def _top_gram(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
     if sigma[0] == 0 or sigma[k - 1] < _GRAM_VECTOR_MIN_RATIO * sigma[0]:
         # U = T V / σ would amplify eigenvector errors too much: decompose directly.
         return _top_direct(matrix, k)
-    right = top_eigenvectors(gram, eig, k) if gram.shape[0] >= _FILTER_MIN_SIZE else _eigh_top(gram, k)
+    right = top_eigenvectors(gram, eig, k) if gram.shape[0] >= FILTER_MIN_SIZE else _eigh_top(gram, k)
     _check_finite(right)
     left = _matmul_f64(tall, right) / sigma[:k]
     u, v = _orient(matrix, left, right)
@@ -456,7 +460,7 @@ def top_eigenvectors(gram_lower: torch.Tensor, eig: torch.Tensor, k: int) -> tor
     the allowed degree, or the matrix is small, it calls eigh (the same vectors to rounding).
     """
     n = gram_lower.shape[0]
-    block = min(n, 2 * k + _BLOCK_EXTRA)
+    block = min(n, 2 * k + BLOCK_EXTRA)
     if n < _FILTER_MIN_RATIO * block:
         return _eigh_top(gram_lower, k)
     lam = eig.flip(0).tolist()
