@@ -34,6 +34,18 @@ class SteadySteps(TrainerCallback):
         time.sleep(self.seconds)
 
 
+@pytest.fixture
+def slow_svd(monkeypatch):
+    """Every decomposition takes 10 ms longer (a stand-in for a real model's big matrices)."""
+    real = hf_spectral.metrics.decompose
+
+    def slow_decompose(*args, **kwargs):
+        time.sleep(0.01)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hf_spectral.metrics, "decompose", slow_decompose)
+
+
 def test_budget_arithmetic():
     m = COST_MARGIN  # a snapshot's expected cost is m × max(mean, latest)
     budget = OverheadBudget(0.1)
@@ -92,14 +104,7 @@ def test_budget_distrusts_a_slow_first_step(monkeypatch):
     assert budget.meta() == {"max_overhead": 0.05, "skipped_steps": []}
 
 
-def test_budget_holds_on_a_slow_svd(tmp_path, monkeypatch, caplog):
-    real = hf_spectral.metrics.decompose
-
-    def slow_decompose(*args, **kwargs):
-        time.sleep(0.01)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(hf_spectral.metrics, "decompose", slow_decompose)
+def test_budget_holds_on_a_slow_svd(tmp_path, slow_svd, caplog):
     max_steps, share = 40, 0.5
     callback = SpectralCallback(top_k=2, max_overhead=share)
     trainer = lm_trainer(tmp_path, [callback, SteadySteps(0.03)], max_steps=max_steps, save_strategy="no")
@@ -127,9 +132,7 @@ def test_budget_holds_on_a_slow_svd(tmp_path, monkeypatch, caplog):
     assert len(messages) == 1 and f"skipped {len(skipped)} of {len(planned)}" in messages[0]
 
 
-def test_no_budget_takes_every_scheduled_step(tmp_path, monkeypatch):
-    real = hf_spectral.metrics.decompose
-    monkeypatch.setattr(hf_spectral.metrics, "decompose", lambda *a, **k: (time.sleep(0.01), real(*a, **k))[1])
+def test_no_budget_takes_every_scheduled_step(tmp_path, slow_svd):
     callback = SpectralCallback(top_k=2, max_overhead=None)
     trainer = lm_trainer(tmp_path, [callback], max_steps=12, save_strategy="no")
     trainer.train()
@@ -137,17 +140,10 @@ def test_no_budget_takes_every_scheduled_step(tmp_path, monkeypatch):
     assert taken == Schedule.parse("log").planned(12)
 
 
-def test_tracker_budget_holds_on_a_slow_svd(tmp_path, monkeypatch, caplog):
+def test_tracker_budget_holds_on_a_slow_svd(tmp_path, slow_svd, caplog):
     """The same budget in a hand-written loop: SpectralTracker charges its own time against the loop's."""
     import torch
 
-    real = hf_spectral.metrics.decompose
-
-    def slow_decompose(*args, **kwargs):
-        time.sleep(0.01)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(hf_spectral.metrics, "decompose", slow_decompose)
     max_steps, share = 40, 0.5
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
