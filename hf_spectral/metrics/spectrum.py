@@ -452,7 +452,7 @@ def top_eigenvectors(gram_lower: torch.Tensor, eig: torch.Tensor, k: int) -> tor
     triangle given, the upper one ignored), descending, from its ascending eigenvalues ``eig``.
 
     Chebyshev-filtered subspace iteration with Rayleigh–Ritz (Zhou & Saad 2007): a block of
-    ``k + extra`` vectors is filtered by a Chebyshev polynomial that damps [λ_min, λ_(p+1)] — both
+    p = 2k + 8 vectors is filtered by a Chebyshev polynomial that damps [λ_min, λ_(p+1)] — both
     known exactly from ``eig`` — and amplifies the top of the spectrum, until every one of the top-k
     Ritz pairs has a residual ‖G x − θ x‖ ≤ 1e-12·λ₁ (eigenvector error ≤ residual / eigengap; the
     vectors are stored in float32 anyway). This costs a few dozen (n × p) matrix products instead of
