@@ -5,7 +5,8 @@ For an m×n matrix with M = max(m, n) rows on its tall side and R = min(m, n) (w
 
 * singular values (default, ``float32``): the float64 Gram matrix TᵀT, lower triangle in 4 column
   blocks (2·M·R²·5/8 FLOPs; 2·M·R² when R < 256), then ``eigvalsh`` of R×R (~4/3·R³ FLOPs);
-* with ``top_k`` vectors: ``eigh`` (~9·R³) and U = T·V/σ (2·M·R·k);
+* with ``top_k`` vectors: ``eigh`` (~9·R³) and U = T·V/σ (2·M·R·k); from R = ``FILTER_MIN_SIZE`` on,
+  ``eigvalsh`` plus a Chebyshev filter on a block of 2k + 8 vectors (~60 products of 2·R²·(2k + 8) FLOPs);
 * ``float64``: ``svdvals`` of the tall float64 matrix (~4·M·R² − 4/3·R³; ×3 with vectors);
 * bytes: the stored tensors read once; the float64 working copy is converted chunk by chunk.
 
@@ -23,12 +24,14 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from hf_spectral.calibration import Calibration
+from hf_spectral.metrics.spectrum import BLOCK_EXTRA, FILTER_MIN_SIZE
 from hf_spectral.views.types import AlignmentPair, MatrixSpec
 
 _BLOCKED_GRAM_FRACTION = 5 / 8  # metrics.spectrum._GRAM_BLOCKS = 4 column blocks of the lower triangle
 _EIGVALSH_FLOPS = 4 / 3  # × R³, Householder tridiagonalization (values only)
 _EIGH_FLOPS = 9.0  # × R³, with eigenvectors (divide and conquer)
 _SVD_VECTOR_FACTOR = 3.0  # float64 SVD with vectors against values only
+_FILTER_DEGREES = 60  # typical filter degree, Rayleigh–Ritz included (24-61 measured: MiniLM and synthetic spectra)
 
 
 @dataclass(frozen=True)
@@ -84,8 +87,15 @@ def matrix_flops(shape: tuple[int, int], *, top_k: int = 0, precision: str = "fl
         return flops * (_SVD_VECTOR_FACTOR if top_k else 1.0)
     gram = 2 * big * small**2 * (_BLOCKED_GRAM_FRACTION if small >= 256 else 1.0)
     if top_k:
-        return gram + _EIGH_FLOPS * small**3 + 2 * big * small * min(top_k, small)
+        return gram + _vector_flops(small, top_k) + 2 * big * small * min(top_k, small)
     return gram + _EIGVALSH_FLOPS * small**3
+
+
+def _vector_flops(small: float, top_k: int) -> float:
+    """FLOPs of the Gram eigenvectors: eigh, or eigvalsh plus the filter's block products."""
+    if small < FILTER_MIN_SIZE:
+        return _EIGH_FLOPS * small**3
+    return _EIGVALSH_FLOPS * small**3 + _FILTER_DEGREES * 2 * small**2 * (2 * min(top_k, small) + BLOCK_EXTRA)
 
 
 def matrix_seconds(shape: tuple[int, int], calibration: Calibration, *, top_k: int = 0,
@@ -99,8 +109,11 @@ def matrix_seconds(shape: tuple[int, int], calibration: Calibration, *, top_k: i
         solve = big * small**2 * c.svd_s_per_mn2 * (_SVD_VECTOR_FACTOR if top_k else 1.0)
         return convert + solve + c.matrix_overhead_s
     gram = 2 * big * small**2 * (_BLOCKED_GRAM_FRACTION if small >= 256 else 1.0) / c.gemm_flops_per_s
-    if top_k:
+    if top_k and small < FILTER_MIN_SIZE:
         solve = small**3 * c.eigh_s_per_n3 + 2 * big * small * min(top_k, small) / c.gemm_flops_per_s
+    elif top_k:
+        block_products = _FILTER_DEGREES * 2 * small**2 * (2 * min(top_k, small) + BLOCK_EXTRA)
+        solve = small**3 * c.eigvalsh_s_per_n3 + (block_products + 2 * big * small * min(top_k, small)) / c.gemm_flops_per_s
     else:
         solve = small**3 * c.eigvalsh_s_per_n3
     return convert + gram + solve + c.matrix_overhead_s

@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
     if spectral.track_spectra:
         tracker = hf_spectral.SpectralTracker(os.path.join(out, "spectral"), spectral.spectra_schedule, max_steps=max_steps,
                                               top_k=spectral.spectra_top_k, alignment=spectral.spectra_alignment,
-                                              accelerator=accelerator)
+                                              max_overhead=spectral.spectra_max_overhead, accelerator=accelerator)
         tracker.step(model, global_step)  # the initialization (or where the resumed run stands)
 
     # the loop (diffusers' train_unconditional.py)

@@ -248,6 +248,77 @@ def test_top_vectors_rank_deficient_and_edge_k():
         metrics.top_singular_vectors(w, -1)
 
 
+# ---------------------------------------------------------------------------------------------
+# top-k Gram eigenvectors by Chebyshev-filtered subspace iteration (the default from n >= 1024;
+# forced here on small matrices so that the tests stay fast)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def filter_always(monkeypatch):
+    from hf_spectral.metrics import spectrum
+
+    monkeypatch.setattr(spectrum, "FILTER_MIN_SIZE", 0)
+    calls = []
+    real = spectrum._chebyshev_filter
+    monkeypatch.setattr(spectrum, "_chebyshev_filter", lambda *a: (calls.append(a[2]), real(*a))[1])
+    return calls
+
+
+@pytest.mark.parametrize("shape", [(400, 150), (150, 400), (160, 160)])
+@pytest.mark.parametrize("k", [1, 10])
+def test_filtered_top_vectors_match_numpy(filter_always, shape, k):
+    rng = np.random.default_rng(sum(shape) + k)
+    r = min(shape)
+    # a trained-like spectrum: a decaying top over a smooth bulk
+    top = 10 * 0.9 ** np.arange(24)
+    w = torch.tensor(with_spectrum(rng, *shape, np.r_[top, np.linspace(top[-1] * 0.9, 0.01, r - 24)]), dtype=torch.float32)
+    check_triplets(w, k, "float32", 1e-10)
+    assert filter_always, "the filter was not used"
+    result = metrics.decompose(w, k)
+    # the values are exactly those of the values-only path (one eigvalsh serves both)
+    assert torch.equal(result.sigma, metrics.singular_values(w))
+
+
+def test_filtered_top_vectors_near_degenerate_span_the_subspace(filter_always):
+    """σ₂ ≈ σ₃ ≈ σ₄ (gaps of 1e-9): single vectors of the cluster are not defined, their span is."""
+    rng = np.random.default_rng(7)
+    spectrum_ = np.r_[10.0, 6.0 + 1e-9, 6.0, 6.0 - 1e-9, 4.0, 3.0, 2.5 * 0.9 ** np.arange(20), np.linspace(0.3, 0.1, 124)]
+    w = torch.tensor(with_spectrum(rng, 300, 150, spectrum_))
+    k = 6
+    u, s, v = metrics.top_singular_vectors(w, k)
+    assert filter_always
+    uu, ss, vh = np.linalg.svd(w.numpy(), full_matrices=False)
+    np.testing.assert_allclose(s.numpy(), ss[:k], atol=1e-12 * ss[0], rtol=0)
+    for cols in ([0], [1, 2, 3], [4], [5]):  # the projector onto each cluster's span
+        ref = vh[cols].T @ vh[cols]
+        np.testing.assert_allclose(v.numpy()[:, cols] @ v.numpy()[:, cols].T, ref, atol=1e-9)
+        ref = uu[:, cols] @ uu[:, cols].T
+        np.testing.assert_allclose(u.numpy()[:, cols] @ u.numpy()[:, cols].T, ref, atol=1e-9)
+    np.testing.assert_allclose(v.numpy().T @ v.numpy(), np.eye(k), atol=1e-10)
+
+
+def test_filter_falls_back_to_eigh_without_a_gap(filter_always):
+    """A flat top (σ_k = σ_(p+1)) gives the filter nothing to separate: eigh decides, still exact."""
+    rng = np.random.default_rng(8)
+    w = torch.tensor(with_spectrum(rng, 300, 150, np.r_[np.full(40, 2.0), np.linspace(1, 0.1, 110)]))
+    from hf_spectral.metrics import spectrum
+
+    gram = spectrum._gram_lower(w)
+    vecs = spectrum.top_eigenvectors(gram, torch.linalg.eigvalsh(gram, UPLO="L"), 5)
+    assert not filter_always  # no iteration was attempted
+    _, _, vh = np.linalg.svd(w.numpy(), full_matrices=False)
+    ref = vh[:40].T @ vh[:40]  # the top-5 lie in the 40-fold eigenspace
+    np.testing.assert_allclose(ref @ vecs.numpy(), vecs.numpy(), atol=1e-10)
+
+
+def test_filtered_top_vectors_of_a_low_rank_matrix(filter_always):
+    rng = np.random.default_rng(9)
+    w = torch.tensor(with_spectrum(rng, 300, 150, np.r_[np.linspace(5, 1, 12), np.zeros(138)]))
+    check_triplets(w, 10, "float32", 1e-10)
+    assert filter_always
+
+
 def test_decompose_matches_separate_calls():
     w = torch.tensor(CASES["wide"], dtype=torch.float32)
     result = metrics.decompose(w, 6)

@@ -175,7 +175,7 @@ def tracked_run(tmp_path_factory):
     matrices = {n: p for n, p in model.named_parameters() if p.dim() == 2}
     start = {n: p.detach().clone() for n, p in matrices.items()}
     weights = {}
-    tracker = hf_spectral.SpectralTracker(out / "spectral", schedule=STEPS, max_steps=8, top_k=4)
+    tracker = hf_spectral.SpectralTracker(out / "spectral", schedule=STEPS, max_steps=8, top_k=4, max_overhead=None)
     for step in STEPS:
         with torch.no_grad():
             for name, param in matrices.items():  # shrink all but the top singular direction: rank falls

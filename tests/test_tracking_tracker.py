@@ -70,7 +70,8 @@ def train_unet(record: Path, steps: range, tracker_args: dict, max_steps: int = 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model, optimizer = accelerator.prepare(model, optimizer)
     scheduler = DDPMScheduler(num_train_timesteps=100)
-    tracker = SpectralTracker(record, max_steps=max_steps, accelerator=accelerator, **tracker_args)
+    tracker = SpectralTracker(record, max_steps=max_steps, accelerator=accelerator,
+                              **{"max_overhead": None, **tracker_args})  # every scheduled step
     tracker.step(model, steps.start)
     weights = {}
     generator = torch.Generator().manual_seed(steps.start)

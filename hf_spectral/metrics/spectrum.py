@@ -73,6 +73,23 @@ _CHUNK_ELEMENTS = 1 << 24
 # Column blocks of the lower-triangular Gram product (eigh reads only the lower triangle):
 # 4 blocks do ~5/8 of the full GEMM's flops; measured 30-35% faster than A.T @ A.
 _GRAM_BLOCKS = 4
+# Top-k eigenvectors of the Gram matrix (top_eigenvectors), from FILTER_MIN_SIZE rows of the Gram on:
+# measured side by side (benchmarks/topk_vectors.py, 1 thread), decompose / singular_values was
+# 2.2x (eigh) vs 2.0x (filter) at 384², 2.4x vs 1.5x at 1024², 3.4x vs 2.5x at 2048²: below ~1024 eigh's
+# extra work on the vectors (~2x eigvalsh there) is no more than the filter's few dozen block products,
+# and eigh has no convergence to check. The filter uses a block of 2k + 8 vectors; eigh instead when the
+# matrix has fewer than 4 blocks' rows, or when the filter would need more than n / 6 block products
+# (about eigh's extra cost). Sweeps of at most 30 degrees, each followed by a QR and Rayleigh–Ritz.
+# Residual target 1e-12·λ₁.
+FILTER_MIN_SIZE = 1024
+BLOCK_EXTRA = 8
+_RATE_MARGIN = 1.5
+_FILTER_MIN_RATIO = 4
+_FILTER_DEGREE_DIVISOR = 6
+_FILTER_MIN_DEGREE = 24
+_FILTER_SWEEP_DEGREE = 30
+_FILTER_MIN_WIDTH = 1e-8
+_RITZ_TOL = 1e-12
 
 
 class MetricInputError(SpectralError, ValueError):
@@ -161,7 +178,8 @@ def decompose(matrix: torch.Tensor, k: int, *, precision: str = "float32") -> De
         return Decomposition(*(t.to(out_device) for t in empty))
     # With vectors (1 thread, interleaved): svd fp32 on the tall side 0.24 / 3.1 / 18.7 s for
     # 3072x768 / 50257x768 / 4096²; Gram + eigh + U = TV/σ 0.14 / 1.26 / 19.3 s (eigh computes all
-    # n eigenvectors, which dominates for square matrices: parity there, 2.5x faster when tall).
+    # n eigenvectors, which dominates for square matrices). From a 1024-column Gram on, eigvalsh +
+    # a Chebyshev filter for the top k replaces eigh (top_eigenvectors; benchmarks/topk_vectors.py).
     compute = _top_gram if precision == "float32" else _top_direct
     sigma, u, s, v = _with_retry(lambda w: compute(w, k), work)
     u, v = _fix_signs(u, v)
@@ -415,16 +433,93 @@ def _top_gram(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
     gram = _gram_lower(tall)
     if not bool(torch.isfinite(gram).all()):
         return _top_direct(matrix, k)
-    eig, vecs = torch.linalg.eigh(gram, UPLO="L")
-    _check_finite(eig, vecs[:, -k:])  # only the top-k vectors are used
+    # All σ from eigvalsh, the values-only path's call: σ are the same with and without vectors.
+    eig = torch.linalg.eigvalsh(gram, UPLO="L")
+    _check_finite(eig)
     sigma = eig.clamp_min(0).sqrt().flip(0)
     if sigma[0] == 0 or sigma[k - 1] < _GRAM_VECTOR_MIN_RATIO * sigma[0]:
         # U = T V / σ would amplify eigenvector errors too much: decompose directly.
         return _top_direct(matrix, k)
-    right = vecs.flip(1)[:, :k].contiguous()
+    right = top_eigenvectors(gram, eig, k) if gram.shape[0] >= FILTER_MIN_SIZE else _eigh_top(gram, k)
+    _check_finite(right)
     left = _matmul_f64(tall, right) / sigma[:k]
     u, v = _orient(matrix, left, right)
     return sigma, u, sigma[:k], v
+
+
+def top_eigenvectors(gram_lower: torch.Tensor, eig: torch.Tensor, k: int) -> torch.Tensor:
+    """The eigenvectors of the k largest eigenvalues of a symmetric matrix (float64, its lower
+    triangle given, the upper one ignored), descending, from its ascending eigenvalues ``eig``.
+
+    Chebyshev-filtered subspace iteration with Rayleigh–Ritz (Zhou & Saad 2007): a block of
+    p = 2k + 8 vectors is filtered by a Chebyshev polynomial that damps [λ_min, λ_(p+1)] — both
+    known exactly from ``eig`` — and amplifies the top of the spectrum, until every one of the top-k
+    Ritz pairs has a residual ‖G x − θ x‖ ≤ 1e-12·λ₁ (eigenvector error ≤ residual / eigengap; the
+    vectors are stored in float32 anyway). This costs a few dozen (n × p) matrix products instead of
+    eigh's n³ eigenvector work; where the gap between λ_k and λ_(p+1) is too small to converge in
+    the allowed degree, or the matrix is small, it calls eigh (the same vectors to rounding).
+    """
+    n = gram_lower.shape[0]
+    block = min(n, 2 * k + BLOCK_EXTRA)
+    if n < _FILTER_MIN_RATIO * block:
+        return _eigh_top(gram_lower, k)
+    lam = eig.flip(0).tolist()
+    top, low, high = lam[0], lam[-1], lam[block]
+    if top <= 0:
+        return _eigh_top(gram_lower, k)
+    half = max((high - low) / 2, _FILTER_MIN_WIDTH * top)
+    centre = (high + low) / 2
+    # Convergence of the k-th pair per filter degree: acosh of where λ_k sits relative to the damped
+    # interval (in practice about 2/3 of it: _RATE_MARGIN).
+    rate = math.acosh(max((lam[k - 1] - centre) / half, 1.0)) / _RATE_MARGIN
+    tol = _RITZ_TOL * top
+    needed = math.log(math.sqrt(n) / _RITZ_TOL) / rate if rate > 0 else math.inf
+    budget = max(_FILTER_MIN_DEGREE, n // _FILTER_DEGREE_DIVISOR)
+    if needed > budget:
+        return _eigh_top(gram_lower, k)
+    # One sweep amplifies λ₁'s direction over λ_k's by exp(degree·spread): keep that under 1e8, so
+    # that the k-th direction stays well above the rounding of the first.
+    spread = math.acosh(max((top - centre) / half, 1.0)) - _RATE_MARGIN * rate
+    sweep_degree = max(4, min(_FILTER_SWEEP_DEGREE, int(math.log(1e8) / spread) if spread > 0 else _FILTER_SWEEP_DEGREE))
+    lower = gram_lower.tril()  # _gram_lower fills whole diagonal blocks: keep the exact lower triangle
+    gram = lower + lower.tril(-1).mT
+    generator = torch.Generator().manual_seed(0)  # the same matrix always gives the same vectors
+    start = torch.randn(n, block, generator=generator, dtype=torch.float64).to(gram.device)
+    basis = torch.linalg.qr(start).Q
+    spent, degree = 0, min(sweep_degree, math.ceil(needed))
+    while spent + degree <= budget:
+        basis = torch.linalg.qr(_chebyshev_filter(gram, basis, degree, centre, half, top)).Q
+        spent += degree + 1
+        product = gram @ basis
+        ritz_values, ritz_vectors = torch.linalg.eigh(basis.mT @ product)
+        ritz_values, ritz_vectors = ritz_values.flip(0), ritz_vectors.flip(1)
+        basis, product = basis @ ritz_vectors, product @ ritz_vectors
+        worst = float((product[:, :k] - basis[:, :k] * ritz_values[:k]).norm(dim=0).max())
+        if worst <= tol:
+            return basis[:, :k].contiguous()
+        degree = max(2, min(sweep_degree, math.ceil(math.log(worst / tol) / rate) + 1))
+    return _eigh_top(gram_lower, k)
+
+
+def _chebyshev_filter(gram: torch.Tensor, block: torch.Tensor, degree: int, centre: float, half: float,
+                      top: float) -> torch.Tensor:
+    """T_degree of the spectrum mapped so that [centre − half, centre + half] → [−1, 1], applied to
+    ``block``, scaled to keep the top eigenvalue's component ~1 (Zhou & Saad's three-term recurrence)."""
+    sigma = half / (top - centre)
+    tau = 2 / sigma
+    previous = block
+    current = torch.addmm(block, gram, block, beta=-centre * sigma / half, alpha=sigma / half)
+    for _ in range(degree - 1):
+        new_sigma = 1 / (tau - sigma)
+        following = torch.addmm(previous, gram, current, beta=-sigma * new_sigma, alpha=2 * new_sigma / half)
+        following.add_(current, alpha=-2 * new_sigma * centre / half)
+        previous, current, sigma = current, following, new_sigma
+    return current
+
+
+def _eigh_top(gram_lower: torch.Tensor, k: int) -> torch.Tensor:
+    _, vecs = torch.linalg.eigh(gram_lower, UPLO="L")
+    return vecs[:, -k:].flip(1).contiguous()
 
 
 def _fix_signs(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -25,7 +24,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from hf_spectral.engine import AnalysisOptions, launched_processes, process_state
 from hf_spectral.errors import SpectralError
 from hf_spectral.store import RECORD_FOLDER
-from hf_spectral.tracking.recorder import Recorder, _broadcast
+from hf_spectral.tracking.recorder import Recorder, timed, within_budget
 from hf_spectral.tracking.schedule import OverheadBudget, Schedule, ScheduleSpec
 from hf_spectral.tracking.sharding import sharded_kind
 from hf_spectral.utils.logging import get_logger
@@ -51,9 +50,10 @@ class SpectralCallback(TrainerCallback):
                 ``eval_dataset``; ``attach(trainer)`` is the explicit route to it.
     extra_measures: ``{name: function(model) -> {key: value}}``, computed at each snapshot, logged as
                 ``spectral/<name>/<key>`` and stored in the snapshot's ``meta["extra_measures"]``.
-    max_overhead: the largest share of the projected training time (time per step × ``max_steps``)
-                that snapshots may take (default 0.05); a scheduled snapshot that would exceed it is
-                skipped. Step 0 and the last step are always taken. Skipped steps are listed in
+    max_overhead: the largest share of the projected training time that tracking may take (default 0.05;
+                all of it is counted: snapshots, writing them, the log history); a scheduled snapshot that would
+                exceed it is skipped (``tracking.schedule.OverheadBudget`` says how the time is projected).
+                Step 0 and the last step are always taken. Skipped steps are listed in
                 ``meta["skipped_steps"]`` of the later snapshots and logged once at the end of
                 training. ``None`` takes every scheduled snapshot.
     """
@@ -91,8 +91,6 @@ class SpectralCallback(TrainerCallback):
         self._attached = False  # handler given by attach(), else found at each on_train_begin
         self._live = True
         self._max_steps: int | None = None
-        self._start_step = 0
-        self._clock = 0.0  # perf_counter at on_train_begin: training time = elapsed - budget.spent
 
     def attach(self, trainer: Any) -> "SpectralCallback":
         """Add this callback to ``trainer`` (unless it is there already) and keep the Trainer's public
@@ -138,9 +136,9 @@ class SpectralCallback(TrainerCallback):
             logger.warning("hf_spectral: spectral scalars go to trainer.state.log_history only: this trainer does "
                            "not dispatch events through transformers' CallbackHandler, so report_to loggers miss them")
         self._max_steps = state.max_steps if state.max_steps and state.max_steps > 0 else None
-        self._start_step, self._clock = state.global_step, time.perf_counter()
         if self.max_overhead is not None:
             self.budget = OverheadBudget(self.max_overhead)
+            self.budget.start(state.global_step, self._max_steps)
         if args.world_size == 1 and launched_processes() > 1:
             logger.warning("hf_spectral: launched as %d processes, but the Trainer runs each one alone (on a machine "
                            "without GPUs pass use_cpu=True to TrainingArguments to train one run over gloo); every "
@@ -153,12 +151,15 @@ class SpectralCallback(TrainerCallback):
                            kind)
         live = _unwrap(model) if self._live else None
         record = self.output_dir if self.output_dir is not None else Path(args.output_dir) / RECORD_FOLDER
-        self.recorder.open(record, state.global_step, live)  # misconfiguration raises here, before step 1
+        with timed(self.budget):
+            self.recorder.open(record, state.global_step, live)  # misconfiguration raises here, before step 1
         if live is not None:
             self._snapshot(args, state, control, model)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     model: nn.Module | None = None, **kwargs: Any) -> None:
+        if self.budget is not None:
+            self.budget.tick(state.global_step)
         if self._live and model is not None:
             self._snapshot(args, state, control, model)
 
@@ -175,16 +176,15 @@ class SpectralCallback(TrainerCallback):
             if scalars:
                 self._emit(args, state, control, scalars)
         live = _unwrap(model) if self._live and model is not None else None
-        started = time.perf_counter()
-        self.recorder.write_checkpoint_summary(live, state.global_step, checkpoint)
-        self.recorder.write_log_history(state.log_history)
-        if self.budget is not None:
-            self.budget.charge(time.perf_counter() - started, snapshot=False)
+        with timed(self.budget):
+            self.recorder.write_checkpoint_summary(live, state.global_step, checkpoint)
+            self.recorder.write_log_history(state.log_history)
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:
         # Keep log_history.json current with the validation metrics, for tools that read a live run.
-        self.recorder.write_log_history(state.log_history)
+        with timed(self.budget):
+            self.recorder.write_log_history(state.log_history)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      model: nn.Module | None = None, **kwargs: Any) -> None:
@@ -192,19 +192,16 @@ class SpectralCallback(TrainerCallback):
         # step: record where it ended. Not with load_best_model_at_end (the model is no longer the last one),
         # and not sent to the reporters, which close their writers in their own on_train_end.
         step = state.global_step
-        if (self._live and model is not None and self.schedule.kind != "steps" and not args.load_best_model_at_end
-                and step not in self.recorder.recorded):
-            scalars = self.recorder.record(_unwrap(model), step, self._meta(state))
-            if scalars:
-                state.log_history.append({**scalars, "step": step})
-        self.recorder.write_log_history(state.log_history)
-        budget = self.budget
-        if budget is not None and budget.skipped and process_state().is_main_process:
-            logger.warning(
-                "hf_spectral: skipped %d of %d scheduled spectral snapshots (steps %s) to keep snapshots within "
-                "max_overhead=%g of the training time (%.1f s in snapshots); pass max_overhead=None to take them "
-                "all", len(budget.skipped), len(budget.skipped) + budget.taken, _steps_text(budget.skipped),
-                budget.share, budget.spent)
+        with timed(self.budget):
+            if (self._live and model is not None and self.schedule.kind != "steps" and not args.load_best_model_at_end
+                    and step not in self.recorder.recorded):
+                scalars = self.recorder.record(_unwrap(model), step, self._meta(state))
+                if scalars:
+                    state.log_history.append({**scalars, "step": step})
+            self.recorder.write_log_history(state.log_history)
+        summary = self.budget.summary() if self.budget is not None else None
+        if summary and process_state().is_main_process:
+            logger.warning(summary)
 
     # ------------------------------------------------------------------------------------------
 
@@ -212,19 +209,15 @@ class SpectralCallback(TrainerCallback):
         step = state.global_step
         if not self.schedule.is_due(step, self._max_steps) or step in self.recorder.recorded:
             return
-        if not self._within_budget(step):
-            assert self.budget is not None
-            self.budget.skipped.append(step)
+        if not within_budget(self.budget, step):
             return
-        started = time.perf_counter()
-        scalars = self.recorder.record(_unwrap(model), step, self._meta(state))
-        if scalars and self._trainer is not None:
-            scalars.update(self._truncated_metrics())
-        if scalars:
-            self._emit(args, state, control, scalars)
-            self.recorder.write_log_history(state.log_history)
-        if self.budget is not None:
-            self.budget.charge(time.perf_counter() - started)
+        with timed(self.budget, snapshot=True):
+            scalars = self.recorder.record(_unwrap(model), step, self._meta(state))
+            if scalars and self._trainer is not None:
+                scalars.update(self._truncated_metrics())
+            if scalars:
+                self._emit(args, state, control, scalars)
+                self.recorder.write_log_history(state.log_history)
 
     def _truncated_metrics(self) -> dict[str, float]:
         """The full model's and its top-/bottom-truncated copies' eval metrics (``eval_top50_loss``...), through
@@ -237,20 +230,10 @@ class SpectralCallback(TrainerCallback):
             logger.warning("hf_spectral: truncated evaluation failed (%s: %s); training goes on", type(exc).__name__, exc)
             return {}
 
-    def _within_budget(self, step: int) -> bool:
-        """Whether the overhead budget allows a snapshot at ``step`` (step 0 and the last step always).
-        Decided on the main process and broadcast: every process must take part in the same snapshots."""
-        budget = self.budget
-        if budget is None or step == self._start_step or (self._max_steps is not None and step >= self._max_steps):
-            return True
-        train_seconds = time.perf_counter() - self._clock - budget.spent
-        total = self._max_steps - self._start_step if self._max_steps is not None else None
-        return bool(_broadcast(budget.allows(step - self._start_step, total, train_seconds)))
-
     def _meta(self, state: TrainerState) -> dict[str, Any]:
         meta: dict[str, Any] = {"epoch": state.epoch}
         if self.budget is not None:
-            meta.update(max_overhead=self.budget.share, skipped_steps=list(self.budget.skipped))
+            meta.update(self.budget.meta())
         return meta
 
     def _emit(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
@@ -275,11 +258,6 @@ class SpectralCallback(TrainerCallback):
                 )
             except Exception as exc:  # a logger's failure must not stop training either
                 logger.warning("hf_spectral: %s could not log the spectral scalars: %s", type(callback).__name__, exc)
-
-
-def _steps_text(steps: list[int], shown: int = 12) -> str:
-    text = ", ".join(str(s) for s in steps[:shown])
-    return text + (f", ... ({len(steps) - shown} more)" if len(steps) > shown else "")
 
 
 def _calling_handler(callback: TrainerCallback) -> Any:

@@ -37,6 +37,7 @@ from hf_spectral.store import (
     snapshot_problem, write_snapshot,
 )
 from hf_spectral.tracking.scalars import LAYER_FAMILIES, PREFIX, live_scalars, measure_scalars
+from hf_spectral.tracking.schedule import OverheadBudget
 from hf_spectral.utils.logging import get_logger
 
 logger = get_logger("hf_spectral.tracking")
@@ -354,6 +355,23 @@ def _as_values(value: Any) -> dict[str, float]:
     if isinstance(value, Mapping):
         return {str(k): float(v) for k, v in value.items()}
     return {"value": float(value)}
+
+
+def within_budget(budget: OverheadBudget | None, step: int) -> bool:
+    """Whether ``budget`` (None: no budget) allows a snapshot at ``step``. Decided on the main process
+    and broadcast, since every process must take part in the same snapshots; a refusal is recorded
+    in ``budget.skipped`` on every process."""
+    if budget is None:
+        return True
+    fits = bool(_broadcast(budget.fits(step)))
+    if not fits:
+        budget.skipped.append(step)
+    return fits
+
+
+def timed(budget: OverheadBudget | None, snapshot: bool = False) -> contextlib.AbstractContextManager:
+    """``budget.timed(snapshot)``, or nothing when there is no budget."""
+    return budget.timed(snapshot) if budget is not None else contextlib.nullcontext()
 
 
 def _is_main() -> bool:

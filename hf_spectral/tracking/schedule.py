@@ -2,14 +2,19 @@
 
 A schedule is ``"log"`` (the default: dense early, where the dynamics are fast, plus an even fill so
 that late events are not missed), an int ``N`` (every N steps) or an explicit list of steps.
-Step 0 is the initialization. Decisions only: nothing here computes or writes.
+Step 0 is the initialization. Decisions only (what to take, and whether the overhead budget
+allows it): nothing here computes or writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import statistics
+import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Sequence, Union
+from typing import Iterator, Sequence, Union
 
 from hf_spectral.errors import SpectralError
 
@@ -137,29 +142,57 @@ def _log_set(max_steps: int) -> frozenset[int]:
     return _LOG_CACHE[max_steps]
 
 
+# Step durations kept for the step-time estimate (the median of the latest ones), and the margin on a
+# snapshot's expected cost (a machine getting busier makes the costs measured so far too low).
+RECENT_STEPS = 16
+COST_MARGIN = 1.25
+
+
 @dataclass
 class OverheadBudget:
-    """Keeps the time spent on snapshots within ``share`` of the projected training time.
+    """Keeps the time spent tracking within ``share`` of the projected training time (shared by
+    ``SpectralCallback`` and ``SpectralTracker``).
 
-    The projection is the measured time per training step (wall time outside snapshots) times the
-    run's length in steps, so early snapshots — dense in the ``"log"`` schedule, where the paper's
-    figures need them — are charged against the whole run's budget, not the few steps done so far.
-    A snapshot is taken when the time spent so far plus the expected cost of this one and of the
-    final snapshot (always taken) fits; the expected cost is the larger of the mean and the latest
-    of the snapshots taken so far (a machine getting busier makes the mean too low).
-    Without ``max_steps`` the projection is the training time elapsed so far.
+    Every second of tracking work is charged (snapshots, writing them, the log history, checkpoint
+    summaries: whatever runs inside :meth:`timed`), and training time is wall time minus it. The
+    projection is the training time so far plus the remaining steps times a step time that does not
+    trust the first steps (warm-up, a burst of load): the smaller of the mean step time without the
+    first step and the median of the latest ``RECENT_STEPS`` steps. Early snapshots — dense in the
+    ``"log"`` schedule, where the paper's figures need them — are thus charged against the whole
+    run's budget. A snapshot is taken when the time spent so far plus the expected cost of this one
+    and of the final snapshot (always taken, so reserved from the start) fits; the expected cost is
+    ``COST_MARGIN`` × the larger of the mean and the latest snapshot. Without ``max_steps`` the
+    projection is the training time so far. The run's first step and its last are always taken.
+
+    Use: ``start(step, max_steps)`` when training begins, ``tick(step)`` after every optimizer step,
+    ``fits(step)`` to ask, ``with budget.timed(snapshot=True):`` around the work.
     """
 
     share: float
-    spent: float = 0.0  # seconds inside snapshots (and checkpoint summaries) so far
+    spent: float = 0.0  # seconds of tracking work so far
     taken: int = 0
     latest: float = 0.0  # seconds of the latest snapshot
     skipped: list[int] = field(default_factory=list)
+    start_step: int = 0
+    max_steps: int | None = None
+    _clock: float = 0.0  # perf_counter at start()
+    _first: float | None = None  # training seconds of the first step
+    _tick: tuple[int, float, float] | None = None  # (step, perf_counter, spent) at the latest tick
+    _recent: deque = field(default_factory=lambda: deque(maxlen=RECENT_STEPS))
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.share, (int, float)) and 0 < self.share):
+        if not (isinstance(self.share, (int, float)) and not isinstance(self.share, bool) and 0 < self.share):
             raise SpectralError(f"max_overhead must be a positive share of training time (e.g. 0.05) or None, "
                                 f"got {self.share!r}")
+
+    def start(self, step: int, max_steps: int | None) -> None:
+        """Begin a run at ``step`` (``max_steps`` None or <= 0: unknown length); forgets earlier runs."""
+        self.spent, self.taken, self.latest, self.skipped = 0.0, 0, 0.0, []
+        self.start_step = int(step)
+        self.max_steps = int(max_steps) if max_steps is not None and max_steps > 0 else None
+        self._clock = time.perf_counter()
+        self._first, self._tick = None, (self.start_step, self._clock, 0.0)
+        self._recent.clear()
 
     def charge(self, seconds: float, snapshot: bool = True) -> None:
         """Count ``seconds`` of tracking work (a snapshot when ``snapshot``)."""
@@ -168,12 +201,84 @@ class OverheadBudget:
         if snapshot:
             self.latest = max(0.0, seconds)
 
-    def allows(self, steps_done: int, steps_total: int | None, train_seconds: float) -> bool:
+    @contextlib.contextmanager
+    def timed(self, snapshot: bool = False) -> Iterator[None]:
+        """Charge the wall time of the block (a snapshot when ``snapshot``), also when it raises."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.charge(time.perf_counter() - started, snapshot)
+
+    def tick(self, step: int) -> None:
+        """Note that optimizer step ``step`` has ended (call it at every step, before ``due``)."""
+        now = time.perf_counter()
+        if self._tick is None:
+            self._tick = (int(step), now, self.spent)
+            return
+        last_step, last_time, last_spent = self._tick
+        if step > last_step:
+            seconds = max(0.0, (now - last_time) - (self.spent - last_spent)) / (step - last_step)
+            if self._first is None:
+                self._first = seconds
+            else:
+                self._recent.append(seconds)
+            self._tick = (int(step), now, self.spent)
+
+    def train_seconds(self) -> float:
+        """Wall time since ``start`` outside tracking work."""
+        return max(0.0, time.perf_counter() - self._clock - self.spent)
+
+    def step_seconds(self, steps_done: int, train_seconds: float) -> float:
+        """The step time the projection uses: the smaller of the mean without the first step and the
+        median of the latest steps (just the mean until two steps are known)."""
+        if steps_done <= 0:
+            return 0.0
+        mean = train_seconds / steps_done
+        if self._first is None or steps_done < 2:
+            return mean
+        mean_after_first = max(0.0, train_seconds - self._first) / (steps_done - 1)
+        recent = statistics.median(self._recent) if self._recent else mean_after_first
+        return min(mean, mean_after_first, recent)
+
+    def fits(self, step: int) -> bool:
+        """Whether a snapshot at ``step`` fits (the run's first and last steps always). Deciding is
+        all it does: the caller records a refusal with ``skipped.append(step)`` (see
+        ``tracking.recorder.within_budget``, which also makes every process agree)."""
+        if step == self.start_step or (self.max_steps is not None and step >= self.max_steps):
+            return True
+        total = self.max_steps - self.start_step if self.max_steps is not None else None
+        train = self.train_seconds()
+        done = step - self.start_step
+        return self.allows(done, total, train, self.step_seconds(done, train))
+
+    def meta(self) -> dict[str, object]:
+        """What a snapshot's meta records of the budget."""
+        return {"max_overhead": self.share, "skipped_steps": list(self.skipped)}
+
+    def allows(self, steps_done: int, steps_total: int | None, train_seconds: float,
+               step_seconds: float | None = None) -> bool:
         """Whether a snapshot now fits, after ``steps_done`` of ``steps_total`` steps (None: unknown)
-        that took ``train_seconds`` outside snapshots."""
+        that took ``train_seconds`` outside tracking; ``step_seconds``: the time per remaining step
+        (default: the mean so far)."""
         if self.taken == 0 or steps_done <= 0:
             return True
-        cost = max(self.spent / self.taken, self.latest)
-        projected = train_seconds / steps_done * max(steps_total or 0, steps_done)
+        cost = COST_MARGIN * max(self.spent / self.taken, self.latest)
+        rate = train_seconds / steps_done if step_seconds is None else step_seconds
+        remaining = max((steps_total or 0) - steps_done, 0)
+        projected = train_seconds + remaining * rate
         reserve = cost if steps_total is not None and steps_done < steps_total else 0.0
         return self.spent + cost + reserve <= self.share * projected
+
+    def summary(self) -> str | None:
+        """The one warning line about skipped snapshots (None when none was skipped)."""
+        if not self.skipped:
+            return None
+        return (f"hf_spectral: skipped {len(self.skipped)} of {len(self.skipped) + self.taken} scheduled spectral "
+                f"snapshots (steps {_steps_text(self.skipped)}) to keep tracking within max_overhead={self.share:g} "
+                f"of the training time ({self.spent:.1f} s spent tracking); pass max_overhead=None to take them all")
+
+
+def _steps_text(steps: list[int], shown: int = 12) -> str:
+    text = ", ".join(str(s) for s in steps[:shown])
+    return text + (f", ... ({len(steps) - shown} more)" if len(steps) > shown else "")

@@ -20,11 +20,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
 
-from hf_spectral.engine import AnalysisOptions
+from hf_spectral.engine import AnalysisOptions, process_state
 from hf_spectral.errors import SpectralError
 from hf_spectral.store import LOG_HISTORY_FILE
-from hf_spectral.tracking.recorder import Recorder
-from hf_spectral.tracking.schedule import Schedule, ScheduleSpec
+from hf_spectral.tracking.recorder import Recorder, timed, within_budget
+from hf_spectral.tracking.schedule import OverheadBudget, Schedule, ScheduleSpec
 from hf_spectral.tracking.sharding import sharded_kind
 from hf_spectral.utils.logging import get_logger
 
@@ -37,7 +37,12 @@ class SpectralTracker:
     output_dir: the record folder.  max_steps: length of the run (the ``"log"`` schedule needs it for
     its even fill and last step; without it only the log-spaced steps are taken).
     accelerator: an ``accelerate.Accelerator``; the model is unwrapped with it and scalars go to
-    ``accelerator.log``. Other arguments as ``SpectralCallback``.
+    ``accelerator.log``. max_overhead: the share of the projected training time tracking may take
+    (default 0.05, ``None``: every scheduled snapshot), as in ``SpectralCallback``: the budget is
+    ``tracking.schedule.OverheadBudget``, training time is the wall time between ``step`` calls outside
+    tracking, and ``max_steps`` gives the run's length (without it, the time elapsed so far is the
+    projection). The first and the last step are always taken; skipped steps are listed in the later
+    snapshots' ``meta["skipped_steps"]`` and logged once by ``close``. Other arguments as ``SpectralCallback``.
 
     Call ``step(model, global_step)`` on every process after each optimizer step (and once with the
     starting step before training: 0, or the step a resumed run starts from).
@@ -59,8 +64,10 @@ class SpectralTracker:
         heavy_tail: bool = False,
         extra_measures: Mapping[str, Callable[[nn.Module], Mapping[str, float]]] | None = None,
         accelerator: Any = None,
+        max_overhead: float | None = 0.05,
     ) -> None:
         self.schedule = Schedule.parse(schedule)
+        self.budget = OverheadBudget(max_overhead) if max_overhead is not None else None  # validates it
         self.output_dir = Path(output_dir)
         self.max_steps = max_steps
         self.accelerator = accelerator
@@ -84,17 +91,26 @@ class SpectralTracker:
                     f"SpectralTracker: the model's parameters are sharded ({kind}), so their spectra are not the "
                     "weights'; save full checkpoints and analyze them with hf_spectral.analyze_series instead"
                 )
-            self.recorder.open(self.output_dir, int(global_step), self._unwrap(model))
-            self.history = _earlier_history(self.output_dir / LOG_HISTORY_FILE, int(global_step)) + self.history
+            if self.budget is not None:
+                self.budget.start(int(global_step), self.max_steps)
+            with timed(self.budget):
+                self.recorder.open(self.output_dir, int(global_step), self._unwrap(model))
+                self.history = _earlier_history(self.output_dir / LOG_HISTORY_FILE, int(global_step)) + self.history
             self._opened = True
-        if not self.schedule.is_due(int(global_step), self.max_steps):
+        step = int(global_step)
+        if self.budget is not None:
+            self.budget.tick(step)
+        if not self.schedule.is_due(step, self.max_steps) or step in self.recorder.recorded:
             return None
-        scalars = self.recorder.record(self._unwrap(model), int(global_step))
-        if not scalars:
+        if not within_budget(self.budget, step):
             return None
-        self.history.append({**scalars, "step": int(global_step)})
-        self._forward(scalars, int(global_step), "the spectral scalars")
-        self.recorder.write_log_history(self.history)
+        with timed(self.budget, snapshot=True):
+            scalars = self.recorder.record(self._unwrap(model), step, self.budget.meta() if self.budget else None)
+            if not scalars:
+                return None
+            self.history.append({**scalars, "step": step})
+            self._forward(scalars, step, "the spectral scalars")
+            self.recorder.write_log_history(self.history)
         return scalars
 
     def log(self, values: Mapping[str, float], step: int) -> None:
@@ -114,9 +130,16 @@ class SpectralTracker:
             logger.warning("hf_spectral: accelerator.log failed for %s: %s", what, exc)
 
     def close(self) -> None:
-        """Write ``log_history.json`` (main process)."""
-        if self._opened:
+        """Write ``log_history.json`` (main process); log once which snapshots the budget skipped."""
+        if not self._opened:
+            return
+        with timed(self.budget):
             self.recorder.write_log_history(self.history)
+        summary = self.budget.summary() if self.budget is not None else None
+        if summary and process_state().is_main_process:
+            logger.warning(summary)
+        if self.budget is not None:
+            self.budget.skipped = []  # logged once, also when close() is called again
 
     def __enter__(self) -> "SpectralTracker":
         return self
