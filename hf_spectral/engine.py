@@ -11,13 +11,13 @@ import functools
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from safetensors import SafetensorError
 
+from hf_spectral._lazy import LazyModule
 from hf_spectral import metrics
 from hf_spectral._version import __version__
 from hf_spectral.batching import BATCH_MODES, batchable, work_units
@@ -41,6 +41,11 @@ from hf_spectral.views import (
     select,
 )
 from hf_spectral.views.types import AlignmentMode, AlignmentPair, MatrixSlice, MatrixSpec, Reader, SkippedTensor
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")  # imported on first use: the numpy backend never needs torch
 
 VIEWS = ("paper", "ww")  # how a conv kernel's heavy-tail ESD is formed (docs/heavy_tailed.md)
 CONV_KINDS = ("conv", "conv_transpose")
@@ -468,7 +473,7 @@ def _materialize(spec: MatrixSpec, read: Reader, precision: str = "float32") -> 
     return matrix
 
 
-Loader = Callable[..., torch.Tensor]  # (MatrixSlice, sliced=True) -> the slice's matrix on the device
+Loader = Callable[..., "torch.Tensor"]  # (MatrixSlice, sliced=True) -> the slice's matrix on the device
 
 
 def _gate_alignment(pair: AlignmentPair, load: Loader, specs: dict[str, MatrixSpec], k: int, precision: str) -> torch.Tensor:

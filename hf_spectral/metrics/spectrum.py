@@ -33,13 +33,18 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import numpy as np
-import torch
 
+from hf_spectral._lazy import LazyModule
 from hf_spectral.errors import SpectralError
 from hf_spectral.status import FLAG_NON_FINITE, FLAG_RANK_DEFICIENT, FLAG_ZERO  # noqa: F401 (re-exported by metrics)
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")  # imported on first use: the numpy backend never needs torch
 
 PRECISIONS = ("float32", "float64")
 FLOAT32_EPS = float(np.finfo(np.float32).eps)

@@ -9,15 +9,20 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import torch
 from safetensors import SafetensorError, safe_open
 
+from hf_spectral._lazy import LazyModule
 from hf_spectral.errors import SpectralError
 from hf_spectral.sources.layout import index_weight_map
 from hf_spectral.sources.types import ReaderContext
 from hf_spectral.tensor_info import DTYPE_BYTES, TensorInfo, dtype_code
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")  # imported on first use: the numpy backend never needs torch
 
 def _bad_file(path: Path, error: Exception) -> SpectralError:
     # the library's first sentence, capped: the message must stay one short line

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
+from hf_spectral._lazy import LazyModule
 from hf_spectral.errors import SpectralError
 from hf_spectral.views.types import MatrixSpec, Reader
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")  # imported on first use: the numpy backend never needs torch
 
 
 def build_matrix(spec: MatrixSpec, read: Reader) -> torch.Tensor:
