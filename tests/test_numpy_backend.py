@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import hf_spectral
-from hf_spectral import engine, metrics
+from hf_spectral import engine, metrics, processes
 from hf_spectral.errors import SpectralError
 from hf_spectral.metrics import numpy_backend
 from hf_spectral.sources import SafetensorsReader, resolve
@@ -93,10 +93,8 @@ def test_read_array_is_the_stored_tensor_without_a_copy(tmp_path: Path) -> None:
 
 
 def conv1d_checkpoint(folder: Path) -> Path:
-    """A GPT-2 (Conv1D weights, stored transposed) in bf16, one zero-filled and one non-finite matrix."""
+    """A GPT-2 (Conv1D weights, stored transposed) with one bf16, one zero-filled and one non-finite matrix."""
     save_tiny("gpt2", folder)
-    from safetensors.torch import load_file
-
     files = sorted(folder.glob("*.safetensors"))
     for file in files:
         tensors = load_file(file)
@@ -131,8 +129,6 @@ def test_numpy_and_torch_backends_give_the_same_snapshot(tmp_path: Path, private
         assert flags["transformer.h.0.mlp.c_fc.weight"] == "zero_matrix"
         assert flags["transformer.h.1.attn.c_proj.weight"] == "non_finite"
     # the matrices themselves: numpy's float64 SVD of the stored weights (Conv1D transposed, bf16 upcast)
-    from safetensors.torch import load_file
-
     stored = {k: v for f in folder.glob("*.safetensors") for k, v in load_file(f).items()}
     snapshot = hf_spectral.analyze(folder, progress=False, device="cpu", backend="numpy")
     for name in ("transformer.h.1.mlp.c_proj.weight", "transformer.h.0.attn.c_attn.weight"):
@@ -173,8 +169,8 @@ def test_torch_build_file_decides_auto_without_importing_torch(monkeypatch: pyte
     package.mkdir()
     (package / "__init__.py").write_text("raise ImportError('must not be imported')\n")
     spec = type("Spec", (), {"origin": str(package / "__init__.py")})()
-    monkeypatch.setattr(engine.importlib.util, "find_spec", lambda name: spec)
-    monkeypatch.setattr(engine.sys, "platform", "linux")
+    monkeypatch.setattr(processes.importlib.util, "find_spec", lambda name: spec)
+    monkeypatch.setattr(processes.sys, "platform", "linux")
     cases = {
         "cuda: Optional[str] = None\nhip: Optional[str] = None\nrocm: Optional[str] = None\nxpu: Optional[str] = None\n": False,
         "cuda: Optional[str] = '12.8'\nhip: Optional[str] = None\n": True,
@@ -183,9 +179,9 @@ def test_torch_build_file_decides_auto_without_importing_torch(monkeypatch: pyte
     }
     for text, has in cases.items():
         (package / "version.py").write_text(text)
-        engine._torch_build_has_accelerator.cache_clear()
-        assert engine._torch_build_has_accelerator() is has, text
-    engine._torch_build_has_accelerator.cache_clear()
+        processes.torch_build_has_accelerator.cache_clear()
+        assert processes.torch_build_has_accelerator() is has, text
+    processes.torch_build_has_accelerator.cache_clear()
 
 
 NOT_NEEDED = ("torch", "accelerate", "transformers", "diffusers", "huggingface_hub", "matplotlib")
@@ -198,18 +194,19 @@ def test_cli_analyze_of_a_local_folder_imports_no_torch(tmp_path: Path, private_
         "import json, sys\n"
         "from hf_spectral.cli import main\n"
         f"code = main(['analyze', {str(folder)!r}, '--output', {str(tmp_path / 'out')!r}, '--no-progress', "
-        "'--device', sys.argv[1]])\n"
+        "'--device', *sys.argv[1:]])\n"
         f"print('LOADED ' + json.dumps([m for m in {NOT_NEEDED!r} if m in sys.modules]))\n"
         "sys.exit(code)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(hf_spectral.__file__).parents[1]), "HF_HUB_OFFLINE": "1"}
     env.pop("WORLD_SIZE", None)
-    for device in ("cpu", "auto"):
-        done = subprocess.run([sys.executable, "-c", probe, device], capture_output=True, text=True, env=env,
+    for device, *extra in (("cpu", "--metrics", "heavy_tail"), ("auto",)):
+        done = subprocess.run([sys.executable, "-c", probe, device, *extra], capture_output=True, text=True, env=env,
                               timeout=120, check=False)
         assert done.returncode == 0, done.stderr
         loaded = json.loads(done.stdout.split("LOADED ", 1)[1])
-        expected = [] if device == "cpu" or not engine._torch_build_has_accelerator() else ["torch", "accelerate"]
+        expected = [] if device == "cpu" or not processes.torch_build_has_accelerator() else ["torch", "accelerate"]
         assert [m for m in loaded if m not in expected] == [], (device, loaded)
         snapshot = hf_spectral.read_snapshot(tmp_path / "out")
-        assert snapshot.meta["backend"] == ("numpy" if not expected else "torch") and len(snapshot.spectra) > 5
+        on_gpu = device == "auto" and torch.cuda.is_available()
+        assert snapshot.meta["backend"] == ("torch" if on_gpu else "numpy") and len(snapshot.spectra) > 5

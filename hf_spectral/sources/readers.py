@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -79,6 +79,13 @@ def read_safetensors_header(path: Path) -> list[TensorInfo]:
     if 8 + length + position != size:
         raise _bad_file(path, ValueError(f"the header describes {8 + length + position} bytes, the file has {size}"))
     return [info for _, _, info in entries]
+
+
+def _open_for_torch(path: Path) -> Any:
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except SafetensorError as e:
+        raise _bad_file(path, e) from e
 
 
 class SafetensorsReader(ReaderContext):
@@ -171,35 +178,29 @@ class SafetensorsReader(ReaderContext):
 
     def read(self, name: str) -> torch.Tensor:
         """One tensor on the CPU, memory-mapped from its file (no copy)."""
-        i = self._file_index(name)
-        handle = self._handles.get(i)
-        if handle is None:
-            with self._lock:
-                handle = self._handles.get(i)
-                if handle is None:
-                    try:
-                        handle = safe_open(str(self.files[i]), framework="pt", device="cpu")
-                    except SafetensorError as e:
-                        raise _bad_file(self.files[i], e) from e
-                    self._handles[i] = handle
-        return handle.get_tensor(name)
+        return self._opened(self._handles, self._file_index(name), _open_for_torch).get_tensor(name)
 
     def read_array(self, name: str) -> np.ndarray:
         """One tensor as a numpy array memory-mapped from its file (no copy, no torch import; BF16 is
         widened to float32, exactly). For the engine's numpy backend; ``can_read_array`` says which."""
-        i = self._file_index(name)
-        mapped = self._maps.get(i)
-        if mapped is None:
-            with self._lock:
-                mapped = self._maps.get(i)
-                if mapped is None:
-                    mapped = self._maps[i] = np.memmap(self.files[i], dtype=np.uint8, mode="r")
+        mapped = self._opened(self._maps, self._file_index(name), lambda path: np.memmap(path, np.uint8, "r"))
         info = self._by_name[name]
         begin, end = self._offsets[name]
         array = mapped[begin:end].view(NUMPY_DTYPES[info.dtype]).reshape(info.shape)
         if info.dtype == "BF16":
             return (array.astype(np.uint32) << 16).view(np.float32)
         return array
+
+    def _opened(self, opened: dict[int, Any], i: int, open_file: Callable[[Path], Any]) -> Any:
+        """File ``i`` opened by ``open_file``, once: ``opened`` keeps it (checked again under the lock,
+        since the engine's read-ahead thread reads too)."""
+        handle = opened.get(i)
+        if handle is None:
+            with self._lock:
+                handle = opened.get(i)
+                if handle is None:
+                    handle = opened[i] = open_file(self.files[i])
+        return handle
 
     def close(self) -> None:
         """Release the file mappings; the reader re-opens files if used again."""
