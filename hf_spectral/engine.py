@@ -408,6 +408,8 @@ def heavy_tail(spec: MatrixSpec, matrix: torch.Tensor, sigma: torch.Tensor, eps:
         evals = metrics.conv_slice_eigenvalues(matrix.reshape(out_ch, in_ch, *kernel_size))
         return metrics.heavy_tail_metrics(evals, (out_ch, in_ch), eps=eps)
     return metrics.heavy_tail_metrics(metrics.esd(sigma), tuple(matrix.shape), eps=eps)
+
+
 def _load_unit(task: _Task, plan: Plan, options: AnalysisOptions, device: torch.device | str,
                backend: str = "torch") -> list[torch.Tensor | np.ndarray]:
     """The matrices of one unit of work, read onto ``device`` (run ahead, in a background thread):

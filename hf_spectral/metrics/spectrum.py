@@ -291,10 +291,7 @@ def _prepare(matrix: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.
         raise MetricInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if not isinstance(matrix, torch.Tensor):
         raise MetricInputError(f"expected a torch.Tensor, got {type(matrix).__name__}")
-    if matrix.ndim != 2:
-        raise MetricInputError(f"expected a 2-D matrix, got shape {tuple(matrix.shape)}; reshape it first")
-    if matrix.is_complex():
-        raise MetricInputError("complex matrices are not supported")
+    _check_real_2d(matrix, matrix.is_complex())
     matrix = matrix.detach()
     if matrix.device.type == "mps":
         # MPS has no float64: compute and return on the CPU.
@@ -306,11 +303,15 @@ def _prepare_array(matrix: np.ndarray, precision: str) -> np.ndarray:
     """``_prepare`` for the numpy backend."""
     if precision not in PRECISIONS:
         raise MetricInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    _check_real_2d(matrix, np.iscomplexobj(matrix))
+    return matrix
+
+
+def _check_real_2d(matrix: torch.Tensor | np.ndarray, is_complex: bool) -> None:
     if matrix.ndim != 2:
         raise MetricInputError(f"expected a 2-D matrix, got shape {tuple(matrix.shape)}; reshape it first")
-    if np.iscomplexobj(matrix):
+    if is_complex:
         raise MetricInputError("complex matrices are not supported")
-    return matrix
 
 
 def as_count(value: Any, what: str) -> int:
