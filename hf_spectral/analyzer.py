@@ -36,18 +36,20 @@ def analyze(
     heavy_tail: bool = False,
     view: str = "paper",
     batch: str = "auto",
+    backend: str = "auto",
     token: str | bool | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> Snapshot:
     """Spectra of every weight matrix of one checkpoint: a local file or folder, a diffusers
     pipeline, or a Hub model id at ``revision``. Writes the snapshot to ``output`` when given.
     ``heavy_tail`` adds weightwatcher's α metrics; ``view="ww"`` forms conv ESDs as weightwatcher does.
+    ``backend``: ``auto`` (numpy's LAPACK where it can, torch elsewhere: ``engine.compute_backend``), ``numpy``, ``torch``.
     ``token`` and ``cache_dir`` are those of ``from_pretrained`` (Hub ids only).
 
     For a Trainer run (several ``checkpoint-*`` folders) use ``analyze_series``.
     """
     options = AnalysisOptions(include, exclude, top_k, device, precision, alignment, progress=progress,
-                              heavy_tail=heavy_tail, view=view, batch=batch)
+                              heavy_tail=heavy_tail, view=view, batch=batch, backend=backend)
     checkpoints = resolve(str(source), revision=revision, variant=variant, cache_dir=cache_dir, token=token)
     return analyze_resolved(checkpoints, options, source=str(source), output=output)
 

@@ -40,7 +40,8 @@ class Calibration:
     convert_bytes_per_s: reading a stored float32 matrix into float64 (mmap'd pages, warm cache).
     matrix_overhead_s: fixed cost per matrix (Python, metrics, small launches).
     batched_speedup:   loop time / batched time of many small same-shaped Gram decompositions.
-    startup_s:         a fresh interpreter importing the analyze path (torch, pandas, accelerate, ...).
+    startup_s:         a fresh interpreter importing the torch backend's analyze path (torch, pandas, accelerate, ...);
+    startup_numpy_s:   the same for the numpy backend (no torch, no accelerate: ``engine.compute_backend``).
     load:              the 1-minute load average while measuring, and ``cores``: a busy shared machine
                        measures slow rates (``calibration_for(refresh=True)`` / ``--recalibrate`` redoes it).
     """
@@ -60,6 +61,11 @@ class Calibration:
     cores: int
     measured_at: str
     seconds: float  # how long the benchmark itself took
+    startup_numpy_s: float = 0.0  # after the rest: caches written before the numpy backend read as unmeasured
+
+    def startup_for(self, backend: str) -> float:
+        """Start-up seconds of an analyze process on ``backend`` (``numpy`` or ``torch``)."""
+        return self.startup_numpy_s if backend == "numpy" else self.startup_s
 
 
 def device_key(device: torch.device) -> str:
@@ -73,14 +79,16 @@ def calibration_for(device: torch.device | str, *, refresh: bool = False, startu
     """The rates of ``device``: read from the cache, else (or with ``refresh``) measured and cached.
 
     Measuring the kernels takes about a second on a quiet CPU. ``startup``: also know the start-up
-    seconds of a fresh ``analyze`` process (measured once by starting an interpreter, ~1-2 s more;
-    only cost estimates need it, the engine's batching choice does not)."""
+    seconds of a fresh ``analyze`` process on either backend (measured once by starting interpreters,
+    ~1-3 s more; only cost estimates need it, the engine's batching choice does not)."""
     device = torch.device(device)
     path = _cache_path(device)
     found = None if refresh else _read(path)
     measured = found or measure(device)
     if startup and measured.startup_s <= 0:
-        measured = replace(measured, startup_s=startup_seconds())
+        measured = replace(measured, startup_s=startup_seconds("torch"))
+    if startup and measured.startup_numpy_s <= 0:
+        measured = replace(measured, startup_numpy_s=startup_seconds("numpy"))
     if path is not None and measured is not found:
         _write(path, measured)
     return measured
@@ -158,9 +166,12 @@ def measure(device: torch.device) -> Calibration:
     )
 
 
-def startup_seconds() -> float:
-    """Wall seconds of a fresh interpreter that imports what ``hf-spectral analyze`` imports."""
-    code = "import hf_spectral.cli.analyze, hf_spectral.analyzer, hf_spectral.engine, hf_spectral.store, accelerate"
+def startup_seconds(backend: str = "torch") -> float:
+    """Wall seconds of a fresh interpreter that imports what ``hf-spectral analyze`` imports on ``backend``
+    (torch's also imports torch and accelerate)."""
+    code = "import hf_spectral.cli.analyze, hf_spectral.analyzer, hf_spectral.engine, hf_spectral.store"
+    if backend != "numpy":
+        code += ", accelerate"
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False, timeout=300)
     return time.perf_counter() - start if done.returncode == 0 else 0.0

@@ -8,11 +8,19 @@ plan is the one ``analyze`` would run (same filters, same matrices); its cost co
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hf_spectral.cost import PlanCost, plan_cost
-from hf_spectral.engine import AnalysisOptions, Plan, plan_checkpoint, process_state, resolve_device, use_batches
+from hf_spectral.engine import (
+    AnalysisOptions,
+    Plan,
+    compute_backend,
+    plan_checkpoint,
+    process_state,
+    resolve_device,
+    use_batches,
+)
 from hf_spectral.sources.headers import resolve_headers
 
 
@@ -25,6 +33,7 @@ class Estimate:
     plan: Plan
     single: PlanCost  # one process on this device
     cost: PlanCost  # dealt over the processes asked for (or launched)
+    backend: str = "torch"  # what would compute it in one process (engine.compute_backend)
 
     @property
     def sweep_s(self) -> float:
@@ -57,6 +66,7 @@ def estimate_resolved(checkpoints: list, options: AnalysisOptions, *, source: st
         for checkpoint in checkpoints:
             checkpoint.close()
     state = process_state()
+    backend = compute_backend(plan, options, state)
     device = resolve_device(options.device, state)
     calibration = calibration_for(device, refresh=recalibrate, startup=True)
     bytes_of = {spec.name: sum(stored.get((plan.components.get(spec.name, ""), t), 0) for t in spec.tensors)
@@ -64,11 +74,15 @@ def estimate_resolved(checkpoints: list, options: AnalysisOptions, *, source: st
     common = dict(device=str(device), top_k=options.top_k, precision=options.precision,
                   alignment_k=options.alignment_k, bytes_of=bytes_of)
     count = processes or state.num_processes
-    single = plan_cost(plan.specs, plan.pairs, calibration, batched=use_batches(options, device, plan.specs),
-                       processes=1, **common)
-    dealt = plan_cost(plan.specs, plan.pairs, calibration,
-                      batched=use_batches(options, device, plan.specs), processes=count, **common)
-    return Estimate(source, [c.label for c in checkpoints], plan, single, dealt)
+    # Several launched processes are always torch's. Kernel rates are torch's for both backends (numpy's
+    # measured as fast: benchmarks/README.md); the start-up and the batching are the backend's.
+    batched = use_batches(options, device, plan.specs)
+    single = plan_cost(plan.specs, plan.pairs, calibration, batched=batched and backend == "torch", processes=1,
+                       **common)
+    single = replace(single, startup_s=calibration.startup_for(backend))
+    dealt = single if count == 1 else plan_cost(plan.specs, plan.pairs, calibration, batched=batched,
+                                                processes=count, **common)
+    return Estimate(source, [c.label for c in checkpoints], plan, single, dealt, backend)
 
 
 def _stored_bytes(checkpoint: Any) -> dict[tuple[str, str], int]:

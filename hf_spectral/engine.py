@@ -7,24 +7,23 @@ The analyzer, the training callback and the experiments all come through here.
 from __future__ import annotations
 
 import contextlib
-import functools
-import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from safetensors import SafetensorError
 
 from hf_spectral import metrics
+from hf_spectral._lazy import LazyModule
 from hf_spectral._version import __version__
 from hf_spectral.batching import BATCH_MODES, batchable, work_units
 from hf_spectral.errors import SpectralError
 from hf_spectral.metrics import PRECISIONS
 from hf_spectral.module_cache import module_info_for
 from hf_spectral.prefetch import read_ahead
+from hf_spectral.processes import cpu_threads_for, launched_processes, on_cpu, process_state, resolve_device
 from hf_spectral.sources.types import Checkpoint
 from hf_spectral.status import FLAG_SVD_FAILED, STATUS_FLAGGED, STATUS_OK, STATUS_SKIPPED, UNDEFINED_FLAGS
 from hf_spectral.store import Snapshot, jsonable
@@ -42,6 +41,12 @@ from hf_spectral.views import (
 )
 from hf_spectral.views.types import AlignmentMode, AlignmentPair, MatrixSlice, MatrixSpec, Reader, SkippedTensor
 
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")  # imported on first use: the numpy backend never needs torch
+
+BACKENDS = ("auto", "numpy", "torch")  # what computes the decompositions (compute_backend)
 VIEWS = ("paper", "ww")  # how a conv kernel's heavy-tail ESD is formed (docs/heavy_tailed.md)
 CONV_KINDS = ("conv", "conv_transpose")
 
@@ -63,6 +68,9 @@ class AnalysisOptions:
                 matrix, as every other metric) or ``ww`` (weightwatcher's: the k·k (out × in) slices pooled, λ/2).
     batch:      ``auto`` (batch same-shaped matrices where the device measured faster batched: see
                 ``hf_spectral.calibration``), ``on`` or ``off``. Results agree to rounding either way.
+    backend:    ``auto`` (numpy's LAPACK where it can do the whole analysis on the CPU, which spares
+                importing torch; else torch: see ``compute_backend``), ``numpy`` or ``torch``. Results
+                agree to rounding either way.
     """
 
     include: str | Sequence[str] | None = None
@@ -76,8 +84,11 @@ class AnalysisOptions:
     heavy_tail: bool = False
     view: str = "paper"
     batch: str = "auto"
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise SpectralError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
         if self.batch not in BATCH_MODES:
             raise SpectralError(f"unknown batch mode {self.batch!r}; use one of {', '.join(BATCH_MODES)}")
         compile_patterns(self.include, "include")
@@ -96,6 +107,7 @@ class AnalysisOptions:
         out = asdict(self)
         out.pop("progress")
         out.pop("batch")  # how the work is grouped, not what is computed: snapshots (and cache keys) match
+        out.pop("backend")  # likewise: which library's LAPACK computes the same numbers
         return out
 
 
@@ -109,6 +121,8 @@ class Plan:
     pairs: list[AlignmentPair] = field(default_factory=list)
     components: dict[str, str] = field(default_factory=dict)  # matrix name -> component
     model_types: dict[str, str] = field(default_factory=dict)  # component -> model_type / class
+    # matrix name -> read(tensor name) as a numpy array, for the single stored tensors numpy can read
+    array_readers: dict[str, Reader] = field(default_factory=dict)
 
     @property
     def total_cost(self) -> float:
@@ -130,6 +144,7 @@ class _Part:
     module_types: dict[str, str] | None = None
     buffers: set[str] = field(default_factory=set)
     shares_storage: bool = False  # the same tensor may be stored under several names (torch .bin)
+    arrays: Any = None  # a reader with read_array / can_read_array (SafetensorsReader): the numpy backend's
 
     @property
     def prefix(self) -> str:
@@ -148,6 +163,7 @@ def plan_checkpoint(checkpoint: Checkpoint, options: AnalysisOptions) -> Plan:
             part.component, part.config, part.reader.tensors(), part.reader.read,
             module_types=module_info[0] if module_info else None, buffers=module_info[2] if module_info else set(),
             shares_storage=getattr(part.reader, "shares_storage", False),
+            arrays=part.reader if hasattr(part.reader, "read_array") else None,
         ))
     return _plan_parts(parts, options, where=str(checkpoint.path))
 
@@ -174,6 +190,7 @@ def _plan_parts(parts: list[_Part], options: AnalysisOptions, where: str) -> Pla
     specs: list[MatrixSpec] = []
     skipped: list[SkippedTensor] = []
     readers: dict[str, Reader] = {}
+    array_readers: dict[str, Reader] = {}
     components: dict[str, str] = {}
     model_types: dict[str, str] = {}
     part_specs: list[tuple[dict | None, list[MatrixSpec]]] = []
@@ -188,6 +205,8 @@ def _plan_parts(parts: list[_Part], options: AnalysisOptions, where: str) -> Pla
         for spec in found:
             readers[spec.name] = part.read
             components[spec.name] = part.component
+            if part.arrays is not None and not spec.composed and all(part.arrays.can_read_array(t) for t in spec.tensors):
+                array_readers[spec.name] = part.arrays.read_array
         model_types[part.component] = _model_type(part.config)
     if not specs:
         reasons = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:3])
@@ -210,7 +229,8 @@ def _plan_parts(parts: list[_Part], options: AnalysisOptions, where: str) -> Pla
                 pairs += alignment_pairs(chosen, config=config)
     readers = {name: read for name, read in readers.items() if name in names}
     components = {name: c for name, c in components.items() if name in names}
-    return Plan(kept, readers, skipped, pairs, components, model_types)
+    array_readers = {name: read for name, read in array_readers.items() if name in names}
+    return Plan(kept, readers, skipped, pairs, components, model_types, array_readers)
 
 
 def _drop_tied(specs: list[MatrixSpec], skipped: list[SkippedTensor],
@@ -269,14 +289,13 @@ def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None =
     A ``SpectralError`` in any process (an unreadable tensor) is raised in every process.
     ``alone``: this process does the whole plan by itself (checkpoints of a sweep dealt over processes).
     """
-    from accelerate.utils import gather_object
-
     state = process_state()
     workers, rank = (1, 0) if alone else (state.num_processes, state.process_index)
-    device = resolve_device(options.device, state)
+    backend = compute_backend(plan, options, state)
+    device = NUMPY_DEVICE if backend == "numpy" else resolve_device(options.device, state)
     by_name = {spec.name: spec for spec in plan.specs}
-    units = work_units(plan.specs, batched=use_batches(options, device, plan.specs), top_k=options.top_k,
-                       num_processes=workers)
+    batched = backend == "torch" and use_batches(options, device, plan.specs)
+    units = work_units(plan.specs, batched=batched, top_k=options.top_k, num_processes=workers)
     tasks = [_Task(unit[0], sum(plan.specs[i].cost for i in unit), members=tuple(unit)) for unit in units]
     for pair in plan.pairs:
         cost = by_name[pair.prev.matrix].cost + by_name[pair.next.matrix].cost
@@ -286,10 +305,10 @@ def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None =
     started = time.perf_counter()
     results: list[tuple[int, dict[str, Any]]] = []
     show = options.progress and state.is_main_process
-    with _cpu_threads_for(state, device), torch.no_grad():
+    with _computing(backend, state, device):
         bar = tqdm(total=sum(max(1, len(t.members)) for t in mine), desc="SVD", unit="matrix", disable=not show,
                    leave=False)
-        for task, loaded in read_ahead(mine, lambda t: _load_unit(t, plan, options, device)):
+        for task, loaded in read_ahead(mine, lambda t: _load_unit(t, plan, options, device, backend)):
             try:
                 if task.pair is not None:
                     done_now = [(task.index, align(task.pair, by_name, plan.readers, options, device))]
@@ -307,6 +326,8 @@ def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None =
             bar.update(len(done_now))
         bar.close()
     if workers > 1:
+        from accelerate.utils import gather_object
+
         results = gather_object(results)
     elapsed = time.perf_counter() - started
 
@@ -323,6 +344,7 @@ def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None =
         **(meta or {}),
         "options": options.to_meta(),
         "device": str(device),
+        "backend": backend,
         "num_processes": workers,
         "seconds": round(elapsed, 3),
         "model_types": plan.model_types,
@@ -353,7 +375,7 @@ def decompose(spec: MatrixSpec, read: Reader, options: AnalysisOptions, device: 
             vectors = (result.u.cpu().numpy().astype(dtype), result.v.cpu().numpy().astype(dtype))
         else:
             sigma, vectors = metrics.singular_values(matrix, precision=options.precision), None
-    except RuntimeError as exc:  # DecompositionError, LinAlgError, out of memory...: this matrix only
+    except (RuntimeError, MemoryError) as exc:  # DecompositionError, LinAlgError, out of memory...: this matrix only
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         failed = dict(metrics.non_finite_metrics(shape), flag=f"{FLAG_SVD_FAILED}: {reason}")
         if options.heavy_tail:
@@ -371,7 +393,8 @@ def _spectrum_result(spec: MatrixSpec, matrix: torch.Tensor, sigma: torch.Tensor
     values = metrics.spectrum_metrics(sigma, shape, eps=eps)
     if options.heavy_tail:
         values.update(heavy_tail(spec, matrix, sigma, eps, options.view))
-    return {"metrics": values, "sigma": sigma.cpu().numpy(), "vectors": vectors}
+    return {"metrics": values, "sigma": sigma if isinstance(sigma, np.ndarray) else sigma.cpu().numpy(),
+            "vectors": vectors}
 
 
 def heavy_tail(spec: MatrixSpec, matrix: torch.Tensor, sigma: torch.Tensor, eps: float,
@@ -385,10 +408,16 @@ def heavy_tail(spec: MatrixSpec, matrix: torch.Tensor, sigma: torch.Tensor, eps:
         evals = metrics.conv_slice_eigenvalues(matrix.reshape(out_ch, in_ch, *kernel_size))
         return metrics.heavy_tail_metrics(evals, (out_ch, in_ch), eps=eps)
     return metrics.heavy_tail_metrics(metrics.esd(sigma), tuple(matrix.shape), eps=eps)
-def _load_unit(task: _Task, plan: Plan, options: AnalysisOptions, device: torch.device) -> list[torch.Tensor]:
-    """The matrices of one unit of work, read onto ``device`` (run ahead, in a background thread)."""
+
+
+def _load_unit(task: _Task, plan: Plan, options: AnalysisOptions, device: torch.device | str,
+               backend: str = "torch") -> list[torch.Tensor | np.ndarray]:
+    """The matrices of one unit of work, read onto ``device`` (run ahead, in a background thread):
+    memory-mapped numpy arrays for the numpy backend."""
     if task.pair is not None:
         return []  # alignment reads its slices itself
+    if backend == "numpy":
+        return [_materialize(plan.specs[i], plan.array_readers[plan.specs[i].name]) for i in task.members]
     return [_materialize(plan.specs[i], plan.readers[plan.specs[i].name], options.precision).to(device)
             for i in task.members]
 
@@ -432,10 +461,14 @@ def use_batches(options: AnalysisOptions, device: torch.device, specs: Sequence[
     return batching_wins(device)
 
 
-def all_finite(matrix: torch.Tensor) -> bool:
+def all_finite(matrix: torch.Tensor | np.ndarray) -> bool:
     """Whether every entry is finite. A finite sum proves it (any inf/NaN makes the sum inf/NaN) at
     the cost of one pass and no memory; ``isfinite().all()`` is ~40x slower on the CPU and allocates
     a mask, so it only settles the rare sum that overflowed."""
+    if isinstance(matrix, np.ndarray):
+        with np.errstate(over="ignore", invalid="ignore"):  # float16 sums in float32: no overflow at 65504
+            total = matrix.sum(dtype=np.float64 if matrix.dtype == np.float64 else np.float32)
+        return bool(np.isfinite(total)) or bool(np.isfinite(matrix).all())
     flat = matrix if matrix.is_contiguous() or not matrix.mT.is_contiguous() else matrix.mT  # Conv1D views
     if bool(torch.isfinite(flat.sum())):
         return True
@@ -462,13 +495,15 @@ def _materialize(spec: MatrixSpec, read: Reader, precision: str = "float32") -> 
             f"{spec.name}: cannot read {', '.join(spec.tensors)} ({type(exc).__name__}: {detail}): "
             "re-download or re-save the checkpoint"
         ) from exc
+    if isinstance(matrix, np.ndarray):
+        return matrix  # the numpy backend's (F64/F32/F16, BF16 widened to F32)
     if matrix.is_floating_point() and matrix.element_size() == 1:
         # float8 has no isfinite/matmul kernels; bfloat16 holds every float8 value exactly at 2x, not 4x, the size
         matrix = matrix.to(torch.bfloat16)
     return matrix
 
 
-Loader = Callable[..., torch.Tensor]  # (MatrixSlice, sliced=True) -> the slice's matrix on the device
+Loader = Callable[..., "torch.Tensor"]  # (MatrixSlice, sliced=True) -> the slice's matrix on the device
 
 
 def _gate_alignment(pair: AlignmentPair, load: Loader, specs: dict[str, MatrixSpec], k: int, precision: str) -> torch.Tensor:
@@ -576,7 +611,7 @@ def _describe(name: str, component: str, shape: Sequence[int], dtype: str) -> di
 
 
 # --------------------------------------------------------------------------------------------------
-# Devices and processes
+# Dealing work over processes, and which backend computes it (devices and process state: processes.py)
 
 
 def deal_by_cost(costs: Sequence[float], num_workers: int) -> list[list[int]]:
@@ -594,91 +629,50 @@ def deal_by_cost(costs: Sequence[float], num_workers: int) -> list[list[int]]:
     return [sorted(items) for items in assignment]
 
 
-def process_state() -> Any:
-    """The accelerate ``PartialState`` of this process (one process when not launched).
+NUMPY_DEVICE = "cpu"  # the numpy backend's device, as a snapshot's meta names it
 
-    Made on first use, unless a Trainer or ``Accelerator`` made it already. A CPU-only machine
-    launched with several processes (``accelerate launch --multi_gpu`` / ``torchrun``) gets a CPU
-    (gloo) process group: plain ``PartialState()`` would see no accelerator and run every process
-    alone on the whole model. ``accelerate launch --cpu`` (``ACCELERATE_USE_CPU``) is honoured.
+
+def compute_backend(plan: Plan, options: AnalysisOptions, state: Any) -> str:
+    """``numpy`` or ``torch``: what decomposes ``plan`` in this process (``options.backend``; ``auto``:
+    numpy wherever it can do the whole plan).
+
+    The numpy backend (``metrics.numpy_backend`` on arrays ``SafetensorsReader.read_array`` maps from the
+    files) computes the same float64 Gram eigenvalues with numpy's LAPACK, as fast as torch's on a CPU,
+    and spares importing torch (~0.8 s, most of a CPU analysis's start-up: benchmarks/README.md). It
+    takes singular values and their metrics (heavy-tail ones too, in the ``paper`` view) of single stored
+    F64/F32/F16/BF16 tensors of safetensors files, in one process on the CPU. Everything else is torch's:
+    vectors (``top_k``), alignment, composed weights (pruned, weight norm), float8, ``.bin`` files, live
+    models, several processes, GPUs, ``batch="on"``.
     """
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    _leave_group_at_exit()
-    if PartialState._shared_state:  # already made: its settings stand
-        return PartialState()
-    cpu = parse_flag_from_env("ACCELERATE_USE_CPU")
-    if not cpu and launched_processes() > 1:
-        accelerator = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
-        cpu = accelerator is None or accelerator.type == "mps"  # accelerate distributes no MPS
-    return PartialState(cpu=cpu)
+    reason = _torch_only(plan, options, state)
+    if options.backend == "numpy" and reason:
+        raise SpectralError(f"backend 'numpy' cannot compute this analysis: {reason}; use backend auto or torch")
+    return "torch" if options.backend == "torch" or reason else "numpy"
 
 
-@functools.cache
-def _leave_group_at_exit() -> None:
-    """Destroy the process group when the interpreter exits (registered once). A gloo group left to the
-    interpreter's tear-down sometimes aborts a process whose work is done ("terminate called without an
-    active exception", SIGABRT, exit code -6), failing a launch that succeeded."""
-    import atexit
-
-    def leave() -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            try:
-                torch.distributed.destroy_process_group()
-            except Exception:  # noqa: BLE001 - exiting anyway; the group may be half torn down
-                pass
-
-    atexit.register(leave)
-
-
-def launched_processes() -> int:
-    for var in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
-        value = os.environ.get(var, "")
-        if value.isdigit():
-            return int(value)
-    return 1
-
-
-def resolve_device(device: str, state: Any | None = None) -> torch.device:
-    """``auto`` → the accelerate process's device (CUDA when available), else the named device."""
-    if device == "auto":
-        if state is not None:
-            resolved = torch.device(state.device)
-        else:
-            resolved = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        # accelerate names the CPU of a multi-CPU run ``cpu:0``: one CPU device for every process
-        return torch.device("cpu") if resolved.type == "cpu" else resolved
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise SpectralError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise SpectralError(f"device {device!r} asked for but CUDA is not available here; use --device cpu or auto")
-    if resolved.type == "cuda" and state is not None and state.num_processes > 1 and resolved.index is None:
-        return torch.device(state.device)
-    return resolved
+def _torch_only(plan: Plan, options: AnalysisOptions, state: Any) -> str:
+    """Why only the torch backend can compute ``plan`` here ("" when numpy can)."""
+    if state.num_processes > 1:
+        return "several processes"
+    for needed, what in ((options.top_k, "singular vectors (top_k)"), (options.alignment, "alignment"),
+                         (options.batch == "on", "batched decompositions (batch on)"),
+                         (options.heavy_tail and options.view != "paper", f"the {options.view!r} view")):
+        if needed:
+            return what
+    unreadable = [spec.name for spec in plan.specs if spec.name not in plan.array_readers]
+    if unreadable:
+        return f"{unreadable[0]} is not a single F64/F32/F16/BF16 tensor of a safetensors file"
+    return "" if on_cpu(options.device, state) else f"device {options.device!r}"
 
 
 @contextlib.contextmanager
-def _cpu_threads_for(state: Any, device: torch.device) -> Iterator[None]:
-    """Split the cores between the processes of this machine while they decompose on the CPU.
-
-    Several processes each running all-core OpenMP slowed SVDs more than 10x in one measurement;
-    launchers set OMP_NUM_THREADS=1 instead, which leaves cores idle.
-    """
-    local = os.environ.get("LOCAL_WORLD_SIZE", "")
-    local_processes = int(local) if local.isdigit() else state.num_processes
-    if device.type != "cpu" or state.num_processes <= 1 or local_processes <= 1:
+def _computing(backend: str, state: Any, device: torch.device | str) -> Iterator[None]:
+    """torch: no autograd, the CPU cores split between local processes. numpy: nothing to set."""
+    if backend == "numpy":
         yield
         return
-    before = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, cores // local_processes))
-    try:
+    with cpu_threads_for(state, device), torch.no_grad():
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------------------------------

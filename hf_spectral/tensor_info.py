@@ -60,6 +60,10 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2":
                "F8_E5M2FNUZ": 1, "F8_E8M0": 1, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
                "U16": 2, "U8": 1, "BOOL": 1, "C64": 8, "C128": 16}
 
+# Float dtypes numpy reads directly (little-endian, as safetensors stores them). BF16 has no numpy dtype:
+# it is read as uint16 and widened to float32 exactly (its bits are float32's top half). float8 is left to torch.
+NUMPY_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}
+
 # Machine epsilon of each float dtype. The numerical-rank tolerance uses the computation's
 # (F32 or F64), not the storage dtype's: see hf_spectral.metrics.spectrum.
 DTYPE_EPS = {"F64": 2.220446049250313e-16, "F32": 1.1920929e-07, "F16": 9.765625e-04, "BF16": 7.8125e-03,

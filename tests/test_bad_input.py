@@ -135,19 +135,21 @@ def test_unwritable_output_fails_before_any_work(gpt2_dir: Path, work: Path, cap
     assert sorted(os.listdir(work)) == ["a_file", "notes"] and (work / "notes" / "keep.txt").read_text() == "mine"
 
 
-def test_tensor_unreadable_during_the_svds_names_the_layer(gpt2_dir: Path, work: Path) -> None:
+@pytest.mark.parametrize("backend, method", [("torch", "read"), ("numpy", "read_array")])
+def test_tensor_unreadable_during_the_svds_names_the_layer(gpt2_dir: Path, work: Path, backend: str, method: str) -> None:
     (checkpoint,) = resolve(str(gpt2_dir))
     reader = checkpoint.parts[0].reader
-    real_read = reader.read
+    real_read = getattr(reader, method)
 
     def flaky(name: str) -> torch.Tensor:
         if name == "transformer.h.1.mlp.c_fc.weight":
             raise OSError(5, "Input/output error")
         return real_read(name)
 
-    reader.read = flaky
+    setattr(reader, method, flaky)
+    options = AnalysisOptions(progress=False, device="cpu", backend=backend)
     with pytest.raises(SpectralError) as info:
-        analyze_resolved([checkpoint], AnalysisOptions(progress=False), source=str(gpt2_dir), output=work / "out")
+        analyze_resolved([checkpoint], options, source=str(gpt2_dir), output=work / "out")
     assert str(info.value).startswith("transformer.h.1.mlp.c_fc.weight: cannot read transformer.h.1.mlp.c_fc.weight")
     assert "Input/output error" in str(info.value) and "\n" not in str(info.value)
     assert not (work / "out").exists()

@@ -32,6 +32,7 @@ RATES = calibration.Calibration(
     device="cpu:threads=2", threads=2, torch_version=torch.__version__, gemm_flops_per_s=1e10,
     eigvalsh_s_per_n3=1e-9, eigh_s_per_n3=3e-9, svd_s_per_mn2=2e-9, convert_bytes_per_s=1e9,
     matrix_overhead_s=1e-4, batched_speedup=0.5, startup_s=1.5, load=0.0, cores=2, measured_at="test", seconds=0.0,
+    startup_numpy_s=0.4,
 )
 
 
@@ -119,7 +120,12 @@ def test_local_folder_plan_and_cost_from_headers_only(tmp_path: Path, monkeypatc
         spec = next(s for s in result.plan.specs if s.name == row.name)
         assert row.bytes_read == sum(sizes[t] for t in spec.tensors)
         assert row.seconds == pytest.approx(expected_seconds(*row.shape), rel=1e-9)
-    assert result.single.wall_s == pytest.approx(1.5 + sum(expected_seconds(*r.shape) for r in result.single.matrices))
+    # the numpy backend's start-up (no torch import); --backend torch's, or several processes, are torch's
+    kernel = sum(expected_seconds(*r.shape) for r in result.single.matrices)
+    assert result.backend == "numpy" and result.single.wall_s == pytest.approx(0.4 + kernel)
+    by_torch = estimate(str(folder), device="cpu", batch="off", backend="torch")
+    assert by_torch.backend == "torch" and by_torch.single.wall_s == pytest.approx(1.5 + kernel)
+    assert estimate(str(folder), device="cpu", batch="off", processes=2).cost.startup_s == 1.5
 
     assert main(["analyze", str(folder), "--dry-run", "--device", "cpu", "--all", "--processes", "2"]) == 0
     out = capsys.readouterr().out

@@ -28,7 +28,7 @@ LAYERS: dict[str, int] = {
     "hf_spectral.sources": 4,
     "hf_spectral.dynamics": 5,  # beside the engine: it reads snapshots (see DYNAMICS_MAY_IMPORT)
     "hf_spectral.module_cache": 5, "hf_spectral.snapshot_cache": 5, "hf_spectral.engine": 5,
-    "hf_spectral.batching": 5, "hf_spectral.prefetch": 5, "hf_spectral.calibration": 5,
+    "hf_spectral.batching": 5, "hf_spectral.prefetch": 5, "hf_spectral.calibration": 5, "hf_spectral.processes": 5,
     "hf_spectral.analyzer": 6, "hf_spectral.series": 6, "hf_spectral.comparison": 6,
     "hf_spectral.cost": 6, "hf_spectral.dry_run": 6,
     "hf_spectral.tracking": 7, "hf_spectral.experiments": 7,
@@ -133,6 +133,9 @@ def _fresh_import(code: str) -> None:
     ("hf_spectral.dynamics.io, hf_spectral.dynamics.comparison, hf_spectral.dynamics.steps",
      ("hf_spectral.engine", "hf_spectral.sources", "hf_spectral.analyzer", "matplotlib")),
     ("hf_spectral", ("torch", "transformers")),
+    # the analyze path: torch and accelerate on first use only (the numpy backend never uses them)
+    ("hf_spectral.cli.analyze, hf_spectral.analyzer, hf_spectral.engine, hf_spectral.metrics, hf_spectral.sources",
+     ("torch", "accelerate", "transformers", "diffusers", "huggingface_hub", "matplotlib")),
 ])
 def test_importing_a_layer_leaves_out(module: str, absent: tuple[str, ...]) -> None:
     _fresh_import(f"import sys\nimport {module}\nloaded = [m for m in {absent!r} if m in sys.modules]\n"

@@ -30,6 +30,9 @@ def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", default="auto", choices=["auto", "on", "off"],
                         help="decompose same-shaped matrices in batched calls: auto (default: where this device "
                         "measured faster), on, off")
+    parser.add_argument("--backend", default="auto", choices=["auto", "numpy", "torch"],
+                        help="what decomposes: auto (default: numpy's LAPACK for singular values on the CPU, which "
+                        "spares importing torch; torch for vectors, alignment, GPUs, several processes), numpy, torch")
     parser.add_argument("--register", action="append", metavar="MODULE|FILE.py", default=[],
                         help="import this module or file first: its hf_spectral.register_architecture calls tell the "
                         "analyzer about your own model family (e.g. --register recipes/grokking.py); repeatable")
@@ -76,7 +79,7 @@ def analysis_options(args: argparse.Namespace) -> dict[str, Any]:
     options = dict(include=args.include, exclude=args.exclude, top_k=args.top_k, device=args.device,
                    precision=args.dtype, alignment=args.alignment, progress=not args.no_progress,
                    heavy_tail=args.metrics == "heavy_tail", view=args.view,
-                   batch=args.batch)
+                   batch=args.batch, backend=args.backend)
     if getattr(args, "no_alignment", False):
         options["alignment"] = False
     return options

@@ -53,7 +53,7 @@ def format_estimate(estimate: Estimate, limit: int | None = 40) -> str:
         f"{'; same-shaped matrices batched' if single.batched else ''}",
         f"predicted on {single.device} ({c.device}; rates measured {c.measured_at}: float64 GEMM "
         f"{c.gemm_flops_per_s / 1e9:.1f} GFLOP/s): decompositions {single.kernel_s:.2f} s, "
-        f"whole process {single.wall_s:.2f} s (start-up {single.startup_s:.2f} s)",
+        f"whole process {single.wall_s:.2f} s (start-up {single.startup_s:.2f} s, {estimate.backend} backend)",
     ]
     if c.load > c.cores:
         lines.append(f"note: the rates were measured while the load average was {c.load:.1f} on {c.cores} cores; "

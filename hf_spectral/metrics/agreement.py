@@ -19,9 +19,15 @@ Checked against the authors' code (dyunis/spectral_dynamics):
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
+from hf_spectral._lazy import LazyModule
 from hf_spectral.metrics.spectrum import MetricInputError, as_count, decompose
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")  # imported on first use: the numpy backend never needs torch
 
 DEFAULT_K = 100
 

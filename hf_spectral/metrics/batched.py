@@ -10,10 +10,9 @@ a gain.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
-
+from hf_spectral._lazy import LazyModule
 from hf_spectral.metrics.spectrum import (
     MetricInputError,
     _check_finite,
@@ -22,6 +21,11 @@ from hf_spectral.metrics.spectrum import (
     _tall,
     singular_values,
 )
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")  # imported on first use: the numpy backend never needs torch
 
 
 def singular_values_batch(matrices: Sequence[torch.Tensor], *, precision: str = "float32") -> list[torch.Tensor]:

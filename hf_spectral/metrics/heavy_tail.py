@@ -30,12 +30,17 @@ Pure numpy on 1-D arrays: no I/O, no model knowledge.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
-import torch
 
+from hf_spectral._lazy import LazyModule
 from hf_spectral.metrics.spectrum import FLAG_NON_FINITE, FLAG_ZERO, FLOAT32_EPS, MetricInputError, _to_numpy_1d
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")  # imported on first use: the numpy backend never needs torch
 
 HEAVY_TAIL_METRICS = (
     "alpha",

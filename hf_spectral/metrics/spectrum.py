@@ -33,13 +33,19 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import numpy as np
-import torch
 
+from hf_spectral._lazy import LazyModule, is_tensor
 from hf_spectral.errors import SpectralError
+from hf_spectral.metrics import numpy_backend
 from hf_spectral.status import FLAG_NON_FINITE, FLAG_RANK_DEFICIENT, FLAG_ZERO  # noqa: F401 (re-exported by metrics)
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")  # imported on first use: the numpy backend never needs torch
 
 PRECISIONS = ("float32", "float64")
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
@@ -121,13 +127,22 @@ class _NonFiniteResult(Exception):
 # ----------------------------------------------------------------------------------------------
 
 
-def singular_values(matrix: torch.Tensor, *, precision: str = "float32") -> torch.Tensor:
+def singular_values(matrix: torch.Tensor | np.ndarray, *, precision: str = "float32") -> torch.Tensor | np.ndarray:
     """All min(m, n) singular values of a 2-D tensor, descending, float64 on the input's device.
 
     ``precision="float32"``: every σ within 1e-4·σ₁ of a float64 SVD (in practice ~1e-8·σ₁).
     ``precision="float64"``: within 1e-9·σ₁ (in practice ~1e-14·σ₁).
     Raises :class:`DecompositionError` when the decomposition fails twice (e.g. inf/NaN input).
+    A numpy array is decomposed by the numpy backend (``hf_spectral.metrics.numpy_backend``: the same
+    computation with numpy's LAPACK, no torch import) and gives a numpy array.
     """
+    if isinstance(matrix, np.ndarray):
+        array = _prepare_array(matrix, precision)
+        if min(array.shape) == 0:
+            return np.zeros(0, dtype=np.float64)
+        if precision == "float32":
+            return _with_retry(lambda w: numpy_backend.sigma_gram(w, _CHUNK_ELEMENTS), array)
+        return _with_retry(numpy_backend.sigma_direct, array)
     work, out_device = _prepare(matrix, precision)
     if min(work.shape) == 0:
         return torch.zeros(0, dtype=torch.float64, device=out_device)
@@ -294,15 +309,27 @@ def _prepare(matrix: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.
         raise MetricInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if not isinstance(matrix, torch.Tensor):
         raise MetricInputError(f"expected a torch.Tensor, got {type(matrix).__name__}")
-    if matrix.ndim != 2:
-        raise MetricInputError(f"expected a 2-D matrix, got shape {tuple(matrix.shape)}; reshape it first")
-    if matrix.is_complex():
-        raise MetricInputError("complex matrices are not supported")
+    _check_real_2d(matrix, matrix.is_complex())
     matrix = matrix.detach()
     if matrix.device.type == "mps":
         # MPS has no float64: compute and return on the CPU.
         matrix = matrix.cpu()
     return matrix, matrix.device
+
+
+def _prepare_array(matrix: np.ndarray, precision: str) -> np.ndarray:
+    """``_prepare`` for the numpy backend."""
+    if precision not in PRECISIONS:
+        raise MetricInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    _check_real_2d(matrix, np.iscomplexobj(matrix))
+    return matrix
+
+
+def _check_real_2d(matrix: torch.Tensor | np.ndarray, is_complex: bool) -> None:
+    if matrix.ndim != 2:
+        raise MetricInputError(f"expected a 2-D matrix, got shape {tuple(matrix.shape)}; reshape it first")
+    if is_complex:
+        raise MetricInputError("complex matrices are not supported")
 
 
 def as_count(value: Any, what: str) -> int:
@@ -325,7 +352,7 @@ def _check_shape(shape: tuple[int, int]) -> tuple[int, int]:
 
 
 def _to_numpy_1d(values: Any, what: str) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
+    if is_tensor(values):
         values = values.detach().to("cpu", torch.float64).numpy()
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1:
@@ -338,21 +365,28 @@ def _tall(matrix: torch.Tensor) -> torch.Tensor:
     return matrix if matrix.shape[0] >= matrix.shape[1] else matrix.mT
 
 
-def _with_retry(compute: Callable[[torch.Tensor], Any], matrix: torch.Tensor) -> Any:
+def _with_retry(compute: Callable[[Any], Any], matrix: torch.Tensor | np.ndarray) -> Any:
     """Run ``compute``; on failure retry once on W + 1e-10·I (float64), then raise DecompositionError.
 
-    The identity is ``torch.eye(m, n)``: ones on the leading min(m, n) diagonal, as in the authors'
+    The identity is ``eye(m, n)``: ones on the leading min(m, n) diagonal, as in the authors'
     ``safe_svd``. It is added after upcasting to float64, where 1e-10 is not lost to rounding.
+    A numpy array (the numpy backend's) is retried with numpy: torch is not imported for it.
     """
+    m, n = matrix.shape
+    numpy = isinstance(matrix, np.ndarray)
+    # numpy_backend raises FloatingPointError where the torch kernels raise _NonFiniteResult
+    failures = (np.linalg.LinAlgError, FloatingPointError) if numpy else (torch.linalg.LinAlgError, _NonFiniteResult)
     try:
         return compute(matrix)
-    except (torch.linalg.LinAlgError, _NonFiniteResult):
+    except failures:
         pass
-    m, n = matrix.shape
-    jittered = matrix.to(torch.float64) + RETRY_JITTER * torch.eye(m, n, dtype=torch.float64, device=matrix.device)
+    if numpy:
+        jittered = matrix.astype(np.float64) + RETRY_JITTER * np.eye(m, n)
+    else:
+        jittered = matrix.to(torch.float64) + RETRY_JITTER * torch.eye(m, n, dtype=torch.float64, device=matrix.device)
     try:
         return compute(jittered)
-    except (torch.linalg.LinAlgError, _NonFiniteResult) as exc:
+    except failures as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DecompositionError(
             f"SVD of a {m}x{n} matrix failed, also on W + 1e-10*I ({reason}); check the weights for inf/NaN"

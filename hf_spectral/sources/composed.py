@@ -4,15 +4,19 @@ as the one tensor each stands for, so that two models compare by the weight's na
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
-
+from hf_spectral._lazy import LazyModule
 from hf_spectral.sources.types import ModelPart, ReaderContext, TensorReader
 from hf_spectral.tensor_info import TensorInfo
 from hf_spectral.views import build_matrix, plan_matrices
 from hf_spectral.views.modules import composed_name
 from hf_spectral.views.types import MatrixSpec
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")  # imported on first use: the numpy backend never needs torch
 
 
 class ComposedReader(ReaderContext):

@@ -16,13 +16,17 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from hf_spectral._lazy import LazyModule
 from hf_spectral.errors import SpectralError
 from hf_spectral.sources.types import Checkpoint, ModelPart, ReaderContext
 from hf_spectral.tensor_info import TensorInfo
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")  # imported on first use: the numpy backend never needs torch
 
 _CONFIG_PATTERNS = ["config.json", "model_index.json", "*/config.json"]
 _HEADER_CACHE_VERSION = 1

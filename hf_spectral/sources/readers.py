@@ -9,15 +9,21 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-import torch
+import numpy as np
 from safetensors import SafetensorError, safe_open
 
+from hf_spectral._lazy import LazyModule
 from hf_spectral.errors import SpectralError
 from hf_spectral.sources.layout import index_weight_map
 from hf_spectral.sources.types import ReaderContext
-from hf_spectral.tensor_info import DTYPE_BYTES, TensorInfo, dtype_code
+from hf_spectral.tensor_info import DTYPE_BYTES, NUMPY_DTYPES, TensorInfo, dtype_code
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")  # imported on first use: the numpy backend never needs torch
 
 def _bad_file(path: Path, error: Exception) -> SpectralError:
     # the library's first sentence, capped: the message must stay one short line
@@ -75,6 +81,13 @@ def read_safetensors_header(path: Path) -> list[TensorInfo]:
     return [info for _, _, info in entries]
 
 
+def _open_for_torch(path: Path) -> Any:
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except SafetensorError as e:
+        raise _bad_file(path, e) from e
+
+
 class SafetensorsReader(ReaderContext):
     """Reads one model stored as one or more ``.safetensors`` files.
 
@@ -89,8 +102,11 @@ class SafetensorsReader(ReaderContext):
         if not self.files:
             raise SpectralError(f"no safetensors files given{f' by {self.index_json}' if self.index_json else ''}")
         self._handles: dict[int, Any] = {}
+        self._maps: dict[int, np.memmap] = {}
         self._lock = threading.Lock()
         self._infos, self._where = self._scan()
+        self._by_name = {info.name: info for info in self._infos}
+        self._offsets = self._data_offsets()
 
     @classmethod
     def from_index(cls, index_json: Path | str) -> "SafetensorsReader":
@@ -130,9 +146,25 @@ class SafetensorsReader(ReaderContext):
                     "re-download the model"
                 )
 
+    def _data_offsets(self) -> dict[str, tuple[int, int]]:
+        # The header check proved that each file's tensors tile its data in header order and that the
+        # data ends the file: byte ranges follow from the sizes alone.
+        offsets: dict[str, tuple[int, int]] = {}
+        ends = {i: path.stat().st_size for i, path in enumerate(self.files)}
+        for info in reversed(self._infos):
+            i = self._where[info.name]
+            offsets[info.name] = (ends[i] - info.nbytes, ends[i])
+            ends[i] -= info.nbytes
+        return offsets
+
     def tensors(self) -> list[TensorInfo]:
         """Names, shapes and dtypes of all tensors, from headers only, in file then storage order."""
         return list(self._infos)
+
+    def can_read_array(self, name: str) -> bool:
+        """Whether :meth:`read_array` reads ``name`` (a float dtype numpy holds: F64, F32, F16, BF16)."""
+        info = self._by_name.get(name)
+        return info is not None and info.dtype in NUMPY_DTYPES
 
     def file_of(self, name: str) -> Path:
         """The file that stores ``name``."""
@@ -146,22 +178,34 @@ class SafetensorsReader(ReaderContext):
 
     def read(self, name: str) -> torch.Tensor:
         """One tensor on the CPU, memory-mapped from its file (no copy)."""
-        i = self._file_index(name)
-        handle = self._handles.get(i)
+        return self._opened(self._handles, self._file_index(name), _open_for_torch).get_tensor(name)
+
+    def read_array(self, name: str) -> np.ndarray:
+        """One tensor as a numpy array memory-mapped from its file (no copy, no torch import; BF16 is
+        widened to float32, exactly). For the engine's numpy backend; ``can_read_array`` says which."""
+        mapped = self._opened(self._maps, self._file_index(name), lambda path: np.memmap(path, np.uint8, "r"))
+        info = self._by_name[name]
+        begin, end = self._offsets[name]
+        array = mapped[begin:end].view(NUMPY_DTYPES[info.dtype]).reshape(info.shape)
+        if info.dtype == "BF16":
+            return (array.astype(np.uint32) << 16).view(np.float32)
+        return array
+
+    def _opened(self, opened: dict[int, Any], i: int, open_file: Callable[[Path], Any]) -> Any:
+        """File ``i`` opened by ``open_file``, once: ``opened`` keeps it (checked again under the lock,
+        since the engine's read-ahead thread reads too)."""
+        handle = opened.get(i)
         if handle is None:
             with self._lock:
-                handle = self._handles.get(i)
+                handle = opened.get(i)
                 if handle is None:
-                    try:
-                        handle = safe_open(str(self.files[i]), framework="pt", device="cpu")
-                    except SafetensorError as e:
-                        raise _bad_file(self.files[i], e) from e
-                    self._handles[i] = handle
-        return handle.get_tensor(name)
+                    handle = opened[i] = open_file(self.files[i])
+        return handle
 
     def close(self) -> None:
         """Release the file mappings; the reader re-opens files if used again."""
         with self._lock:
+            self._maps = {}  # a mapping closes when the last array viewing it is gone
             handles, self._handles = self._handles, {}
         for handle in handles.values():
             try:
@@ -171,11 +215,14 @@ class SafetensorsReader(ReaderContext):
 
     def __getstate__(self) -> dict[str, Any]:
         # Only paths and header facts travel; handles and locks are per process.
-        return {"files": self.files, "index_json": self.index_json, "_infos": self._infos, "_where": self._where}
+        return {"files": self.files, "index_json": self.index_json, "_infos": self._infos, "_where": self._where,
+                "_offsets": self._offsets}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._handles = {}
+        self._maps = {}
+        self._by_name = {info.name: info for info in self._infos}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:

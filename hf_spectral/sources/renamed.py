@@ -4,12 +4,16 @@ stripped so that its matrices line up with the base model's)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
+from hf_spectral._lazy import LazyModule
 from hf_spectral.sources.types import ReaderContext, TensorReader
 from hf_spectral.tensor_info import TensorInfo
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")  # imported on first use: the numpy backend never needs torch
 
 
 class RenamedReader(ReaderContext):

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
+from hf_spectral._lazy import LazyModule
 from hf_spectral.errors import SpectralError
 from hf_spectral.views.types import MatrixSpec, Reader
 
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")  # imported on first use: the numpy backend never needs torch
+
 
 def build_matrix(spec: MatrixSpec, read: Reader) -> torch.Tensor:
-    """The (rows = output, cols = input) matrix of ``spec``, in the stored dtype (the engine upcasts).
+    """The (rows = output, cols = input) matrix of ``spec``, in the stored dtype (the engine upcasts);
+    a numpy array when ``read`` gives arrays (single stored tensors only: composing needs torch).
 
     Composes pruned (``orig·mask``) and weight-normed (``g·v/‖v‖``) weights, transposes HF ``Conv1D``,
     swaps a transposed conv's first two axes, flattens convs to (out, in·∏k).
@@ -26,10 +33,11 @@ def build_matrix(spec: MatrixSpec, read: Reader) -> torch.Tensor:
             f"{spec.name}: stored shape {tuple(w.shape)} differs from the planned {tuple(spec.tensor_shape)}; "
             "plan the matrices again for this checkpoint"
         )
+    # .T / swapaxes / reshape: the same on a torch tensor and a numpy array (the numpy backend's)
     if spec.kind == "conv1d_hf" or spec.transposed:
-        w = w.t()
+        w = w.T
     elif spec.kind == "conv_transpose":
-        w = w.transpose(0, 1)
+        w = w.swapaxes(0, 1)
     # flatten(1) for convs, and dropping leading 1-dims for bare parameters, are both this reshape
     return w.reshape(spec.shape)
 

@@ -8,9 +8,14 @@ import json
 import logging
 import warnings
 from functools import lru_cache
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from torch import nn
+from hf_spectral._lazy import LazyModule
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")  # imported on first use: the numpy backend never needs torch
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +32,7 @@ _KNOWN_CLASSES = frozenset({
 })
 
 
-def canonical_class(module: nn.Module) -> str:
+def canonical_class(module: torch.nn.Module) -> str:
     """The class name the views reason about: the nearest known layer class in the MRO, else the own name."""
     for cls in type(module).__mro__:
         if cls.__name__ in _KNOWN_CLASSES:
@@ -35,7 +40,7 @@ def canonical_class(module: nn.Module) -> str:
     return type(module).__name__
 
 
-def module_types_from_model(model: nn.Module) -> ModuleInfo:
+def module_types_from_model(model: torch.nn.Module) -> ModuleInfo:
     """(parameter/buffer name -> owning module class, parameter names in ``named_parameters`` order, buffer names).
 
     Tied parameters are listed under every name (a checkpoint may hold either). A parametrized weight
@@ -68,7 +73,7 @@ def module_types_from_model(model: nn.Module) -> ModuleInfo:
     return types, order, buffers
 
 
-def config_from_model(model: nn.Module) -> dict[str, Any] | None:
+def config_from_model(model: torch.nn.Module) -> dict[str, Any] | None:
     """The config dict a live model would save (what ``plan_matrices``/``alignment_pairs`` take as ``config``):
     transformers ``config.to_dict()`` with ``architectures``; diffusers ``config`` with ``_class_name``."""
     config = getattr(model, "config", None)
@@ -140,12 +145,12 @@ def _class_label(config: Mapping[str, Any]) -> str:
     return str(config.get("_class_name") or (config.get("architectures") or [None])[0] or config.get("model_type"))
 
 
-def _build_on_meta(config: dict[str, Any]) -> nn.Module | None:
+def _build_on_meta(config: dict[str, Any]) -> torch.nn.Module | None:
     if config.get("_class_name"):
         import diffusers
 
         cls = getattr(diffusers, str(config["_class_name"]), None)
-        if cls is None or not isinstance(cls, type) or not issubclass(cls, nn.Module):
+        if cls is None or not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
             return None  # a scheduler or pipeline config, not a model
         with _meta_context():
             return cls.from_config(config)
@@ -156,7 +161,7 @@ def _build_on_meta(config: dict[str, Any]) -> nn.Module | None:
     cfg = transformers.AutoConfig.for_model(**config)
     for arch in config.get("architectures") or []:
         cls = getattr(transformers, str(arch), None)
-        if isinstance(cls, type) and issubclass(cls, nn.Module):
+        if isinstance(cls, type) and issubclass(cls, torch.nn.Module):
             with _meta_context():
                 return cls(cfg)
     with _meta_context():
@@ -194,7 +199,7 @@ def _quiet():
         logging.getLogger("transformers").setLevel(level)
 
 
-def _saved_names(model: nn.Module, names: Sequence[str]) -> dict[str, str]:
+def _saved_names(model: torch.nn.Module, names: Sequence[str]) -> dict[str, str]:
     """Model name -> the name ``save_pretrained`` writes, for keys transformers renames one-to-one on save."""
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping

@@ -9,11 +9,16 @@ flattening) from the tensors it names.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
-import torch
+from hf_spectral._lazy import LazyModule
 
-Reader = Callable[[str], torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")  # imported on first use: the numpy backend never needs torch
+
+Reader = Callable[[str], "torch.Tensor"]  # a string: torch is imported on first use
 Range = tuple[int, int]
 
 # What a matrix is; it decides the orientation and how it pairs.
