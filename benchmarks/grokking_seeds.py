@@ -99,9 +99,10 @@ def table(results: list[dict]) -> str:
         around = e.get("around_metric")
         around = "—" if around is None else (
             f"{around['change']:+.3f} (steps {around['window'][0]:,}–{around['window'][1]:,}) vs "
-            f"{around['change_before']:+.3f}" + (f" ({around['ratio']:.1f}×)" if around["ratio"] else ""))
+            f"{around['change_before']:+.3f}" + (f" ({around['ratio']:.1f}×)" if around["change_before"] < 0 and around["ratio"]
+                                                 else " (flat or rising before)"))
         grok = step(s["metric_step"])
-        jump = "" if s["erank_at_metric"] is None else f"{s['erank_at_metric']:.3f} → "
+        jump = "" if s["erank_at_metric"] is None or s["metric_step"] is None else f"{s['erank_at_metric']:.3f} → "
         lines.append(
             f"| {a['seed']} | {a['weight_decay']:g} | {'**' + grok + '**' if s['metric_step'] is not None else grok} | "
             f"{drop} | {lag} | {around} | {s['final_metric']:.3f} | {e['erank_initial']:.3f} → {jump}**{e['erank_final']:.3f}** | "
@@ -124,7 +125,7 @@ def section(results: list[dict], threads: int) -> str:
             f"{a['learning_rate']:g}, {a['max_steps']:,} full-batch steps, evaluation every {a['eval_steps']} steps, "
             f"spectral snapshots at `{a['spectra_schedule']}`) with the seed and weight decay of each row, one run "
             f"at a time, each in a fresh process; {platform.machine()}, {os.cpu_count()} cores, torch "
-            f"{torch.__version__}, {threads or 'default'} torch threads; 1-min load average "
+            f"{torch.__version__}, {threads or 'default'} torch thread(s) per run; 1-min load average "
             f"{min(loads):.2f}–{max(loads):.2f} (the run's own process included)."
         ),
         "",
