@@ -56,6 +56,7 @@ _PUBLIC = {
     "console_line": "hf_spectral.recipe_support.console",
     "FullBatch": "hf_spectral.recipe_support.data",
     "full_batch_collate": "hf_spectral.recipe_support.data",
+    "digits_splits": "hf_spectral.recipe_support.data",
     "accuracy_metrics": "hf_spectral.recipe_support.metrics",
     "causal_lm_metrics": "hf_spectral.recipe_support.metrics",
     "causal_lm_scores": "hf_spectral.recipe_support.metrics",

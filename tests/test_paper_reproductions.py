@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+import hf_spectral
+
 from tiny_models import load_recipe
 
 
@@ -45,7 +47,7 @@ def test_truncation_script_matches_a_numpy_forward_pass_of_the_truncated_mlp(tmp
     assert (tmp_path / "fig.png").stat().st_size > 0 and (tmp_path / "truncation.md").is_file()
     assert list(over["epoch"]) == [0, 1]
     weights = {n: p.detach().double().numpy() for n, p in models["mlp"].named_parameters()}
-    _, (x_val, y_val) = script.digits_splits(0)
+    _, (x_val, y_val) = hf_spectral.digits_splits(0)
     x, y = x_val.reshape(len(y_val), 64).double().numpy(), y_val.numpy()
     for keep in ("top", "bottom"):
         for fraction in (0.3, 0.5, 1.0):
@@ -119,3 +121,17 @@ def test_lottery_ticket_script_against_numpy_masks_and_svds(tmp_path) -> None:
         for name in masked_names:
             assert reported[name] == pytest.approx(top_agreement(ticket[name], dense[name]), abs=1e-5)
     assert set(curves["model"].str.split().str[0]) == {"dense", "magnitude", "random"}
+
+
+def test_digits_splits_are_sklearn_digits_scaled_and_split_by_a_seeded_permutation() -> None:
+    import torch
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    (x, y), (xv, yv) = hf_spectral.digits_splits(3)
+    order = torch.randperm(1797, generator=torch.Generator().manual_seed(3)).numpy()
+    assert x.shape == (1437, 64) and xv.shape == (360, 64)
+    np.testing.assert_array_equal(x.numpy(), (digits.data[order[:1437]] / 16.0).astype(np.float32))
+    np.testing.assert_array_equal(yv.numpy(), digits.target[order[1437:]])
+    (images, _), _ = hf_spectral.digits_splits(3, images=True)
+    np.testing.assert_array_equal(images.numpy()[:, 0], (digits.images[order[:1437]] / 16.0).astype(np.float32))

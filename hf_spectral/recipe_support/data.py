@@ -50,3 +50,19 @@ def full_batch_collate(features: list[Any]) -> Any:
     if len(features) == 1 and all(getattr(value, MARK, False) for value in features[0].values()):
         return dict(features[0])
     return torch.utils.data.default_collate(features)
+
+
+def digits_splits(seed: int, images: bool = False, train_share: float = 0.8
+                  ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """scikit-learn's 1,797 8x8 digits (offline, shipped with scikit-learn) scaled to [0, 1], as 64 pixels
+    or, with ``images``, (1, 8, 8) images; a seeded ``train_share`` / rest train/validation split:
+    ((x_train, y_train), (x_val, y_val))."""
+    from sklearn.datasets import load_digits  # the recipes extra
+
+    digits = load_digits()
+    x = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1) if images else \
+        torch.tensor(digits.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(digits.target)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    cut = int(train_share * len(y))
+    return (x[order[:cut]], y[order[:cut]]), (x[order[cut:]], y[order[cut:]])

@@ -34,7 +34,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from sklearn.datasets import load_digits
 from torch import nn
 
 import hf_spectral
@@ -55,15 +54,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", type=Path, default=Path("runs/paper/lottery_ticket"))
     parser.add_argument("--figure", type=Path, default=Path("docs/images/repro_lottery_ticket.png"))
     return parser.parse_args(argv)
-
-
-def digits_splits(seed: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """scikit-learn's 1,797 digits as 64 pixels in [0, 1]; a seeded 80/20 train/validation split."""
-    digits = load_digits()
-    x, y = torch.tensor(digits.data / 16.0, dtype=torch.float32), torch.tensor(digits.target)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    cut = int(0.8 * len(y))
-    return (x[order[:cut]], y[order[:cut]]), (x[order[cut:]], y[order[cut:]])
 
 
 def build_model() -> nn.Sequential:
@@ -172,7 +162,7 @@ def main(argv: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.
     args = parse_args(argv)
     torch.set_num_threads(1)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    train_set, val_set = digits_splits(args.seed)
+    train_set, val_set = hf_spectral.digits_splits(args.seed)
     torch.manual_seed(args.seed)
     dense = build_model()
     curves, rewound = train(dense, args, train_set, val_set, "dense", rewind_epoch=args.rewind_epoch)

@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch import nn
 
 import hf_spectral
@@ -49,16 +48,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # --- data and models ------------------------------------------------------------------------------
-
-
-def digits_splits(seed: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """scikit-learn's 1,797 8x8 digits scaled to [0, 1], as (1, 8, 8) images; a seeded 80/20 train/validation split."""
-    digits = load_digits()
-    x = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
-    y = torch.tensor(digits.target)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    cut = int(0.8 * len(y))
-    return (x[order[:cut]], y[order[:cut]]), (x[order[cut:]], y[order[cut:]])
 
 
 def build_model(kind: str) -> nn.Module:
@@ -185,7 +174,7 @@ def markdown(over: pd.DataFrame, fractions: pd.DataFrame, fraction: float) -> st
 def main(argv: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, nn.Module]]:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    train_set, val_set = digits_splits(args.seed)
+    train_set, val_set = hf_spectral.digits_splits(args.seed, images=True)
     models, over, fractions = {}, [], []
     for kind in args.models:
         models[kind], history = train(kind, args, train_set, val_set)
