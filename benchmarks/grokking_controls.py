@@ -37,11 +37,9 @@ END = "<!-- benchmarks/grokking_controls.py: end -->"
 @dataclass
 class Run:
     label: str
-    folder: Path
     curves: pd.DataFrame  # by step: mean_erank, frobenius (sum over matrices), sigma_max (sum)
     val: pd.Series  # eval_val_accuracy by step
     train: pd.Series  # eval_train_accuracy by step
-    args: dict
 
 
 def load(label: str, folder: Path) -> Run:
@@ -53,9 +51,7 @@ def load(label: str, folder: Path) -> Run:
                                     frobenius=("frobenius_norm", "sum"), sigma_max=("spectral_norm", "sum"))
     history = json.loads((record / "log_history.json").read_text())
     series = lambda key: pd.Series({e["step"]: e[key] for e in history if key in e}, dtype=float).sort_index()  # noqa: E731
-    summary = folder / "summary.json"
-    args = json.loads(summary.read_text())["args"] if summary.exists() else {}
-    return Run(label, folder, curves, series("eval_val_accuracy"), series("eval_train_accuracy"), args)
+    return Run(label, curves, series("eval_val_accuracy"), series("eval_train_accuracy"))
 
 
 def first(series: pd.Series, level: float) -> int | None:

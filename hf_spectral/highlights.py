@@ -353,13 +353,19 @@ def summary_lines(dyn: Dynamics, metric: str | None = None, threshold: float = 0
     return lines
 
 
-def _rate(around: dict[str, Any]) -> str:
-    """` (10.1× the rate before)` when both windows fell, else `` (the window before did not fall)`` or ``."""
-    if around["change"] < 0 and around["change_before"] < 0:
-        return f" ({around['ratio']:.1f}× the rate before)"
-    if around["change"] < 0:
-        return " (the rank did not fall in the window before)"
+def rate_before(around: dict[str, Any], times: str = "×") -> str:
+    """` (10.1× the rate before)` when the rank fell in both windows (``times``: the sign, "x" on the
+    console), else ``."""
+    if around["change"] < 0 and around["change_before"] < 0 and around["ratio"] is not None:
+        return f" ({around['ratio']:.1f}{times} the rate before)"
     return ""
+
+
+def _rate(around: dict[str, Any]) -> str:
+    """:func:`rate_before`, or `` (the rank did not fall in the window before)`` when only the second fell."""
+    if around["change"] < 0 and around["change_before"] >= 0:
+        return " (the rank did not fall in the window before)"
+    return rate_before(around)
 
 
 def alpha_line(dyn: Dynamics, events: dict[str, Any]) -> str | None:

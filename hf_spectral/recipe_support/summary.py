@@ -18,7 +18,7 @@ import pandas as pd
 from hf_spectral.dynamics.compute import empty_table, training_table
 from hf_spectral.dynamics.types import TABLES, Dynamics
 from hf_spectral.errors import SpectralError
-from hf_spectral.highlights import drop_coincides, key_events, layer_changes, mean_erank, metric_series, training_metrics
+from hf_spectral.highlights import drop_coincides, key_events, layer_changes, mean_erank, metric_series, rate_before, training_metrics
 from hf_spectral.atomic import atomic_file
 
 RECORD = "spectral"  # SpectralCallback's default record folder under TrainingArguments.output_dir
@@ -388,10 +388,7 @@ def around_text(around: dict[str, Any]) -> str:
     "does not coincide" below :data:`hf_spectral.highlights.COINCIDES`)."""
     (a, b), (c, _) = around["window"], around["window_before"]
     verdict = "coincides" if drop_coincides(around) else "does not coincide"
-    rate = ""
-    if around["change"] < 0 and around["change_before"] < 0 and around["ratio"] is not None:
-        rate = f" ({around['ratio']:.1f}x the rate before)"
-    return (f"the rank drop {verdict} with the crossing{rate}: around it (steps {a:,}-{b:,}) the mean rank "
+    return (f"the rank drop {verdict} with the crossing{rate_before(around, 'x')}: around it (steps {a:,}-{b:,}) the mean rank "
             f"{_moved(around['change'])}; in the {a - c:,} steps before, it {_moved(around['change_before'])}")
 
 
