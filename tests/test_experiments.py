@@ -357,3 +357,18 @@ def test_spectral_callback_truncation_eval_logs_live_truncated_losses(tmp_path, 
     assert logged[6]["eval_top50_loss"] == pytest.approx(expected_top, rel=1e-4)
     assert logged[6]["eval_loss"] == pytest.approx(expected_full, rel=1e-5)
     assert "eval_bottom50_loss" in logged[6]
+
+
+def test_norm_collapse_is_judged_on_the_end_of_the_run_not_its_last_spike() -> None:
+    import numpy as np
+
+    from hf_spectral.experiments.sweep import end_value, norm_collapsed
+
+    # the wd-100 sweep run's shape: 53.7 at init, then spikes between 0.4 and 9, the last snapshot at 6.5
+    spiky = [53.7, 5.9, 8.8, 0.86, 2.1, 4.4, 9.2, 8.6, 1.1, 0.40, 3.8, 6.5]
+    assert end_value(spiky) == pytest.approx(float(np.median([0.40, 3.8, 6.5])))  # the last quarter: 3 of 12
+    assert spiky[0] / spiky[-1] < 10 < spiky[0] / float(np.median(spiky[-3:]))
+    assert norm_collapsed(spiky, loss_init=3.706, loss_final=3.676)  # the loss stayed at ln 41 = 3.71
+    assert not norm_collapsed(spiky, loss_init=3.706, loss_final=0.5)  # it learned: a small norm, not collapse
+    assert not norm_collapsed([53.7, 60.0, 55.0, 54.0], loss_init=3.7, loss_final=3.7)  # the norm did not fall
+    assert end_value([2.0]) == 2.0

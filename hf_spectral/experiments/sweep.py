@@ -28,6 +28,12 @@ logger = logging.getLogger(__name__)
 DONE_FILE = "sweep_run.json"
 RECORD = "spectral"  # the folder SpectralCallback / SpectralTracker write inside a run's output_dir
 COLLAPSE_FACTOR = 10.0  # a norm that fell by more than this, with a loss that did not fall, has collapsed
+# "Did not fall": the final training loss is above this share of the first logged one (a collapsed run's loss
+# stays at chance, ln(classes), give or take a percent).
+LOSS_KEPT = 0.9
+# A collapsed norm is spiky (Adam's normalized steps push it up, the decay crushes it again: 0.4 to 9 within
+# 300 steps at weight decay 100), so the norm "at the end" is the median over the last quarter of the snapshots.
+END_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -85,9 +91,9 @@ def sweep_tables(runs: Sequence[SweepRun], metric: str | None = None) -> tuple[p
 
     ``over_time``: weight_decay, seed, step, mean_normalized_effective_rank, total_frobenius (Σ over matrices
     of ‖W‖_F).
-    ``runs``: one row per run: weight_decay, seed, erank_init/final, norm_init/final, norm_ratio
-    (init / final), loss_init/final (training loss), metric, metric_final, collapsed (norm fell by more than
-    10× while the loss did not fall).
+    ``runs``: one row per run: weight_decay, seed, erank_init/final, norm_init/final, norm_end (the median over
+    the last quarter of the snapshots), norm_ratio (init / end), loss_init/final (training loss), metric,
+    metric_final, collapsed (``norm_collapsed``).
     """
     from hf_spectral.series import load_series
     from hf_spectral.store import STATUS_OK
@@ -112,17 +118,32 @@ def sweep_tables(runs: Sequence[SweepRun], metric: str | None = None) -> tuple[p
         norm_init, norm_final = float(norms.iloc[0]), float(norms.iloc[-1])
         loss_init = losses[0] if losses else float("nan")
         loss_final = losses[-1] if losses else float("nan")
-        ratio = norm_init / norm_final if norm_final > 0 else float("inf")
+        norm_end = end_value(norms.tolist())
+        ratio = norm_init / norm_end if norm_end > 0 else float("inf")
         rows.append({
             "weight_decay": run.weight_decay, "seed": run.seed,
             "erank_init": float(erank.iloc[0]), "erank_final": float(erank.iloc[-1]),
-            "norm_init": norm_init, "norm_final": norm_final, "norm_ratio": ratio,
+            "norm_init": norm_init, "norm_final": norm_final, "norm_end": norm_end, "norm_ratio": ratio,
             "loss_init": loss_init, "loss_final": loss_final,
             "metric": chosen, "metric_final": final_metric[-1] if final_metric else float("nan"),
-            "collapsed": bool(ratio > COLLAPSE_FACTOR and not loss_final < loss_init),
+            "collapsed": norm_collapsed(norms.tolist(), loss_init, loss_final),
         })
     columns = ["weight_decay", "seed", "step", "mean_normalized_effective_rank", "total_frobenius"]
     return pd.concat(over_time, ignore_index=True)[columns], pd.DataFrame(rows)
+
+
+def end_value(values: Sequence[float]) -> float:
+    """The median over the last quarter (``END_SHARE``) of ``values``, at least the last one."""
+    tail = list(values)[-max(1, round(len(values) * END_SHARE)):]
+    return float(pd.Series(tail, dtype=float).median())
+
+
+def norm_collapsed(norms: Sequence[float], loss_init: float, loss_final: float) -> bool:
+    """Norm collapse: Σ‖W‖_F at the end (``end_value``) is more than ``COLLAPSE_FACTOR`` × below the first
+    snapshot's, while the training loss stayed above ``LOSS_KEPT`` of its first logged value."""
+    end = end_value(norms)
+    fell = end <= 0 or norms[0] / end > COLLAPSE_FACTOR
+    return bool(fell and not loss_final <= LOSS_KEPT * loss_init)
 
 
 def _logged(history: list[dict], metric: str) -> list[float]:
