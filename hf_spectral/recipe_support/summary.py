@@ -60,6 +60,7 @@ class RunSummary:
     after_step: int | None = None
     events: dict[str, Any] | None = None
     events_after: dict[str, Any] | None = None
+    record_start: int | None = None
     erank_initial: float | None = None
     erank_at_metric: float | None = None
     erank_final: float | None = None
@@ -199,7 +200,9 @@ def _fill_rank(run: RunSummary, dyn: Dynamics, target: float, measures: Mapping[
     if run.after_step is not None:
         run.events_after = key_events(dyn, metric, target, after=run.after_step)
     run.erank_initial, run.erank_final = run.events["erank_initial"], run.events["erank_final"]
-    run.erank_at_metric = value_at(mean_erank(dyn), run.metric_step)
+    erank = mean_erank(dyn).dropna()
+    run.record_start = int(erank.index[0]) if len(erank) else None  # a branch's record starts at its split step
+    run.erank_at_metric = value_at(erank, run.metric_step)
     changes = layer_changes(dyn).dropna(subset=["erank_change"])
     falls = changes[changes["erank_change"] < 0].nsmallest(RANK_FALLS, "erank_change")
     run.rank_falls = [{"matrix": r.matrix, "erank_first": float(r.erank_first), "erank_last": float(r.erank_last)}
@@ -329,7 +332,7 @@ def summary_text(run: RunSummary, *, title: str | None = None, after: Crossing |
         lines.append(f"final {label}: not logged (evaluate with the Trainer, e.g. --eval_strategy steps)")
     if alignment:
         lines.append("consecutive-layer alignment (mean score): " + (
-            f"{_num(run.alignment_initial)} at init -> {_num(run.alignment_final)} at the end"
+            f"{_num(run.alignment_initial)} {_start(run)} -> {_num(run.alignment_final)} at the end"
             if run.alignment_final is not None else "not recorded (SpectralCallback(alignment=True, top_k > 0))"))
     if run.events is None:
         lines.append("no spectral record (--track_spectra false): no report")
@@ -369,7 +372,7 @@ def _rank_lines(run: RunSummary, events: dict[str, Any], label: str, after: Cros
     change = ""
     if run.erank_initial and run.erank_final is not None:
         change = f" ({(run.erank_final - run.erank_initial) / run.erank_initial:+.1%})"
-    lines.append(f"mean normalized effective rank: {_num(run.erank_initial)} at init{middle} -> "
+    lines.append(f"mean normalized effective rank: {_num(run.erank_initial)} {_start(run)}{middle} -> "
                  f"{_num(run.erank_final)} at the end{change}")
     if run.rank_falls:
         lines.append("rank fell most in: " + ", ".join(
@@ -380,6 +383,11 @@ def _rank_lines(run: RunSummary, events: dict[str, Any], label: str, after: Cros
         middle = f" -> {_num(values['at_metric'])} at step {crossed:,}" if crossed is not None and values["at_metric"] is not None else ""
         lines.append(f"{name}: {_num(values['initial'])} at init{middle} -> {_num(values['final'])} at the end")
     return lines
+
+
+def _start(run: RunSummary) -> str:
+    """Where the record starts: "at init", or "at step N" (a branched or resumed run)."""
+    return "at init" if not run.record_start else f"at step {run.record_start:,}"
 
 
 def around_text(around: dict[str, Any]) -> str:
