@@ -162,3 +162,9 @@ def test_bad_branch_flags_say_what_to_do(trunk, tmp_path):
     wrong = nn.Linear(2, 2)
     with pytest.raises(hf_spectral.SpectralError, match="do not fit this model"):
         hf_spectral.recipe_support.branching.load_weights(wrong, str(trunk[0] / "checkpoint-4"))
+    torn = tmp_path / "checkpoint-2"
+    torn.mkdir()
+    (torn / "model.safetensors").write_bytes((weights_only / "model.safetensors").read_bytes()[:40])  # cut short
+    with pytest.raises(hf_spectral.SpectralError, match=r"^--rewind_to .*checkpoint-2/model.safetensors: unreadable weights \(.*\); "
+                       "pass an intact checkpoint$"):
+        hf_spectral.recipe_support.branching.load_weights(Probe(), str(torn))

@@ -71,6 +71,7 @@ class Probe(TrainerCallback):
 class Run:
     out: Path
     probe: Probe
+    finish: dict  # what main handed to finish_run
 
 
 @dataclass
@@ -94,7 +95,7 @@ class Trunk:
     def run(self, name: str, *flags: str) -> Run:
         """The recipe's main with the tiny flags and a Probe on its Trainer, without its report and card: their
         plots take 90% of a tiny run (~20 s), and the recipes' smoke tests check them."""
-        probe, out = Probe(), self.root / name
+        probe, out, finish = Probe(), self.root / name, {}
 
         class ProbedTrainer(self.recipe.Trainer):
             def __init__(self, *args, **kwargs):
@@ -103,9 +104,9 @@ class Trunk:
 
         with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()):
             patch.setattr(self.recipe, "Trainer", ProbedTrainer)
-            patch.setattr(hf_spectral, "finish_run", lambda *args, **kwargs: None)
+            patch.setattr(hf_spectral, "finish_run", lambda *args, **kwargs: finish.update(kwargs))
             self.recipe.main([*self.flags, *flags, "--max_steps", str(STEPS), "--output_dir", str(out)])
-        return Run(out, probe)
+        return Run(out, probe, finish)
 
 
 def _digest(folder: Path) -> str:
@@ -169,6 +170,8 @@ def test_a_branch_starts_from_the_checkpoint_weights_optimizer_and_step(trunk):
             np.testing.assert_array_equal(probe.moments[index][key].numpy(), entry[key].numpy())
     state = json.loads((trunk.checkpoint / "trainer_state.json").read_text())
     assert state["global_step"] == SPLIT
+    finish = trunk.branches["one"].finish  # the summary's step count and the card tell where the branch began
+    assert finish["start_step"] == SPLIT and f"branched from {trunk.checkpoint}" in finish["card_fields"]["model_summary"]
     # the branch's log history continues the trunk's: its steps 1-4, then its own
     trunk_losses, one, two = (run.probe.losses for run in (trunk.trunk_run, trunk.branches["one"], trunk.branches["two"]))
     assert sorted(one) == list(range(1, STEPS + 1))
@@ -198,7 +201,8 @@ def test_a_branch_records_from_the_split_on_and_leaves_the_trunk_alone(trunk):
 def test_rewind_starts_at_step_0_from_the_checkpoint_weights_with_a_fresh_optimizer(trunk):
     rewound = trunk.run("rewound", "--rewind_to", str(trunk.checkpoint), "--seed", "3")
     probe, saved = rewound.probe, load_file(trunk.checkpoint / "model.safetensors")
-    assert probe.step == 0 and probe.moments == {}
+    assert probe.step == 0 and probe.moments == {} and rewound.finish["start_step"] == 0
+    assert f"from the weights of {trunk.checkpoint}" in rewound.finish["card_fields"]["model_summary"]
     for name, value in saved.items():
         np.testing.assert_array_equal(probe.weights[name], value)
     assert sorted(probe.losses) == list(range(1, STEPS + 1))  # all 8 steps trained, none of the trunk's logged
@@ -215,6 +219,10 @@ def test_bad_checkpoints_get_one_line_naming_the_folder_and_the_fix(trunk, tmp_p
         with pytest.raises(hf_spectral.SpectralError) as error:
             trunk.run("missing", flag, str(missing))
         assert str(error.value) == f"{flag} {missing}: no such folder; pass a Trainer checkpoint such as run/checkpoint-100"
+    with pytest.raises(hf_spectral.SpectralError) as error:  # e.g. image_classification's default --output_dir
+        trunk.run("trunk", "--branch_from", str(trunk.checkpoint))
+    assert str(error.value) == (f"--branch_from {trunk.checkpoint}: it lies in --output_dir {trunk.out}, where the new run "
+                                "would overwrite its trunk's model, record and later checkpoints; pass a new --output_dir")
     for flag, model in (("--branch_from", trunk.setting.other_layers), ("--rewind_to", trunk.setting.other_shapes)):
         with pytest.raises(hf_spectral.SpectralError) as error:
             trunk.run("other", flag, str(trunk.checkpoint), *model)

@@ -43,6 +43,7 @@ class ExperimentArguments:
     rewind_to: str | None = field(default=None, metadata={
         "help": "A checkpoint whose weights training starts from (lottery-ticket rewinding); optimizer, schedule and step "
                 "start afresh."})
+    start_step: int = field(default=0, init=False)  # the step training started at, set by train() (not a flag)
 
     def configure(self, training: TrainingArguments) -> None:
         """Check the flags against ``training`` and give a branched or rewound run its own data order (before the
@@ -59,21 +60,46 @@ class ExperimentArguments:
             if missing:
                 raise SpectralError(f"--branch_from {self.branch_from}: no {', '.join(missing)} (a branch resumes the optimizer "
                                     "and schedule); save full checkpoints in the trunk run (--save_only_model false)")
+        for flag, checkpoint in (("--branch_from", self.branch_from), ("--rewind_to", self.rewind_to)):
+            if checkpoint and _within(checkpoint, training.output_dir):  # e.g. a recipe's default --output_dir
+                raise SpectralError(f"{flag} {checkpoint}: it lies in --output_dir {training.output_dir}, where the new run "
+                                    "would overwrite its trunk's model, record and later checkpoints; pass a new --output_dir")
         if (self.branch_from or self.rewind_to) and training.data_seed is None:
             training.data_seed = branch_data_seed(training.seed)
 
+    @property
+    def origin(self) -> str:
+        """Where the weights came from, for model cards: "from scratch", "branched from run/checkpoint-N"..."""
+        if self.branch_from:
+            return f"branched from {self.branch_from}"
+        if self.rewind_to:
+            return f"from the weights of {self.rewind_to}"
+        return "from scratch"
+
     def train(self, trainer: Trainer) -> TrainOutput:
         """``trainer.train()`` from where the flags say: a branch point, a rewound model, the Trainer's own
-        ``--resume_from_checkpoint``, or from scratch."""
-        if self.rewind_to:
-            load_weights(trainer.model, self.rewind_to)
-            return trainer.train()
-        if self.branch_from:
-            # the Trainer's resume loads weights non-strictly (missing layers: a warning) and then fails deep in
-            # torch on the optimizer state: check the fit first, in one line
-            check_fits(trainer.model, self.branch_from, "--branch_from")
-            return trainer.train(resume_from_checkpoint=branch_point(trainer, self.branch_from))
-        return trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+        ``--resume_from_checkpoint``, or from scratch. Sets ``start_step`` (a branch's or resumed run's: N)."""
+        from transformers import TrainerCallback
+
+        experiment = self
+
+        class StartStep(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):  # after a resume has restored the step
+                experiment.start_step = state.global_step
+
+        trainer.add_callback(StartStep)
+        try:
+            if self.rewind_to:
+                load_weights(trainer.model, self.rewind_to)
+                return trainer.train()
+            if self.branch_from:
+                # the Trainer's resume loads weights non-strictly (missing layers: a warning) and then fails deep in
+                # torch on the optimizer state: check the fit first, in one line
+                check_fits(trainer.model, self.branch_from, "--branch_from")
+                return trainer.train(resume_from_checkpoint=branch_point(trainer, self.branch_from))
+            return trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+        finally:
+            trainer.remove_callback(StartStep)
 
 
 def branch_data_seed(seed: int) -> int:
@@ -105,12 +131,12 @@ def branch_point(trainer: Trainer, checkpoint: str) -> str:
     return folder
 
 
-def load_weights(model: nn.Module, checkpoint: str, flag: str = "--rewind_to") -> None:
+def load_weights(model: nn.Module, checkpoint: str) -> None:
     """Load ``checkpoint``'s weights (one file or shards, safetensors or .bin) into ``model``, strictly: every
     parameter and buffer must be there with its shape (tied copies, which ``save_pretrained`` leaves out, excepted)."""
     from transformers.trainer_utils import load_sharded_checkpoint
 
-    weights = check_fits(model, checkpoint, flag)
+    weights = check_fits(model, checkpoint, "--rewind_to")
     if weights.endswith(".index.json"):
         load_sharded_checkpoint(model, checkpoint, strict=False)
     elif weights.endswith(".safetensors"):
@@ -144,8 +170,8 @@ def check_fits(model: nn.Module, checkpoint: str, flag: str) -> str:
 
 
 def _saved_shapes(weights: str, flag: str) -> dict[str, tuple[int, ...]]:
-    """The name -> shape of every tensor in a weights file or sharded index, from the safetensors headers (no
-    tensor data read; a .bin is memory-mapped)."""
+    """The name -> shape of every tensor in a weights file or sharded index (safetensors: from the headers, no
+    tensor data read)."""
     import json
 
     folder = os.path.dirname(weights)
@@ -166,12 +192,17 @@ def _saved_shapes(weights: str, flag: str) -> dict[str, tuple[int, ...]]:
             else:
                 import torch
 
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                state = torch.load(path, map_location="cpu", weights_only=True)
                 shapes.update((key, tuple(value.shape)) for key, value in state.items())
     except Exception as exc:  # a torn or foreign file: name it instead of a library's traceback
         raise SpectralError(f"{flag} {weights}: unreadable weights ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else ''}); pass an intact checkpoint") from exc
     return shapes
+
+
+def _within(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
 
 
 def _dims(shape: tuple[int, ...]) -> str:

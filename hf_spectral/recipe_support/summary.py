@@ -53,6 +53,7 @@ class RunSummary:
     threshold: float | None
     train_seconds: float | None = None
     steps: int | None = None
+    start_step: int = 0
     final_metric: float | None = None
     best_metric: float | None = None
     best_step: int | None = None
@@ -100,6 +101,7 @@ def finish_run(
     model_card_copy: str | Path | None = None,
     alignment: bool = False,
     train_seconds: float | None = None,
+    start_step: int = 0,
     extra: Mapping[str, Any] | None = None,
     quiet: bool = False,
 ) -> RunSummary:
@@ -116,7 +118,8 @@ def finish_run(
     (``card_fields`` fill its template: model_summary, model_type, training_details, ...;
     ``description`` / ``training_details``: shorthands for two of them) and its copy at
     ``model_card_copy`` with figures beside it. ``alignment``: tell the consecutive-layer alignment.
-    ``train_seconds``: the wall time of ``trainer.train()``, told with the steps it took.
+    ``train_seconds``: the wall time of ``trainer.train()``, told with the steps it took since ``start_step``
+    (a branched or resumed run's first step: ``ExperimentArguments.start_step``).
     """
     if threshold is not None and not higher_is_better:
         raise SpectralError(f"finish_run(metric={metric!r}): a threshold counts as reached at >=; "
@@ -133,7 +136,7 @@ def finish_run(
     target = math.inf if threshold is None else float(threshold)  # inf: no step counts as reached
 
     run = RunSummary(recipe=recipe, output_dir=str(out), metric=metric, higher_is_better=higher_is_better,
-                     threshold=threshold, train_seconds=train_seconds, extra=dict(extra or {}))
+                     threshold=threshold, train_seconds=train_seconds, start_step=start_step, extra=dict(extra or {}))
     steps = [int(entry["step"]) for entry in history if isinstance(entry.get("step"), (int, float))]
     run.steps = max(steps) if steps else None
     run.training_log = str(_write_json(out / LOG_FILE, history))
@@ -314,8 +317,10 @@ def summary_text(run: RunSummary, *, title: str | None = None, after: Crossing |
     label = metric_label or run.metric
     lines = [f"== {run.recipe} summary" + (f" ({title})" if title else "") + " =="]
     if run.train_seconds is not None:
-        pace = f" ({run.train_seconds / run.steps:.4f} s/step)" if run.steps else ""
-        lines.append(f"trained {run.steps or 0:,} steps in {run.train_seconds:.1f} s{pace}")
+        trained = (run.steps or 0) - run.start_step
+        pace = f" ({run.train_seconds / trained:.4f} s/step)" if trained > 0 else ""
+        since = f" (steps {run.start_step:,}-{run.steps:,})" if run.start_step else ""
+        lines.append(f"trained {trained:,} steps{since} in {run.train_seconds:.1f} s{pace}")
     if run.threshold is not None:
         text = f"{label} >= {_share(run.threshold)}: {_at(run.metric_step)}"
         if after is not None:
