@@ -171,7 +171,7 @@ def test_a_branch_starts_from_the_checkpoint_weights_optimizer_and_step(trunk):
     state = json.loads((trunk.checkpoint / "trainer_state.json").read_text())
     assert state["global_step"] == SPLIT
     finish = trunk.branches["one"].finish  # the summary's step count and the card tell where the branch began
-    assert finish["start_step"] == SPLIT and f"branched from {trunk.checkpoint}" in finish["card_fields"]["model_summary"]
+    assert finish["start_step"] == SPLIT and f"as a branch of {trunk.checkpoint}" in finish["card_fields"]["model_summary"]
     # the branch's log history continues the trunk's: its steps 1-4, then its own
     trunk_losses, one, two = (run.probe.losses for run in (trunk.trunk_run, trunk.branches["one"], trunk.branches["two"]))
     assert sorted(one) == list(range(1, STEPS + 1))

@@ -69,9 +69,9 @@ class ExperimentArguments:
 
     @property
     def origin(self) -> str:
-        """Where the weights came from, for model cards: "from scratch", "branched from run/checkpoint-N"..."""
+        """Where the weights came from, for model cards: "from scratch", "as a branch of run/checkpoint-N"..."""
         if self.branch_from:
-            return f"branched from {self.branch_from}"
+            return f"as a branch of {self.branch_from}"
         if self.rewind_to:
             return f"from the weights of {self.rewind_to}"
         return "from scratch"
