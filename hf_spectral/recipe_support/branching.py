@@ -84,8 +84,10 @@ class ExperimentArguments:
         experiment = self
 
         class StartStep(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kwargs):  # after a resume has restored the step
+            def on_train_begin(self, args, state, control, optimizer=None, **kwargs):  # after a resume restored its state
                 experiment.start_step = state.global_step
+                if experiment.branch_from and optimizer is not None:
+                    check_optimizer(optimizer, experiment.branch_from)
 
         trainer.add_callback(StartStep)
         try:
@@ -167,6 +169,15 @@ def check_fits(model: nn.Module, checkpoint: str, flag: str) -> str:
         raise SpectralError(f"{flag} {checkpoint}: its weights do not fit this model: {what}; pass the model flags of "
                             "the run that saved it, or a checkpoint of this model")
     return weights
+
+
+def check_optimizer(optimizer, checkpoint: str) -> None:
+    """After a resume: the loaded state must be this optimizer's. ``load_state_dict`` takes the saved groups' settings
+    as they are, so another --optim's state would fail at the first step, deep in torch (SGD without "momentum")."""
+    absent = sorted(set(optimizer.defaults) - {key for group in optimizer.param_groups for key in group})
+    if absent:
+        raise SpectralError(f"--branch_from {checkpoint}: its optimizer.pt is another optimizer's (no {', '.join(absent[:3])}); "
+                            "pass the trunk run's --optim (a branch resumes its optimizer)")
 
 
 def _saved_shapes(weights: str, flag: str) -> dict[str, tuple[int, ...]]:
