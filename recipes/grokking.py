@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
                f"wd {training.weight_decay:g}, seed {training.seed}")  # for titles
     return hf_spectral.finish_run(
         training.output_dir, recipe="grokking", metric="eval_val_accuracy", threshold=0.9, metric_label="validation accuracy",
-        after=hf_spectral.Crossing("eval_train_accuracy", 0.99, "train accuracy"), title=setting,
+        after=hf_spectral.Crossing("eval_train_accuracy", 0.99, "train accuracy"), title=setting, start_step=experiment.start_step,
         measures={"eval_train_accuracy": "train accuracy", "spectral/fourier/top5_fraction": "Fourier top-5 share of the embedding"},
         log_history=trainer.state.log_history, alignment=spectral.spectra_alignment, model_card_copy=spectral.model_card_copy,
         train_seconds=wall, extra={"args": {**asdict(args), **asdict(spectral), **asdict(experiment), **training.to_dict()}})

@@ -11,7 +11,7 @@ report, the model card and a console summary.
     python recipes/image_classification.py --model_type vgg --model_preset paper --dataset_name uoft-cs/cifar10
     python recipes/image_classification.py --model_type resnet --train_dir path/to/imagefolder
     accelerate launch --multi_gpu --num_processes 2 recipes/image_classification.py --model_type vit
-    python recipes/image_classification.py --branch_from RUN/checkpoint-26 --seed 1 --split_seed 0  # an LMC branch
+    python recipes/image_classification.py --branch_from RUN/checkpoint-26 --seed 1 --split_seed 42 --output_dir RUN-b1  # LMC
 
 `--model_preset paper`: the paper's models and settings (VGG: SGD momentum 0.9, lr 0.1, wd 1e-4, lr x0.1 at epochs
 82/123/160 of 164; MLP: SGD momentum 0.9, constant lr 1e-3, wd 0, 300 epochs; batch 128, no augmentation, 10% of
@@ -287,9 +287,9 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
     return hf_spectral.finish_run(
         training.output_dir, recipe="image_classification", metric="eval_accuracy", metric_label="validation accuracy",
         title=setting, log_history=trainer.state.log_history, alignment=spectral.spectra_alignment, train_seconds=wall,
-        card_fields={"model_summary": f"A {type(model).__name__} trained from scratch, its weights' spectra tracked by "
-                     "hf-spectral.", "model_type": type(model).__name__, "training_details": details},
-        model_card_copy=spectral.model_card_copy,
+        start_step=experiment.start_step, model_card_copy=spectral.model_card_copy,
+        card_fields={"model_summary": f"A {type(model).__name__} trained {experiment.origin}, its weights' spectra tracked "
+                     "by hf-spectral.", "model_type": type(model).__name__, "training_details": details},
         extra={"args": {**asdict(args), **asdict(spectral), **asdict(experiment), **training.to_dict()}})
 
 

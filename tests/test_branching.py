@@ -148,6 +148,16 @@ def test_rewind_starts_from_the_checkpoint_weights_with_a_fresh_optimizer(trunk,
     assert not np.array_equal(Probe().linear.weight.detach().numpy(), probe.weights["linear.weight"].numpy())
 
 
+def test_a_branch_with_another_optimizer_stops_before_its_first_step(trunk, tmp_path):
+    """torch's load_state_dict takes the saved groups' settings: SGD would fail at step 1 with a KeyError."""
+    with pytest.raises(hf_spectral.SpectralError) as error:
+        _branch(trunk, tmp_path, "sgd", seed=1, optim="sgd")
+    message = str(error.value)
+    assert message.startswith(f"--branch_from {trunk[0] / 'checkpoint-12'}: its optimizer.pt is another optimizer's (no ")
+    assert "momentum" in message and message.endswith("; pass the trunk run's --optim (a branch resumes its optimizer)")
+    assert not list((tmp_path / "sgd").glob("checkpoint-*"))  # stopped before step 1
+
+
 def test_bad_branch_flags_say_what_to_do(trunk, tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint=str(trunk[0] / "checkpoint-4"), report_to="none")
     with pytest.raises(hf_spectral.SpectralError, match="pass only one"):
@@ -162,3 +172,9 @@ def test_bad_branch_flags_say_what_to_do(trunk, tmp_path):
     wrong = nn.Linear(2, 2)
     with pytest.raises(hf_spectral.SpectralError, match="do not fit this model"):
         hf_spectral.recipe_support.branching.load_weights(wrong, str(trunk[0] / "checkpoint-4"))
+    torn = tmp_path / "checkpoint-2"
+    torn.mkdir()
+    (torn / "model.safetensors").write_bytes((weights_only / "model.safetensors").read_bytes()[:40])  # cut short
+    with pytest.raises(hf_spectral.SpectralError, match=r"^--rewind_to .*checkpoint-2/model.safetensors: unreadable weights \(.*\); "
+                       "pass an intact checkpoint$"):
+        hf_spectral.recipe_support.branching.load_weights(Probe(), str(torn))

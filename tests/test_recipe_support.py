@@ -264,6 +264,12 @@ def test_summary_sets_the_two_steps_side_by_side():
     assert "validation accuracy >= 90%: step 1,150 (train accuracy >= 99%: step 275)" in text
     assert "side by side: the fastest rank drop ends at step 1,150, at the step validation accuracy crossed (step 1,150)" in text
     assert "0.850 at init -> 0.410 at step 1,150 -> 0.300 at the end (-64.7%)" in text
+    run.record_start = run.start_step = 300  # a branch: its record and its training start at the split step
+    run.steps, run.train_seconds = 1150, 17.0
+    branch = "\n".join(summary_text(run, after=after))
+    assert "0.850 at step 300 -> 0.410 at step 1,150 -> " in branch
+    assert "trained 850 steps (steps 300-1,150) in 17.0 s (0.0200 s/step)" in branch
+    run.record_start, run.start_step, run.steps, run.train_seconds = None, 0, None, None
     events.update(rank_drop_interval=(25, 50), lag=-1100)
     assert "ends at step 50, 1,100 steps before validation accuracy crossed (step 1,150)" in "\n".join(summary_text(run, metric_label="validation accuracy"))
     events["around_metric"] = {"window": (11900, 15900), "window_before": (7900, 11900),

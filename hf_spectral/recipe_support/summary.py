@@ -53,6 +53,7 @@ class RunSummary:
     threshold: float | None
     train_seconds: float | None = None
     steps: int | None = None
+    start_step: int = 0
     final_metric: float | None = None
     best_metric: float | None = None
     best_step: int | None = None
@@ -60,6 +61,7 @@ class RunSummary:
     after_step: int | None = None
     events: dict[str, Any] | None = None
     events_after: dict[str, Any] | None = None
+    record_start: int | None = None
     erank_initial: float | None = None
     erank_at_metric: float | None = None
     erank_final: float | None = None
@@ -99,6 +101,7 @@ def finish_run(
     model_card_copy: str | Path | None = None,
     alignment: bool = False,
     train_seconds: float | None = None,
+    start_step: int = 0,
     extra: Mapping[str, Any] | None = None,
     quiet: bool = False,
 ) -> RunSummary:
@@ -115,7 +118,8 @@ def finish_run(
     (``card_fields`` fill its template: model_summary, model_type, training_details, ...;
     ``description`` / ``training_details``: shorthands for two of them) and its copy at
     ``model_card_copy`` with figures beside it. ``alignment``: tell the consecutive-layer alignment.
-    ``train_seconds``: the wall time of ``trainer.train()``, told with the steps it took.
+    ``train_seconds``: the wall time of ``trainer.train()``, told with the steps it took since ``start_step``
+    (a branched or resumed run's first step: ``ExperimentArguments.start_step``).
     """
     if threshold is not None and not higher_is_better:
         raise SpectralError(f"finish_run(metric={metric!r}): a threshold counts as reached at >=; "
@@ -132,7 +136,7 @@ def finish_run(
     target = math.inf if threshold is None else float(threshold)  # inf: no step counts as reached
 
     run = RunSummary(recipe=recipe, output_dir=str(out), metric=metric, higher_is_better=higher_is_better,
-                     threshold=threshold, train_seconds=train_seconds, extra=dict(extra or {}))
+                     threshold=threshold, train_seconds=train_seconds, start_step=start_step, extra=dict(extra or {}))
     steps = [int(entry["step"]) for entry in history if isinstance(entry.get("step"), (int, float))]
     run.steps = max(steps) if steps else None
     run.training_log = str(_write_json(out / LOG_FILE, history))
@@ -199,7 +203,9 @@ def _fill_rank(run: RunSummary, dyn: Dynamics, target: float, measures: Mapping[
     if run.after_step is not None:
         run.events_after = key_events(dyn, metric, target, after=run.after_step)
     run.erank_initial, run.erank_final = run.events["erank_initial"], run.events["erank_final"]
-    run.erank_at_metric = value_at(mean_erank(dyn), run.metric_step)
+    erank = mean_erank(dyn).dropna()
+    run.record_start = int(erank.index[0]) if len(erank) else None  # a branch's record starts at its split step
+    run.erank_at_metric = value_at(erank, run.metric_step)
     changes = layer_changes(dyn).dropna(subset=["erank_change"])
     falls = changes[changes["erank_change"] < 0].nsmallest(RANK_FALLS, "erank_change")
     run.rank_falls = [{"matrix": r.matrix, "erank_first": float(r.erank_first), "erank_last": float(r.erank_last)}
@@ -311,8 +317,10 @@ def summary_text(run: RunSummary, *, title: str | None = None, after: Crossing |
     label = metric_label or run.metric
     lines = [f"== {run.recipe} summary" + (f" ({title})" if title else "") + " =="]
     if run.train_seconds is not None:
-        pace = f" ({run.train_seconds / run.steps:.4f} s/step)" if run.steps else ""
-        lines.append(f"trained {run.steps or 0:,} steps in {run.train_seconds:.1f} s{pace}")
+        trained = (run.steps or 0) - run.start_step
+        pace = f" ({run.train_seconds / trained:.4f} s/step)" if trained > 0 else ""
+        since = f" (steps {run.start_step:,}-{run.steps:,})" if run.start_step else ""
+        lines.append(f"trained {trained:,} steps{since} in {run.train_seconds:.1f} s{pace}")
     if run.threshold is not None:
         text = f"{label} >= {_share(run.threshold)}: {_at(run.metric_step)}"
         if after is not None:
@@ -329,7 +337,7 @@ def summary_text(run: RunSummary, *, title: str | None = None, after: Crossing |
         lines.append(f"final {label}: not logged (evaluate with the Trainer, e.g. --eval_strategy steps)")
     if alignment:
         lines.append("consecutive-layer alignment (mean score): " + (
-            f"{_num(run.alignment_initial)} at init -> {_num(run.alignment_final)} at the end"
+            f"{_num(run.alignment_initial)} {_start(run)} -> {_num(run.alignment_final)} at the end"
             if run.alignment_final is not None else "not recorded (SpectralCallback(alignment=True, top_k > 0))"))
     if run.events is None:
         lines.append("no spectral record (--track_spectra false): no report")
@@ -369,7 +377,7 @@ def _rank_lines(run: RunSummary, events: dict[str, Any], label: str, after: Cros
     change = ""
     if run.erank_initial and run.erank_final is not None:
         change = f" ({(run.erank_final - run.erank_initial) / run.erank_initial:+.1%})"
-    lines.append(f"mean normalized effective rank: {_num(run.erank_initial)} at init{middle} -> "
+    lines.append(f"mean normalized effective rank: {_num(run.erank_initial)} {_start(run)}{middle} -> "
                  f"{_num(run.erank_final)} at the end{change}")
     if run.rank_falls:
         lines.append("rank fell most in: " + ", ".join(
@@ -380,6 +388,11 @@ def _rank_lines(run: RunSummary, events: dict[str, Any], label: str, after: Cros
         middle = f" -> {_num(values['at_metric'])} at step {crossed:,}" if crossed is not None and values["at_metric"] is not None else ""
         lines.append(f"{name}: {_num(values['initial'])} at init{middle} -> {_num(values['final'])} at the end")
     return lines
+
+
+def _start(run: RunSummary) -> str:
+    """Where the record starts: "at init", or "at step N" (a branched or resumed run)."""
+    return "at init" if not run.record_start else f"at step {run.record_start:,}"
 
 
 def around_text(around: dict[str, Any]) -> str:
