@@ -65,6 +65,7 @@ _PUBLIC = {
     "RunSummary": "hf_spectral.recipe_support.summary",
     "finish_run": "hf_spectral.recipe_support.summary",
     "set_cpu_threads": "hf_spectral.recipe_support.threads",
+    "run_main": "hf_spectral.recipe_support.entry",
     # recipe support: speech
     "character_error_rate": "hf_spectral.recipe_support.speech",
     "word_error_rate": "hf_spectral.recipe_support.speech",
@@ -104,6 +105,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from hf_spectral.recipe_support.branching import ExperimentArguments
     from hf_spectral.recipe_support.console import ConsoleCallback, attach_console, console_line
     from hf_spectral.recipe_support.data import FullBatch, full_batch_collate
+    from hf_spectral.recipe_support.entry import run_main
     from hf_spectral.recipe_support.metrics import accuracy_metrics, causal_lm_metrics, causal_lm_scores, perplexity
     from hf_spectral.recipe_support.summary import Crossing, RunSummary, finish_run
     from hf_spectral.recipe_support.speech import (

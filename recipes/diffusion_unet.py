@@ -282,4 +282,4 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
 
 
 if __name__ == "__main__":
-    main()
+    hf_spectral.run_main(main)

@@ -294,4 +294,4 @@ def main(argv: list[str] | None = None) -> hf_spectral.RunSummary | None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    hf_spectral.run_main(main, sys.argv[1:])

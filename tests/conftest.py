@@ -32,3 +32,13 @@ def _share_cores_between_workers():
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _restore_subnormal_floats():
+    """recipes/grokking.py flushes subnormal floats for its whole process (a script's choice); a test that runs
+    its main must not leave that on for the next tests of the worker (hypothesis refuses to run under it)."""
+    yield
+    import torch
+
+    torch.set_flush_denormal(False)

@@ -9,7 +9,8 @@ import sys
 from typing import NoReturn, Sequence
 
 from hf_spectral._version import __version__
-from hf_spectral.errors import SpectralError
+from hf_spectral.errors import SpectralError, report_error
+from hf_spectral.recipe_support.entry import EXIT_BAD_INPUT
 
 COMMANDS = ("analyze", "dynamics", "report", "card", "compare", "sweep")
 
@@ -35,9 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_registrations(args.register)
         return int(args.run(args) or 0)
     except SpectralError as exc:
-        if os.environ.get("RANK", "0") == "0":  # launched processes all fail alike: the main one says it once
-            print(f"error: {exc}", file=sys.stderr)
-        return 2
+        report_error(exc)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

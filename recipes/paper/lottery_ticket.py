@@ -192,4 +192,4 @@ def main(argv: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    hf_spectral.run_main(main, sys.argv[1:])

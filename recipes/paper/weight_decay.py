@@ -133,4 +133,4 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    hf_spectral.run_main(main, sys.argv[1:])
