@@ -164,6 +164,12 @@ class OverheadBudget:
     ``COST_MARGIN`` × the larger of the mean and the latest snapshot. Without ``max_steps`` the
     projection is the training time so far. The run's first step and its last are always taken.
 
+    Snapshots computed in the background (``SpectralCallback(background=...)``) charge only what the
+    training thread spends: copying the weights, waiting for the worker, emitting and writing. The
+    worker's own seconds are noted with :meth:`note_worker`: the last snapshot is waited for whole (the
+    record must be complete when ``train()`` returns), so the reserve for it is ``COST_MARGIN`` × the
+    larger of the mean and the latest worker time when that is more than a snapshot's expected cost.
+
     Use: ``start(step, max_steps)`` when training begins, ``tick(step)`` after every optimizer step,
     ``fits(step)`` to ask, ``with budget.timed(snapshot=True):`` around the work.
     """
@@ -179,6 +185,9 @@ class OverheadBudget:
     _first: float | None = None  # training seconds of the first step
     _tick: tuple[int, float, float] | None = None  # (step, perf_counter, spent) at the latest tick
     _recent: deque = field(default_factory=lambda: deque(maxlen=RECENT_STEPS))
+    worker_spent: float = 0.0  # seconds snapshots took in the background worker (not charged)
+    worker_taken: int = 0
+    worker_latest: float = 0.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.share, (int, float)) and not isinstance(self.share, bool) and 0 < self.share):
@@ -188,6 +197,7 @@ class OverheadBudget:
     def start(self, step: int, max_steps: int | None) -> None:
         """Begin a run at ``step`` (``max_steps`` None or <= 0: unknown length); forgets earlier runs."""
         self.spent, self.taken, self.latest, self.skipped = 0.0, 0, 0.0, []
+        self.worker_spent, self.worker_taken, self.worker_latest = 0.0, 0, 0.0
         self.start_step = int(step)
         self.max_steps = int(max_steps) if max_steps is not None and max_steps > 0 else None
         self._clock = time.perf_counter()
@@ -200,6 +210,13 @@ class OverheadBudget:
         self.taken += int(snapshot)
         if snapshot:
             self.latest = max(0.0, seconds)
+
+    def note_worker(self, seconds: float) -> None:
+        """Note that a snapshot took ``seconds`` in the background worker (not charged: the training
+        thread went on; it sets the reserve for the last snapshot, which is waited for)."""
+        self.worker_spent += max(0.0, seconds)
+        self.worker_taken += 1
+        self.worker_latest = max(0.0, seconds)
 
     @contextlib.contextmanager
     def timed(self, snapshot: bool = False) -> Iterator[None]:
@@ -267,7 +284,11 @@ class OverheadBudget:
         rate = train_seconds / steps_done if step_seconds is None else step_seconds
         remaining = max((steps_total or 0) - steps_done, 0)
         projected = train_seconds + remaining * rate
-        reserve = cost if steps_total is not None and steps_done < steps_total else 0.0
+        if self.worker_taken:  # the last snapshot is waited for whole
+            cost_last = max(cost, COST_MARGIN * max(self.worker_spent / self.worker_taken, self.worker_latest))
+        else:
+            cost_last = cost
+        reserve = cost_last if steps_total is not None and steps_done < steps_total else 0.0
         return self.spent + cost + reserve <= self.share * projected
 
     def summary(self) -> str | None:
