@@ -187,6 +187,10 @@ class SpectralCallback(TrainerCallback):
         self._drain(args, state, control, wait=False)
         if self._live and model is not None:
             self._snapshot(args, state, control, model)
+        if control.should_save:
+            # The Trainer writes trainer_state.json (log_history) into the checkpoint before on_save: the
+            # snapshot in flight must be in it, or a run resumed from this checkpoint would lose its entry.
+            self._drain(args, state, control, wait=True)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                 model: nn.Module | None = None, **kwargs: Any) -> None:
