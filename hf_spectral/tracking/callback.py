@@ -8,7 +8,9 @@ to ``logs`` in a user ``on_log`` reach no logger. At a snapshot this callback do
 ``Trainer.log`` does itself: it appends ``{**scalars, "epoch", "step"}`` to ``state.log_history``
 and calls the public ``on_log`` of the other callbacks of the Trainer's ``CallbackHandler`` (the
 reporters: TensorBoard, W&B, trackio, MLflow...), at ``state.global_step``. The console printers
-are skipped so that hundreds of per-layer scalars do not flood the terminal.
+are skipped so that hundreds of per-layer scalars do not flood the terminal. A snapshot computed in the
+background (``background``; ``tracking/background.py``) is logged the same way at a later event, at its
+own step: the reporters get a shallow copy of the state at that step.
 """
 
 from __future__ import annotations
@@ -199,7 +201,8 @@ class SpectralCallback(TrainerCallback):
         if self.recorder.output_dir is None:  # not opened: this trainer never called on_train_begin
             return
         # the checkpoint's summary reuses the snapshot of its step: wait for it when it is in flight
-        self._drain(args, state, control, wait=self._worker is not None and self._worker.pending_step == state.global_step)
+        in_flight = self._worker.pending_step if self._worker is not None else None
+        self._drain(args, state, control, wait=in_flight == state.global_step)
         checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if not self._live:
             process_state().wait_for_everyone()  # every process has finished writing its part
@@ -324,15 +327,12 @@ class SpectralCallback(TrainerCallback):
         ``step`` (a snapshot computed in the background is emitted later than its step: the reporters
         get a shallow copy of ``state`` at that step and epoch, so they plot it at the right x)."""
         if step is not None and step != state.global_step:
-            at = copy.copy(state)  # shares log_history: the entry below is the Trainer's
-            at.global_step, at.epoch = step, epoch
-        else:
-            at = state
+            state = copy.copy(state)  # shares log_history with the Trainer's state: the entry below goes there
+            state.global_step, state.epoch = step, epoch
         logs: dict[str, float] = dict(scalars)
-        if at.epoch is not None:
-            logs["epoch"] = at.epoch
-        state.log_history.append({**logs, "step": at.global_step})
-        state = at
+        if state.epoch is not None:
+            logs["epoch"] = state.epoch
+        state.log_history.append({**logs, "step": state.global_step})
         handler = self._handler
         if handler is None:
             return
