@@ -232,6 +232,12 @@ def test_budget_charges_the_training_thread_only(monkeypatch):
     assert budget.spent == pytest.approx(0.05) and budget.train_seconds() == pytest.approx(10.0)
     # 100 s projected -> 5 s: 0.05 spent + m·0.05 now + m·2 reserved for the last = 2.61 s fits
     assert budget.fits(10)
+    # due while the worker is busy: the expected wait is added (m·2 - 0.5 s already computing = 2 s)
+    assert budget.expected_wait(0.5) == pytest.approx(COST_MARGIN * 2.0 - 0.5)
+    assert budget.fits(10, budget.expected_wait(0.5))  # 2.61 + 2 <= 5
+    assert not budget.fits(10, 2.5)
+    assert not budget.fits(10, None) and budget.fits(100, None) and budget.fits(0, None)  # unknown wait
+    assert OverheadBudget(0.05).expected_wait(0.5) is None  # no background snapshot has finished yet
     synchronous = OverheadBudget(0.05, spent=2.0, taken=1, latest=2.0)  # the same snapshot on the training thread
     assert not synchronous.allows(10, 100, 10.0)  # 2 + 2·m·2 = 7 > 5
     budget.note_worker(4.0)  # a dearer last snapshot expected: 0.05 + m·0.05 + m·4 > 5

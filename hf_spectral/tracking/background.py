@@ -16,6 +16,7 @@ computes. So the worker is used by default only where that many cores are idle.
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
@@ -99,13 +100,20 @@ class SnapshotWorker:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf_spectral_snapshot")
         self._future: Future | None = None
         self.pending_step: int | None = None  # the step in flight
+        self._submitted = 0.0  # perf_counter when it was handed over
 
     def submit(self, frozen: FrozenSnapshot) -> None:
         """Start computing ``frozen`` (the previous one must have been taken)."""
         if self._future is not None:
             raise RuntimeError("SnapshotWorker: a snapshot is still in flight; take() it first")
         self._future = self._pool.submit(self._compute, frozen)
-        self.pending_step = frozen.step
+        self.pending_step, self._submitted = frozen.step, time.perf_counter()
+
+    def elapsed(self) -> float | None:
+        """Seconds the snapshot in flight has been computing; None when the worker is idle (or done)."""
+        if self._future is None or self._future.done():
+            return None
+        return time.perf_counter() - self._submitted
 
     def take(self, wait: bool) -> ComputedSnapshot | None:
         """The computed snapshot in flight: None when there is none, when it failed, or (``wait`` False)

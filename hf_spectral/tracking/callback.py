@@ -249,7 +249,7 @@ class SpectralCallback(TrainerCallback):
         step = state.global_step
         if not self.schedule.is_due(step, self._max_steps) or step in self.recorder.recorded:
             return
-        if not within_budget(self.budget, step):
+        if not within_budget(self.budget, step, self._expected_wait()):
             return
         if self._worker is not None:
             self._snapshot_in_background(args, state, control, model)
@@ -298,6 +298,13 @@ class SpectralCallback(TrainerCallback):
         if self.budget is not None:
             self.budget.note_worker(done.seconds)
         return self.recorder.accept(done)
+
+    def _expected_wait(self) -> float | None:
+        """What waiting for the worker's snapshot in flight is expected to cost (0 when there is none)."""
+        elapsed = self._worker.elapsed() if self._worker is not None else None
+        if elapsed is None or self.budget is None:
+            return 0.0
+        return self.budget.expected_wait(elapsed)
 
     def _close_worker(self) -> None:
         if self._worker is not None:

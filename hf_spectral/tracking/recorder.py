@@ -440,13 +440,13 @@ def _as_values(value: Any) -> dict[str, float]:
     return {"value": float(value)}
 
 
-def within_budget(budget: OverheadBudget | None, step: int) -> bool:
-    """Whether ``budget`` (None: no budget) allows a snapshot at ``step``. Decided on the main process
-    and broadcast, since every process must take part in the same snapshots; a refusal is recorded
-    in ``budget.skipped`` on every process."""
+def within_budget(budget: OverheadBudget | None, step: int, wait: float | None = 0.0) -> bool:
+    """Whether ``budget`` (None: no budget) allows a snapshot at ``step`` (``wait``: as in
+    ``OverheadBudget.fits``). Decided on the main process and broadcast, since every process must take
+    part in the same snapshots; a refusal is recorded in ``budget.skipped`` on every process."""
     if budget is None:
         return True
-    fits = bool(_broadcast(budget.fits(step)))
+    fits = bool(_broadcast(budget.fits(step, wait)))
     if not fits:
         budget.skipped.append(step)
     return fits
