@@ -201,14 +201,20 @@ def test_auto_uses_the_worker_only_where_it_is_safe_and_pays(monkeypatch, caplog
     assert decide(world_size=2) is False
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert decide() is False
-    with caplog.at_level(logging.WARNING, logger="hf_spectral.tracking"):
-        assert decide(True) is False  # forced, but unsafe: a warning, on the training thread
+    caplog.set_level(logging.WARNING, logger="hf_spectral.tracking")
+    assert decide(True) is False  # forced, but unsafe: a warning, on the training thread
     assert any("background=True but the run has 2 processes" in r.getMessage() for r in caplog.records)
     monkeypatch.delenv("WORLD_SIZE")
     monkeypatch.setattr(background.torch, "get_num_threads", lambda: 2)
     assert decide() is False  # training takes both cores: no idle core
     assert decide(True) is True  # forced: safe, so taken even without an idle core
     monkeypatch.setattr(background.os, "sched_getaffinity", lambda pid: set(range(4)))
+    assert decide() is True
+    # the CPU copy of the weights (4×4 float32: 64 bytes) must fit in a quarter of the available memory
+    monkeypatch.setattr(background, "available_memory", lambda: 255)
+    assert decide() is False and decide(True) is False
+    assert any("CPU copy of the weights" in r.getMessage() for r in caplog.records)
+    monkeypatch.setattr(background, "available_memory", lambda: 256)
     assert decide() is True
     assert decide(False) is False
     with pytest.raises(SpectralError, match="background"):

@@ -31,6 +31,8 @@ from hf_spectral.utils.logging import get_logger
 logger = get_logger("hf_spectral.tracking")
 
 BackgroundSpec = bool | str  # True, False or "auto"
+# The copy of the weights handed to the worker may take at most this share of the available memory.
+MEMORY_SHARE = 0.25
 
 
 def parse_background(value: BackgroundSpec) -> BackgroundSpec:
@@ -49,19 +51,37 @@ def idle_cores() -> int:
     return cores - torch.get_num_threads()
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (``MemAvailable`` of /proc/meminfo); None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def copy_bytes(model: nn.Module) -> int:
+    """Bytes of a copy of the weights a snapshot reads (the parameters with 2 or more dimensions)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.dim() >= 2)
+
+
 def use_background(requested: BackgroundSpec, model: nn.Module, options: AnalysisOptions, *, world_size: int,
                    live: bool, truncation_eval: bool) -> bool:
     """Whether snapshots are computed off the training thread.
 
     Never (``True`` warns and falls back) with several processes (the engine deals matrices over them with
     collectives, which must not run beside DDP's), with ``truncation_eval`` (it evaluates the live model
-    through the Trainer), for a sharded model (snapshots come from checkpoints) or when the analysis runs
-    on an accelerator. ``"auto"`` also needs room for the worker: as many idle cores as the training's torch
+    through the Trainer), for a sharded model (snapshots come from checkpoints), when the analysis runs
+    on an accelerator, or when the CPU copy of the weights would take more than ``MEMORY_SHARE`` of the
+    available memory. ``"auto"`` also needs room for the worker: as many idle cores as the training's torch
     threads (the worker runs with that count), or the model training on an accelerator (the CPU is free).
     """
     if requested is False:
         return False
-    unsafe = _unsafe(options, world_size=world_size, live=live, truncation_eval=truncation_eval)
+    unsafe = _unsafe(options, world_size=world_size, live=live, truncation_eval=truncation_eval) or _too_big(model)
     if unsafe:
         if requested is True:
             logger.warning("hf_spectral: background=True but %s; snapshots are taken on the training thread", unsafe)
@@ -88,6 +108,15 @@ def _unsafe(options: AnalysisOptions, *, world_size: int, live: bool, truncation
     device = resolve_device(options.device, process_state())
     if device.type != "cpu":
         return f"the analysis runs on {device} (pass device='cpu' to compute it in the background)"
+    return ""
+
+
+def _too_big(model: nn.Module) -> str:
+    """Why the CPU copy of ``model``'s weights must not be made ("" when it may)."""
+    needed, available = copy_bytes(model), available_memory()
+    if available is not None and needed > MEMORY_SHARE * available:
+        return (f"a CPU copy of the weights ({needed / 2**30:.1f} GiB) would take more than {MEMORY_SHARE:.0%} of "
+                f"the available memory ({available / 2**30:.1f} GiB)")
     return ""
 
 

@@ -67,8 +67,9 @@ class SpectralCallback(TrainerCallback):
                 goes on; the scalars are logged at the next event, at the snapshot's step. At most one
                 snapshot in flight (the next due one waits for it); the last step's snapshot is waited for
                 at once. ``"auto"`` (default): where it is safe and pays — one process, the analysis on the
-                CPU, no ``truncation_eval``, a live (unsharded) model, and as many idle cores as the training's
-                torch threads (the worker runs with that count) or the model on an accelerator. ``True``:
+                CPU, no ``truncation_eval``, a live (unsharded) model, a CPU copy of the weights within a quarter
+                of the available memory, and as many idle cores as the training's torch threads (the worker
+                runs with that count) or the model on an accelerator (docs/tracking.md). ``True``:
                 wherever it is safe (else a warning, and on the training thread); ``False``: never.
     """
 
