@@ -274,3 +274,24 @@ def test_a_real_run_charges_the_waits_not_the_overlapped_work(tmp_path, monkeypa
     # charged: opening the record, two copies, the wait for the last snapshot (>= 0.6 s), emitting, writing;
     # not the step-0 snapshot's 0.6 s, computed during the first steps (1.2 s of them)
     assert 0.6 <= budget.spent <= budget.worker_spent - 0.4, (budget.spent, budget.worker_spent)
+
+
+@pytest.mark.parametrize("strategy", ["steps", "epoch"])
+def test_a_checkpoint_holds_the_snapshot_in_flight(tmp_path, monkeypatch, strategy):
+    """The Trainer writes trainer_state.json before on_save: a (slow) snapshot in flight at a save, whichever
+    event decides it, is waited for, so a run resumed from the checkpoint keeps its log entry."""
+    import json
+
+    real_run_plan = recorder.run_plan
+
+    def slow_run_plan(plan, options, meta=None, **kwargs):
+        time.sleep(0.3)
+        return real_run_plan(plan, options, meta, **kwargs)
+
+    monkeypatch.setattr(recorder, "run_plan", slow_run_plan)
+    callback = SpectralCallback(schedule=[0, 8, 12], top_k=2, max_overhead=None, background=True)
+    trainer = lm_trainer(tmp_path, [callback], max_steps=12, save_strategy=strategy, save_steps=8)
+    trainer.train()  # 8 steps per epoch: both strategies save at step 8
+    state = json.loads((tmp_path / "checkpoint-8" / "trainer_state.json").read_text())
+    assert spectral_steps(state["log_history"]) == [0, 8]
+    assert read_snapshot(tmp_path / "checkpoint-8" / "spectral").meta["step"] == 8

@@ -190,10 +190,11 @@ class SpectralCallback(TrainerCallback):
         self._drain(args, state, control, wait=False)
         if self._live and model is not None:
             self._snapshot(args, state, control, model)
-        if control.should_save:
-            # The Trainer writes trainer_state.json (log_history) into the checkpoint before on_save: the
-            # snapshot in flight must be in it, or a run resumed from this checkpoint would lose its entry.
-            self._drain(args, state, control, wait=True)
+        self._drain(args, state, control, wait=control.should_save)
+
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> None:
+        self._drain(args, state, control, wait=control.should_save)  # save_strategy="epoch" decides here
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                 model: nn.Module | None = None, **kwargs: Any) -> None:
@@ -218,7 +219,8 @@ class SpectralCallback(TrainerCallback):
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:
         # Keep log_history.json current with the validation metrics, for tools that read a live run.
-        self._drain(args, state, control, wait=False)
+        # save_strategy="best" decides to save after this evaluation (see on_step_end for why it waits).
+        self._drain(args, state, control, wait=getattr(args.save_strategy, "value", args.save_strategy) == "best")
         with timed(self.budget):
             self.recorder.write_log_history(state.log_history)
 
@@ -282,7 +284,11 @@ class SpectralCallback(TrainerCallback):
                charged: bool = True) -> None:
         """Take the worker's computed snapshot (``wait``: also one still in flight) and emit its scalars,
         at its own step, on this (the training) thread. The waiting and the emitting are charged to the
-        budget (``charged`` False: the caller's block charges them)."""
+        budget (``charged`` False: the caller's block charges them).
+
+        Before a checkpoint is saved it waits (``wait=control.should_save``): the Trainer writes
+        trainer_state.json (with log_history) into the checkpoint before ``on_save``, and a run resumed
+        from it must find the snapshot's entry there."""
         if self._worker is None or self._worker.pending_step is None:
             return
         with timed(self.budget) if charged else contextlib.nullcontext():
