@@ -190,7 +190,7 @@ class SpectralCallback(TrainerCallback):
         self._drain(args, state, control, wait=False)
         if self._live and model is not None:
             self._snapshot(args, state, control, model)
-        self._drain(args, state, control, wait=control.should_save)
+        self._drain(args, state, control, wait=control.should_save)  # save_strategy="steps" decided it
 
     def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      **kwargs: Any) -> None:
@@ -219,7 +219,7 @@ class SpectralCallback(TrainerCallback):
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:
         # Keep log_history.json current with the validation metrics, for tools that read a live run.
-        # save_strategy="best" decides to save after this evaluation (see on_step_end for why it waits).
+        # save_strategy="best" decides to save after this evaluation (``_drain`` says why it waits).
         self._drain(args, state, control, wait=getattr(args.save_strategy, "value", args.save_strategy) == "best")
         with timed(self.budget):
             self.recorder.write_log_history(state.log_history)
