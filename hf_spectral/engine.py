@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -184,6 +184,24 @@ def plan_model(model: torch.nn.Module, options: AnalysisOptions) -> Plan:
     # named_parameters() lists a tied parameter once: no tie detection needed
     part = _Part("", config_from_model(model), infos, read, module_types=module_types, buffers=set(buffers))
     return _plan_parts([part], options, where=type(model).__name__)
+
+
+def frozen_plan(plan: Plan) -> Plan:
+    """``plan`` reading CPU copies of the tensors its matrices are built from, taken now.
+
+    The copies are detached and owned (never views of a live parameter), so the plan can be run
+    later, in another thread, while the live model goes on changing: it computes the weights of this
+    moment. Only the planned tensors are copied (no buffers, no optimizer state).
+    """
+    copies: dict[str, torch.Tensor] = {}
+    readers: dict[str, Reader] = {}
+    for spec in plan.specs:
+        read = plan.readers[spec.name]
+        for name in spec.tensors:
+            if name not in copies:
+                copies[name] = read(name).detach().to("cpu", copy=True)
+        readers[spec.name] = copies.__getitem__
+    return replace(plan, readers=readers, array_readers={})
 
 
 def _plan_parts(parts: list[_Part], options: AnalysisOptions, where: str) -> Plan:

@@ -106,7 +106,9 @@ def test_budget_distrusts_a_slow_first_step(monkeypatch):
 
 def test_budget_holds_on_a_slow_svd(tmp_path, slow_svd, caplog):
     max_steps, share = 40, 0.5
-    callback = SpectralCallback(top_k=2, max_overhead=share)
+    # snapshots on the training thread: all their time is charged (the background worker's budget:
+    # tests/test_tracking_background.py)
+    callback = SpectralCallback(top_k=2, max_overhead=share, background=False)
     trainer = lm_trainer(tmp_path, [callback, SteadySteps(0.03)], max_steps=max_steps, save_strategy="no")
     started = time.perf_counter()
     with caplog.at_level(logging.WARNING, logger="hf_spectral.tracking"):

@@ -95,7 +95,8 @@ def test_failures_mid_run_warn_skip_and_training_completes(tmp_path, monkeypatch
 
     monkeypatch.setattr(recorder, "analyze_model", analyze_model)
     monkeypatch.setattr(store, "save_file", save_file)
-    callback = SpectralCallback(max_overhead=None, top_k=2, extra_measures={"broken": broken_measure})
+    # on the training thread (the worker's failures: tests/test_tracking_background.py)
+    callback = SpectralCallback(max_overhead=None, top_k=2, extra_measures={"broken": broken_measure}, background=False)
     trainer = lm_trainer(tmp_path, [callback], max_steps=12, save_strategy="no")
     with caplog.at_level(logging.WARNING, logger="hf_spectral.tracking"):
         trainer.train()

@@ -25,6 +25,9 @@ class SpectralArguments:
     # Off in recipes: their schedule is the experiment (the paper's x-axes need every early snapshot).
     spectra_max_overhead: float | None = field(default=None, metadata={
         "help": "Skip scheduled snapshots beyond this share of the training time (e.g. 0.05; default: take all)."})
+    spectra_background: str = field(default="auto", metadata={
+        "help": "Compute snapshots in a worker thread while training goes on: auto (where it is safe and a core "
+                "is idle), on or off (docs/tracking.md, 'Snapshots in the background')."})
     model_card_copy: str | None = field(default=None, metadata={
         "help": "Also write the model card (with its figures beside it) here, e.g. model_cards/<recipe>.md."})
 
@@ -41,7 +44,7 @@ class SpectralArguments:
                 raise SpectralError("--spectra_schedule paper needs whole epochs: pass --num_train_epochs (and no --max_steps)")
             schedule = paper_schedule(steps_per_epoch, epochs)
         settings = {"schedule": schedule, "top_k": self.spectra_top_k, "alignment": self.spectra_alignment,
-                    "max_overhead": self.spectra_max_overhead}
+                    "max_overhead": self.spectra_max_overhead, "background": self.spectra_background}
         return [SpectralCallback(**{**settings, **options})]
 
 

@@ -8,11 +8,15 @@ to ``logs`` in a user ``on_log`` reach no logger. At a snapshot this callback do
 ``Trainer.log`` does itself: it appends ``{**scalars, "epoch", "step"}`` to ``state.log_history``
 and calls the public ``on_log`` of the other callbacks of the Trainer's ``CallbackHandler`` (the
 reporters: TensorBoard, W&B, trackio, MLflow...), at ``state.global_step``. The console printers
-are skipped so that hundreds of per-layer scalars do not flood the terminal.
+are skipped so that hundreds of per-layer scalars do not flood the terminal. A snapshot computed in the
+background (``background``; ``tracking/background.py``) is logged the same way at a later event, at its
+own step: the reporters get a shallow copy of the state at that step.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import inspect
 import os
 from pathlib import Path
@@ -24,7 +28,8 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from hf_spectral.engine import AnalysisOptions, launched_processes, process_state
 from hf_spectral.errors import SpectralError
 from hf_spectral.store import RECORD_FOLDER
-from hf_spectral.tracking.recorder import Recorder, timed, within_budget
+from hf_spectral.tracking.background import BackgroundSpec, SnapshotWorker, parse_background, use_background
+from hf_spectral.tracking.recorder import ComputedSnapshot, Recorder, timed, within_budget
 from hf_spectral.tracking.schedule import OverheadBudget, Schedule, ScheduleSpec
 from hf_spectral.tracking.sharding import sharded_kind
 from hf_spectral.utils.logging import get_logger
@@ -55,7 +60,17 @@ class SpectralCallback(TrainerCallback):
                 exceed it is skipped (``tracking.schedule.OverheadBudget`` says how the time is projected).
                 Step 0 and the last step are always taken. Skipped steps are listed in
                 ``meta["skipped_steps"]`` of the later snapshots and logged once at the end of
-                training. ``None`` takes every scheduled snapshot.
+                training. ``None`` takes every scheduled snapshot. With ``background`` only the training
+                thread's time is charged (copying the weights, waiting for the worker, emitting, writing).
+    background: compute snapshots off the training thread: at a due step the training thread copies the
+                planned weights to the CPU and one worker thread decomposes and writes them while training
+                goes on; the scalars are logged at the next event, at the snapshot's step. At most one
+                snapshot in flight (the next due one waits for it); the last step's snapshot is waited for
+                at once. ``"auto"`` (default): where it is safe and pays — one process, the analysis on the
+                CPU, no ``truncation_eval``, a live (unsharded) model, a CPU copy of the weights within a quarter
+                of the available memory, and as many idle cores as the training's torch threads (the worker
+                runs with that count) or the model on an accelerator (docs/tracking.md). ``True``:
+                wherever it is safe (else a warning, and on the training thread); ``False``: never.
     """
 
     def __init__(
@@ -73,11 +88,14 @@ class SpectralCallback(TrainerCallback):
         extra_measures: Mapping[str, Callable[[nn.Module], Mapping[str, float]]] | None = None,
         max_overhead: float | None = 0.05,
         truncation_eval: float | None = None,
+        background: BackgroundSpec = "auto",
     ) -> None:
         if truncation_eval is not None and not 0.0 < truncation_eval <= 1.0:
             raise SpectralError(f"SpectralCallback truncation_eval={truncation_eval}: give the kept share of each SVD, "
                                 "in (0, 1], e.g. 0.5")
         self.truncation_eval = truncation_eval
+        self.background = parse_background(background)
+        self._worker: SnapshotWorker | None = None  # the background worker of the current run
         self._trainer: Any = None  # needed only by truncation_eval (it evaluates through the Trainer)
         self.schedule = Schedule.parse(schedule)
         self.max_overhead = max_overhead
@@ -111,6 +129,11 @@ class SpectralCallback(TrainerCallback):
         self._trainer = trainer
         self._attached = True
         return self
+
+    @property
+    def _truncating(self) -> bool:
+        """Whether snapshots also evaluate the truncated model (``attach`` keeps the Trainer either way)."""
+        return self.truncation_eval is not None and self._trainer is not None
 
     @property
     def record_dir(self) -> Path | None:
@@ -153,6 +176,10 @@ class SpectralCallback(TrainerCallback):
         record = self.output_dir if self.output_dir is not None else Path(args.output_dir) / RECORD_FOLDER
         with timed(self.budget):
             self.recorder.open(record, state.global_step, live)  # misconfiguration raises here, before step 1
+        self._close_worker()  # a worker left by a run that raised
+        if live is not None and use_background(self.background, live, self.recorder.options, world_size=args.world_size,
+                                               live=True, truncation_eval=self._truncating):
+            self._worker = SnapshotWorker(self.recorder.compute)
         if live is not None:
             self._snapshot(args, state, control, model)
 
@@ -160,8 +187,14 @@ class SpectralCallback(TrainerCallback):
                     model: nn.Module | None = None, **kwargs: Any) -> None:
         if self.budget is not None:
             self.budget.tick(state.global_step)
+        self._drain(args, state, control, wait=False)
         if self._live and model is not None:
             self._snapshot(args, state, control, model)
+        self._drain(args, state, control, wait=control.should_save)  # save_strategy="steps" decided it
+
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> None:
+        self._drain(args, state, control, wait=control.should_save)  # save_strategy="epoch" decides here
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                 model: nn.Module | None = None, **kwargs: Any) -> None:
@@ -169,6 +202,9 @@ class SpectralCallback(TrainerCallback):
 
         if self.recorder.output_dir is None:  # not opened: this trainer never called on_train_begin
             return
+        # the checkpoint's summary reuses the snapshot of its step: wait for it when it is in flight
+        in_flight = self._worker.pending_step if self._worker is not None else None
+        self._drain(args, state, control, wait=in_flight == state.global_step)
         checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if not self._live:
             process_state().wait_for_everyone()  # every process has finished writing its part
@@ -183,6 +219,8 @@ class SpectralCallback(TrainerCallback):
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:
         # Keep log_history.json current with the validation metrics, for tools that read a live run.
+        # save_strategy="best" decides to save after this evaluation (``_drain`` says why it waits).
+        self._drain(args, state, control, wait=getattr(args.save_strategy, "value", args.save_strategy) == "best")
         with timed(self.budget):
             self.recorder.write_log_history(state.log_history)
 
@@ -193,6 +231,11 @@ class SpectralCallback(TrainerCallback):
         # and not sent to the reporters, which close their writers in their own on_train_end.
         step = state.global_step
         with timed(self.budget):
+            # the snapshot in flight (the reporters have closed their writers: log_history and the record only)
+            done = self._worker.take(wait=True) if self._worker is not None else None
+            self._close_worker()
+            if done is not None and (scalars := self._accept(done)):
+                state.log_history.append({**scalars, "epoch": done.epoch, "step": done.step})
             if (self._live and model is not None and self.schedule.kind != "steps" and not args.load_best_model_at_end
                     and step not in self.recorder.recorded):
                 scalars = self.recorder.record(_unwrap(model), step, self._meta(state))
@@ -209,15 +252,71 @@ class SpectralCallback(TrainerCallback):
         step = state.global_step
         if not self.schedule.is_due(step, self._max_steps) or step in self.recorder.recorded:
             return
-        if not within_budget(self.budget, step):
+        if not within_budget(self.budget, step, self._expected_wait()):
+            return
+        if self._worker is not None:
+            self._snapshot_in_background(args, state, control, model)
             return
         with timed(self.budget, snapshot=True):
             scalars = self.recorder.record(_unwrap(model), step, self._meta(state))
-            if scalars and self._trainer is not None:
+            if scalars and self._truncating:
                 scalars.update(self._truncated_metrics())
             if scalars:
                 self._emit(args, state, control, scalars)
                 self.recorder.write_log_history(state.log_history)
+
+    def _snapshot_in_background(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                                model: nn.Module) -> None:
+        """Copy the weights and hand them to the worker (waiting for the one in flight: at most one); at
+        the last step wait for it too, so that its scalars reach the reporters before training ends."""
+        assert self._worker is not None
+        step = state.global_step
+        with timed(self.budget, snapshot=True):
+            self._drain(args, state, control, wait=True, charged=False)  # charged with this block
+            frozen = self.recorder.freeze(_unwrap(model), step, self._meta(state), epoch=state.epoch)
+            if frozen is None:
+                return
+            self._worker.submit(frozen)
+            if self._max_steps is not None and step >= self._max_steps:
+                self._drain(args, state, control, wait=True, charged=False)
+
+    def _drain(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, wait: bool,
+               charged: bool = True) -> None:
+        """Take the worker's computed snapshot (``wait``: also one still in flight) and emit its scalars,
+        at its own step, on this (the training) thread. The waiting and the emitting are charged to the
+        budget (``charged`` False: the caller's block charges them).
+
+        Before a checkpoint is saved it waits (``wait=control.should_save``): the Trainer writes
+        trainer_state.json (with log_history) into the checkpoint before ``on_save``, and a run resumed
+        from it must find the snapshot's entry there."""
+        if self._worker is None or self._worker.pending_step is None:
+            return
+        with timed(self.budget) if charged else contextlib.nullcontext():
+            done = self._worker.take(wait)
+            if done is None:
+                return
+            scalars = self._accept(done)
+            if scalars:
+                self._emit(args, state, control, scalars, step=done.step, epoch=done.epoch)
+                self.recorder.write_log_history(state.log_history)
+
+    def _accept(self, done: ComputedSnapshot) -> dict[str, float]:
+        """Enter ``done`` into the record and the budget; its scalars."""
+        if self.budget is not None:
+            self.budget.note_worker(done.seconds)
+        return self.recorder.accept(done)
+
+    def _expected_wait(self) -> float | None:
+        """What waiting for the worker's snapshot in flight is expected to cost (0 when there is none)."""
+        elapsed = self._worker.elapsed() if self._worker is not None else None
+        if elapsed is None or self.budget is None:
+            return 0.0
+        return self.budget.expected_wait(elapsed)
+
+    def _close_worker(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
 
     def _truncated_metrics(self) -> dict[str, float]:
         """The full model's and its top-/bottom-truncated copies' eval metrics (``eval_top50_loss``...), through
@@ -237,8 +336,13 @@ class SpectralCallback(TrainerCallback):
         return meta
 
     def _emit(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-              scalars: dict[str, float]) -> None:
-        """What ``Trainer.log`` does: one ``log_history`` entry, then ``on_log`` of every reporter."""
+              scalars: dict[str, float], step: int | None = None, epoch: float | None = None) -> None:
+        """What ``Trainer.log`` does: one ``log_history`` entry, then ``on_log`` of every reporter, at
+        ``step`` (a snapshot computed in the background is emitted later than its step: the reporters
+        get a shallow copy of ``state`` at that step and epoch, so they plot it at the right x)."""
+        if step is not None and step != state.global_step:
+            state = copy.copy(state)  # shares log_history with the Trainer's state: the entry below goes there
+            state.global_step, state.epoch = step, epoch
         logs: dict[str, float] = dict(scalars)
         if state.epoch is not None:
             logs["epoch"] = state.epoch

@@ -21,7 +21,7 @@ import re
 import shutil
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -30,13 +30,15 @@ import torch
 from torch import nn
 
 from hf_spectral.atomic import atomic_file, check_writable, recover_all, write_error
-from hf_spectral.engine import AnalysisOptions, analyze_checkpoint, analyze_model, plan_model, process_state
+from hf_spectral.engine import (
+    AnalysisOptions, Plan, analyze_checkpoint, analyze_model, frozen_plan, plan_model, process_state, run_plan,
+)
 from hf_spectral.errors import SpectralError
 from hf_spectral.store import (
     CHECKPOINT_SUMMARY, LOG_HISTORY_FILE, Snapshot, is_snapshot, json_default, read_meta, read_snapshot,
     snapshot_problem, write_snapshot,
 )
-from hf_spectral.tracking.scalars import LAYER_FAMILIES, PREFIX, live_scalars, measure_scalars
+from hf_spectral.tracking.scalars import LAYER_FAMILIES, PREFIX, Vectors, live_scalars, measure_scalars
 from hf_spectral.tracking.schedule import OverheadBudget
 from hf_spectral.utils.logging import get_logger
 
@@ -53,6 +55,34 @@ Measure = Callable[[nn.Module], Mapping[str, float]]
 def snapshot_name(step: int) -> str:
     """Folder name of the snapshot at ``step`` inside a record: ``step-000123``."""
     return f"step-{int(step):06d}"
+
+
+@dataclass
+class FrozenSnapshot:
+    """A snapshot taken but not computed yet: the plan reads CPU copies of the weights at ``step``.
+
+    meta: the snapshot's meta.  extras: the extra measures of the model at ``step``.  previous: the
+    vectors the agreement scalars compare with.  copy_seconds: what taking it cost the training thread.
+    """
+
+    step: int
+    plan: Plan
+    meta: dict[str, Any]
+    extras: dict[str, dict[str, float]]
+    previous: Vectors | None
+    epoch: float | None
+    copy_seconds: float
+
+
+@dataclass
+class ComputedSnapshot:
+    """A snapshot computed (and written) by the worker. seconds: its own time, copy included."""
+
+    step: int
+    epoch: float | None
+    snapshot: Snapshot
+    scalars: dict[str, float]
+    seconds: float
 
 
 class Recorder:
@@ -179,16 +209,69 @@ class Recorder:
 
     def _finish(self, snapshot: Snapshot, model: nn.Module | None, step: int, started: float) -> dict[str, float]:
         extras = self.measure(model, step) if model is not None and self.extra_measures else {}
+        scalars = self._conclude(snapshot, extras, self._previous, step)
+        self._keep(snapshot)
+        scalars[f"{PREFIX}/seconds"] = round(time.perf_counter() - started, 4)
+        return scalars
+
+    def _conclude(self, snapshot: Snapshot, extras: dict[str, dict[str, float]], previous: Vectors | None,
+                  step: int) -> dict[str, float]:
+        """The live scalars of ``snapshot``, which is written to the record. Changes no state of the
+        recorder: the snapshot worker runs it while the training thread goes on."""
         if extras:
             snapshot.meta["extra_measures"] = extras
-        scalars = live_scalars(snapshot, self._previous, log_layers=self.log_layers)
+        scalars = live_scalars(snapshot, previous, log_layers=self.log_layers)
         scalars.update(measure_scalars(extras))
         assert self.output_dir is not None
         self._write(snapshot, self.output_dir / snapshot_name(step), f"snapshot at step {step}")
+        return scalars
+
+    def _keep(self, snapshot: Snapshot) -> None:
+        """Remember what the next snapshot and the checkpoint summaries need."""
         self._previous = dict(snapshot.vectors) or None
         self._latest = _without_vectors(snapshot)
-        scalars[f"{PREFIX}/seconds"] = round(time.perf_counter() - started, 4)
-        return scalars
+
+    # ------------------------------------------------------------------------------------------
+    # Snapshots computed off the training thread (SpectralCallback(background=...), docs/tracking.md)
+
+    def freeze(self, model: nn.Module, step: int, meta: Mapping[str, Any] | None = None,
+               epoch: float | None = None) -> FrozenSnapshot | None:
+        """On the training thread: what ``compute`` needs to snapshot ``model`` as it is now — its plan
+        over CPU copies of the planned weights, and the user's extra measures (functions of the live
+        model). One process only. None (with a warning) when it fails or ``step`` is already recorded."""
+        if step in self.recorded:
+            return None
+        started = time.perf_counter()
+        try:
+            plan = frozen_plan(plan_model(model, self.options))
+        except Exception as exc:
+            logger.warning("hf_spectral: spectral snapshot at step %d skipped: %s: %s", step, type(exc).__name__, exc)
+            return None
+        extras = self.measure(model, step) if self.extra_measures else {}
+        full_meta = {"source": type(model).__name__, **self._meta(step, meta), "background": True}
+        return FrozenSnapshot(step, plan, full_meta, extras, self._previous, epoch, time.perf_counter() - started)
+
+    def compute(self, frozen: FrozenSnapshot) -> ComputedSnapshot | None:
+        """In the snapshot worker: decompose, turn into scalars, write to the record. The RNGs are not
+        touched (``fork_rng`` would save and restore the training's generator from another thread; the
+        decompositions draw no random numbers). A failure is a warning and None."""
+        started = time.perf_counter()
+        try:
+            snapshot = run_plan(frozen.plan, self.options, frozen.meta)
+            scalars = self._conclude(snapshot, frozen.extras, frozen.previous, frozen.step)
+        except Exception as exc:
+            logger.warning("hf_spectral: spectral snapshot at step %d (computed in the background) skipped: %s: %s",
+                           frozen.step, type(exc).__name__, exc)
+            return None
+        seconds = frozen.copy_seconds + time.perf_counter() - started
+        scalars[f"{PREFIX}/seconds"] = round(seconds, 4)
+        return ComputedSnapshot(frozen.step, frozen.epoch, snapshot, scalars, seconds)
+
+    def accept(self, computed: ComputedSnapshot) -> dict[str, float]:
+        """On the training thread: enter a computed snapshot into the record; its live scalars."""
+        self.recorded.add(computed.step)
+        self._keep(computed.snapshot)
+        return computed.scalars
 
     def measure(self, model: nn.Module, step: int) -> dict[str, dict[str, float]]:
         """The user's extra measures of ``model``; a failing one is skipped with a warning."""
@@ -357,13 +440,13 @@ def _as_values(value: Any) -> dict[str, float]:
     return {"value": float(value)}
 
 
-def within_budget(budget: OverheadBudget | None, step: int) -> bool:
-    """Whether ``budget`` (None: no budget) allows a snapshot at ``step``. Decided on the main process
-    and broadcast, since every process must take part in the same snapshots; a refusal is recorded
-    in ``budget.skipped`` on every process."""
+def within_budget(budget: OverheadBudget | None, step: int, wait: float | None = 0.0) -> bool:
+    """Whether ``budget`` (None: no budget) allows a snapshot at ``step`` (``wait``: as in
+    ``OverheadBudget.fits``). Decided on the main process and broadcast, since every process must take
+    part in the same snapshots; a refusal is recorded in ``budget.skipped`` on every process."""
     if budget is None:
         return True
-    fits = bool(_broadcast(budget.fits(step)))
+    fits = bool(_broadcast(budget.fits(step, wait)))
     if not fits:
         budget.skipped.append(step)
     return fits

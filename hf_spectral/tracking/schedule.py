@@ -164,6 +164,14 @@ class OverheadBudget:
     ``COST_MARGIN`` × the larger of the mean and the latest snapshot. Without ``max_steps`` the
     projection is the training time so far. The run's first step and its last are always taken.
 
+    Snapshots computed in the background (``SpectralCallback(background=...)``) charge only what the
+    training thread spends: copying the weights, waiting for the worker, emitting and writing. The
+    worker's own seconds are noted with :meth:`note_worker`: the last snapshot is waited for whole (the
+    record must be complete when ``train()`` returns), so the reserve for it is ``COST_MARGIN`` × the
+    larger of the mean and the latest worker time when that is more than a snapshot's expected cost. A
+    snapshot due while the worker is busy also costs the wait for it (:meth:`expected_wait`); before any
+    background snapshot has finished that wait is unknown, and such a snapshot is skipped.
+
     Use: ``start(step, max_steps)`` when training begins, ``tick(step)`` after every optimizer step,
     ``fits(step)`` to ask, ``with budget.timed(snapshot=True):`` around the work.
     """
@@ -179,6 +187,9 @@ class OverheadBudget:
     _first: float | None = None  # training seconds of the first step
     _tick: tuple[int, float, float] | None = None  # (step, perf_counter, spent) at the latest tick
     _recent: deque = field(default_factory=lambda: deque(maxlen=RECENT_STEPS))
+    worker_spent: float = 0.0  # seconds snapshots took in the background worker (not charged)
+    worker_taken: int = 0
+    worker_latest: float = 0.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.share, (int, float)) and not isinstance(self.share, bool) and 0 < self.share):
@@ -188,6 +199,7 @@ class OverheadBudget:
     def start(self, step: int, max_steps: int | None) -> None:
         """Begin a run at ``step`` (``max_steps`` None or <= 0: unknown length); forgets earlier runs."""
         self.spent, self.taken, self.latest, self.skipped = 0.0, 0, 0.0, []
+        self.worker_spent, self.worker_taken, self.worker_latest = 0.0, 0, 0.0
         self.start_step = int(step)
         self.max_steps = int(max_steps) if max_steps is not None and max_steps > 0 else None
         self._clock = time.perf_counter()
@@ -200,6 +212,13 @@ class OverheadBudget:
         self.taken += int(snapshot)
         if snapshot:
             self.latest = max(0.0, seconds)
+
+    def note_worker(self, seconds: float) -> None:
+        """Note that a snapshot took ``seconds`` in the background worker (not charged: the training
+        thread went on; it sets the reserve for the last snapshot, which is waited for)."""
+        self.worker_spent += max(0.0, seconds)
+        self.worker_taken += 1
+        self.worker_latest = max(0.0, seconds)
 
     @contextlib.contextmanager
     def timed(self, snapshot: bool = False) -> Iterator[None]:
@@ -241,34 +260,49 @@ class OverheadBudget:
         recent = statistics.median(self._recent) if self._recent else mean_after_first
         return min(mean, mean_after_first, recent)
 
-    def fits(self, step: int) -> bool:
-        """Whether a snapshot at ``step`` fits (the run's first and last steps always). Deciding is
-        all it does: the caller records a refusal with ``skipped.append(step)`` (see
+    def fits(self, step: int, wait: float | None = 0.0) -> bool:
+        """Whether a snapshot at ``step`` fits (the run's first and last steps always), ``wait``: the
+        expected wait for the background worker before it can start (None: unknown, it does not fit).
+        Deciding is all it does: the caller records a refusal with ``skipped.append(step)`` (see
         ``tracking.recorder.within_budget``, which also makes every process agree)."""
         if step == self.start_step or (self.max_steps is not None and step >= self.max_steps):
             return True
+        if wait is None:
+            return False
         total = self.max_steps - self.start_step if self.max_steps is not None else None
         train = self.train_seconds()
         done = step - self.start_step
-        return self.allows(done, total, train, self.step_seconds(done, train))
+        return self.allows(done, total, train, self.step_seconds(done, train), extra=wait)
+
+    def expected_wait(self, elapsed: float) -> float | None:
+        """The wait to expect for a background snapshot that has been computing for ``elapsed`` seconds:
+        ``COST_MARGIN`` × the larger of the mean and the latest worker time, less ``elapsed``; None before
+        any background snapshot has finished (then nothing says how long it will take)."""
+        if not self.worker_taken:
+            return None
+        return max(0.0, self._worker_cost() - elapsed)
+
+    def _worker_cost(self) -> float:
+        return COST_MARGIN * max(self.worker_spent / self.worker_taken, self.worker_latest)
 
     def meta(self) -> dict[str, object]:
         """What a snapshot's meta records of the budget."""
         return {"max_overhead": self.share, "skipped_steps": list(self.skipped)}
 
     def allows(self, steps_done: int, steps_total: int | None, train_seconds: float,
-               step_seconds: float | None = None) -> bool:
+               step_seconds: float | None = None, extra: float = 0.0) -> bool:
         """Whether a snapshot now fits, after ``steps_done`` of ``steps_total`` steps (None: unknown)
         that took ``train_seconds`` outside tracking; ``step_seconds``: the time per remaining step
-        (default: the mean so far)."""
+        (default: the mean so far); ``extra``: seconds it costs beyond a snapshot's expected cost."""
         if self.taken == 0 or steps_done <= 0:
             return True
         cost = COST_MARGIN * max(self.spent / self.taken, self.latest)
         rate = train_seconds / steps_done if step_seconds is None else step_seconds
         remaining = max((steps_total or 0) - steps_done, 0)
         projected = train_seconds + remaining * rate
-        reserve = cost if steps_total is not None and steps_done < steps_total else 0.0
-        return self.spent + cost + reserve <= self.share * projected
+        cost_last = max(cost, self._worker_cost()) if self.worker_taken else cost  # the last one is waited for whole
+        reserve = cost_last if steps_total is not None and steps_done < steps_total else 0.0
+        return self.spent + cost + extra + reserve <= self.share * projected
 
     def summary(self) -> str | None:
         """The one warning line about skipped snapshots (None when none was skipped)."""

@@ -45,7 +45,9 @@ class SpectralTracker:
     snapshots' ``meta["skipped_steps"]`` and logged once by ``close``. Other arguments as ``SpectralCallback``.
 
     Call ``step(model, global_step)`` on every process after each optimizer step (and once with the
-    starting step before training: 0, or the step a resumed run starts from).
+    starting step before training: 0, or the step a resumed run starts from). Snapshots are computed on
+    the calling thread (no background worker as in ``SpectralCallback``): ``step`` returns the scalars of
+    its own snapshot, and the loops it serves often run several processes, where a worker is unsafe.
     """
 
     def __init__(
