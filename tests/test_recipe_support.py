@@ -315,3 +315,32 @@ def test_a_report_that_cannot_be_drawn_leaves_the_summary(tracked_run, tmp_path,
     assert run.report is None and run.metric_step == 6 and run.erank_final is not None
     assert "report incomplete: figures: no display" in printed.getvalue()
     assert json.loads((tmp_path / "summary.json").read_text())["metric_step"] == 6
+
+
+def test_run_main_turns_bad_input_into_one_line_and_status_2(capsys) -> None:
+    import hf_spectral
+
+    def bad(argv):
+        raise hf_spectral.SpectralError(f"--flag {argv[0]}: no such folder; pass a checkpoint")
+
+    with pytest.raises(SystemExit) as exit_info:
+        hf_spectral.run_main(bad, ["x"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: --flag x: no such folder; pass a checkpoint\n"
+    with pytest.raises(SystemExit) as exit_info:
+        hf_spectral.run_main(lambda: None)
+    assert exit_info.value.code == 0
+
+
+def test_a_recipe_run_from_the_command_line_reports_bad_input_without_a_traceback(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "image_classification.py"
+    done = subprocess.run([sys.executable, str(recipe), "--branch_from", str(tmp_path / "missing" / "checkpoint-4"),
+                           "--output_dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: --branch_from ")
