@@ -36,7 +36,7 @@ def demo(gk, tmp_path_factory):
         summary = gk.main(
             ["--p", str(P), "--train_fraction", "0.5", "--d_model", "32", "--d_mlp", "64",
              "--max_steps", str(STEPS), "--eval_steps", str(EVAL), "--logging_steps", str(EVAL), "--spectra_schedule", str(EVERY),
-             "--disable_tqdm", "true", "--output_dir", str(out)]
+             "--disable_tqdm", "true", "--spectra_background", "off", "--output_dir", str(out)]
         )  # fmt: skip
     return out, summary, printed.getvalue()
 

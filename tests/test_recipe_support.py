@@ -50,6 +50,41 @@ def test_console_callback_writes_one_line_per_interval_after_the_steps_logs(tmp_
     assert expected[-1] == "step     20  loss 0.0500  acc 1.0000"
 
 
+def test_a_console_line_waits_for_its_snapshot_computed_in_the_background(tmp_path):
+    import copy
+
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    class Worker:  # what the console reads of the run's SpectralCallback
+        in_flight_step = None
+
+    args = TrainingArguments(output_dir=str(tmp_path), eval_strategy="steps", eval_steps=5, disable_tqdm=True, report_to="none")
+    state, control = TrainerState(max_steps=10), TrainerControl()
+    console = hf_spectral.ConsoleCallback("eval_accuracy")
+    console.spectral = spectral = Worker()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        console.on_train_begin(args, state, control)
+        for step in range(1, 11):
+            console.on_step_begin(args, state, control)
+            if step == 7:  # the worker is done with step 5: its scalars are logged at step 5, during step 7
+                spectral.in_flight_step = None
+                at_five = copy.copy(state)
+                at_five.global_step = 5
+                console.on_log(args, at_five, control, logs={"spectral/mean_erank": 0.5})
+            state.global_step = step
+            if step in (5, 10):
+                spectral.in_flight_step = step  # the snapshot of this step goes to the worker
+            console.on_step_end(args, state, control)
+            console.on_log(args, state, control, logs={"loss": 1.0 / step})
+            if step in (5, 10):
+                console.on_log(args, state, control, logs={"eval_accuracy": step / 10})
+        console.on_train_end(args, state, control)  # step 10's snapshot never came: the line goes out as it is
+    lines = out.getvalue().splitlines()
+    assert lines == ["step      5  loss 0.2000  acc 0.5000  mean erank 0.5000",
+                     "step     10  loss 0.1000  acc 1.0000  mean erank 0.5000"]
+
+
 # --- metrics --------------------------------------------------------------------------------------
 
 

@@ -48,7 +48,9 @@ class ConsoleCallback(TrainerCallback):
     a multiple of ``eval_steps``) and at the last step, one :func:`console_line` with ``metrics``.
 
     A step's line is written once all of that step's logs are in (evaluations of several eval
-    datasets, the spectral snapshot): at the start of the next step, or at the end of training.
+    datasets, the spectral snapshot): at the start of the next step, or at the end of training. A
+    snapshot of that step still computed in the background (``spectral``: the run's ``SpectralCallback``,
+    which ``attach_console`` finds) holds the line until its scalars are logged, or the next line is due.
     Only the main process writes. Use :func:`attach_console` to replace the Trainer's printers."""
 
     def __init__(self, metrics: str | Sequence[str] = (), every: int | None = None, bar: bool = True) -> None:
@@ -58,6 +60,8 @@ class ConsoleCallback(TrainerCallback):
         self.latest: dict[str, Any] = {}
         self.pending: int | None = None
         self.main = True
+        self.spectral: Any = None  # the run's SpectralCallback (its in_flight_step), set by attach_console
+        self.held: dict[str, Any] | None = None  # the logs of a line waiting for its background snapshot
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.every is None:
@@ -70,19 +74,28 @@ class ConsoleCallback(TrainerCallback):
             self.bar = tqdm(total=state.max_steps, dynamic_ncols=True, initial=state.global_step)
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        self._flush()
+        if self.pending is None or getattr(self.spectral, "in_flight_step", None) != self.pending:
+            self._flush()
+        elif self.held is None:  # the line waits for its snapshot's scalars (on_log), with its step's values
+            self.held = dict(self.latest)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.bar is not None:
             self.bar.update(state.global_step - self.bar.n)
         if state.global_step % (self.every or 1) == 0 or state.global_step == state.max_steps:
+            self._flush()  # a line still waiting for a background snapshot goes out as it is
             self.pending = state.global_step
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         self.latest.update(logs or {})
+        if self.held is not None and state.global_step == self.pending:
+            self.held.update(logs or {})  # the awaited snapshot's scalars (later steps' values stay out)
         if state.global_step == 0 and any(k.startswith("eval_") for k in logs or {}):
             self.pending = 0  # eval_on_start: the line of the initialization
+        elif (MEAN_ERANK in (logs or {}) and self.pending == state.global_step
+              and getattr(self.spectral, "in_flight_step", None) is None):
+            self._flush()  # the background snapshot this line waited for (state: at the snapshot's step)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self._flush()
@@ -93,8 +106,8 @@ class ConsoleCallback(TrainerCallback):
     def _flush(self) -> None:
         if self.pending is None:
             return
-        line = console_line(self.pending, self.latest, self.metrics)
-        self.pending = None
+        line = console_line(self.pending, self.held if self.held is not None else self.latest, self.metrics)
+        self.pending, self.held = None, None
         if not self.main:
             return
         if self.bar is not None:
@@ -108,5 +121,8 @@ def attach_console(trainer: Trainer, metrics: str | Sequence[str] = (), every: i
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     console = ConsoleCallback(metrics, every=every)
+    from hf_spectral.tracking.callback import SpectralCallback
+
+    console.spectral = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, SpectralCallback)), None)
     trainer.add_callback(console)
     return console

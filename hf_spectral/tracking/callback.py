@@ -140,6 +140,11 @@ class SpectralCallback(TrainerCallback):
         """The record folder (known once training has begun)."""
         return self.recorder.output_dir
 
+    @property
+    def in_flight_step(self) -> int | None:
+        """The step of the snapshot the background worker is computing (its scalars are logged later), or None."""
+        return self._worker.pending_step if self._worker is not None else None
+
     # ------------------------------------------------------------------------------------------
     # Trainer events
 
@@ -252,7 +257,11 @@ class SpectralCallback(TrainerCallback):
         step = state.global_step
         if not self.schedule.is_due(step, self._max_steps) or step in self.recorder.recorded:
             return
-        if not within_budget(self.budget, step, self._expected_wait()):
+        wait = self._expected_wait()
+        if wait is None:  # no background snapshot has finished yet: wait for the one in flight (at most what it
+            self._drain(args, state, control, wait=True)  # would have cost on this thread), then decide knowing it
+            wait = self._expected_wait()
+        if not within_budget(self.budget, step, wait):
             return
         if self._worker is not None:
             self._snapshot_in_background(args, state, control, model)
