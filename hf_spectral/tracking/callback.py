@@ -257,11 +257,7 @@ class SpectralCallback(TrainerCallback):
         step = state.global_step
         if not self.schedule.is_due(step, self._max_steps) or step in self.recorder.recorded:
             return
-        wait = self._expected_wait()
-        if wait is None:  # no background snapshot has finished yet: wait for the one in flight (at most what it
-            self._drain(args, state, control, wait=True)  # would have cost on this thread), then decide knowing it
-            wait = self._expected_wait()
-        if not within_budget(self.budget, step, wait):
+        if not within_budget(self.budget, step, self._expected_wait()):
             return
         if self._worker is not None:
             self._snapshot_in_background(args, state, control, model)

@@ -170,8 +170,8 @@ class OverheadBudget:
     record must be complete when ``train()`` returns), so the reserve for it is ``COST_MARGIN`` × the
     larger of the mean and the latest worker time when that is more than a snapshot's expected cost. A
     snapshot due while the worker is busy also costs the wait for it (:meth:`expected_wait`); before any
-    background snapshot has finished that wait is unknown, and the callback first waits for the one in
-    flight (charged: at most what computing it on the training thread would have cost), then asks.
+    background snapshot has finished that wait is unknown, and such a snapshot is skipped (waiting for the
+    step-0 snapshot at step 1 would undo what the worker hides; measured in benchmarks/README.md).
 
     Use: ``start(step, max_steps)`` when training begins, ``tick(step)`` after every optimizer step,
     ``fits(step)`` to ask, ``with budget.timed(snapshot=True):`` around the work.
