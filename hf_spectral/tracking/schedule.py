@@ -284,7 +284,7 @@ class OverheadBudget:
         return max(0.0, self._worker_cost() - elapsed)
 
     def _worker_cost(self) -> float:
-        return COST_MARGIN * max(self.worker_spent / self.worker_taken, self.worker_latest)
+        return _expected_cost(self.worker_spent, self.worker_taken, self.worker_latest)
 
     def meta(self) -> dict[str, object]:
         """What a snapshot's meta records of the budget."""
@@ -297,7 +297,7 @@ class OverheadBudget:
         (default: the mean so far); ``extra``: seconds it costs beyond a snapshot's expected cost."""
         if self.taken == 0 or steps_done <= 0:
             return True
-        cost = COST_MARGIN * max(self.spent / self.taken, self.latest)
+        cost = _expected_cost(self.spent, self.taken, self.latest)
         rate = train_seconds / steps_done if step_seconds is None else step_seconds
         remaining = max((steps_total or 0) - steps_done, 0)
         projected = train_seconds + remaining * rate
@@ -312,6 +312,11 @@ class OverheadBudget:
         return (f"hf_spectral: skipped {len(self.skipped)} of {len(self.skipped) + self.taken} scheduled spectral "
                 f"snapshots (steps {_steps_text(self.skipped)}) to keep tracking within max_overhead={self.share:g} "
                 f"of the training time ({self.spent:.1f} s spent tracking); pass max_overhead=None to take them all")
+
+
+def _expected_cost(spent: float, taken: int, latest: float) -> float:
+    """What the next snapshot is expected to cost: ``COST_MARGIN`` × the larger of the mean and the latest."""
+    return COST_MARGIN * max(spent / taken, latest)
 
 
 def _steps_text(steps: list[int], shown: int = 12) -> str:

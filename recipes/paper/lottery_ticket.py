@@ -135,8 +135,7 @@ def plot(agreement: pd.DataFrame, curves: pd.DataFrame, tickets: pd.DataFrame, d
     ticket_ax.legend(fontsize=8)
     fig.suptitle("Finding 9 at small scale: magnitude vs random masks of an MLP on sklearn digits")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    hf_spectral.plots.save_figure(fig, path.with_suffix(""), (path.suffix.lstrip(".") or "png",))  # atomic
     plt.close(fig)
 
 

@@ -145,8 +145,7 @@ def plot(history: pd.DataFrame, ranks: pd.DataFrame, agreement: pd.DataFrame, pa
                 title="direction of the top vectors")
     fig.suptitle("Finding 7 at small scale: MLP on sklearn digits, true vs one fixed permutation of the labels")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    hf_spectral.plots.save_figure(fig, path.with_suffix(""), (path.suffix.lstrip(".") or "png",))  # atomic
     plt.close(fig)
 
 

@@ -151,8 +151,7 @@ def plot(over: pd.DataFrame, fractions: pd.DataFrame, fraction: float, path: Pat
         frac_ax.legend(fontsize=8)
     fig.suptitle("Finding 4 at small scale: low-rank truncation of every matrix but the last (sklearn digits)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    hf_spectral.plots.save_figure(fig, path.with_suffix(""), (path.suffix.lstrip(".") or "png",))  # atomic
     plt.close(fig)
 
 

@@ -106,8 +106,7 @@ def plot(over_time: pd.DataFrame, runs: pd.DataFrame, ranks: pd.DataFrame, path:
     final_ax.legend(fontsize=7, ncol=2)
     fig.suptitle("Finding 5 at small scale: grokking Transformer, a + b mod p, AdamW, one run per weight decay")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    hf_spectral.plots.save_figure(fig, path.with_suffix(""), (path.suffix.lstrip(".") or "png",))  # atomic
     plt.close(fig)
 
 
