@@ -7,7 +7,9 @@ The analyzer, the training callback and the experiments all come through here.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -23,7 +25,9 @@ from hf_spectral.errors import SpectralError
 from hf_spectral.metrics import PRECISIONS
 from hf_spectral.module_cache import module_info_for
 from hf_spectral.prefetch import read_ahead
-from hf_spectral.processes import cpu_threads_for, launched_processes, on_cpu, process_state, resolve_device
+from hf_spectral.processes import (
+    cpu_threads_for, launched_processes, on_cpu, process_state, resolve_device, with_torch_threads,
+)
 from hf_spectral.sources.types import Checkpoint
 from hf_spectral.status import FLAG_SVD_FAILED, STATUS_FLAGGED, STATUS_OK, STATUS_SKIPPED, UNDEFINED_FLAGS
 from hf_spectral.store import Snapshot, jsonable
@@ -300,12 +304,15 @@ class _Task:
 
 
 def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None = None, *,
-             alone: bool = False) -> Snapshot:
+             alone: bool = False, threads: int = 1, torch_threads: int | None = None) -> Snapshot:
     """Decompose every planned matrix (dealt over accelerate processes) and build the snapshot.
 
     Every process returns the same gathered snapshot; only callers on the main process should write it.
     A ``SpectralError`` in any process (an unreadable tensor) is raised in every process.
     ``alone``: this process does the whole plan by itself (checkpoints of a sweep dealt over processes).
+    ``threads``: on the CPU, decompose this many matrices side by side, each thread with torch's thread
+    count, set to ``torch_threads`` for the while (None: as it is). The caller knows that those cores are
+    idle (a training waiting for its snapshot) and that no other thread computes while the count is changed.
     """
     state = process_state()
     workers, rank = (1, 0) if alone else (state.num_processes, state.process_index)
@@ -320,28 +327,24 @@ def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None =
         tasks.append(_Task(len(plan.specs) + len(tasks) - len(units), cost, pair=pair))
     mine = [tasks[i] for i in deal_by_cost([t.cost for t in tasks], workers)[rank]]
 
+    def work(task: _Task, loaded: Callable[[], list]) -> list[tuple[int, dict[str, Any]]]:
+        if task.pair is not None:
+            return [(task.index, align(task.pair, by_name, plan.readers, options, device))]
+        if len(task.members) == 1:
+            spec = plan.specs[task.index]
+            return [(task.index, decompose(spec, plan.readers[spec.name], options, device, loaded()[0]))]
+        specs = [plan.specs[i] for i in task.members]
+        return list(zip(task.members, decompose_batch(specs, loaded(), options, device)))
+
     started = time.perf_counter()
-    results: list[tuple[int, dict[str, Any]]] = []
     show = options.progress and state.is_main_process
-    with _computing(backend, state, device):
+    on_the_cpu = str(device) == "cpu"
+    side_by_side = threads if on_the_cpu else 1
+    with _computing(backend, state, device), with_torch_threads(torch_threads if on_the_cpu else None):
         bar = tqdm(total=sum(max(1, len(t.members)) for t in mine), desc="SVD", unit="matrix", disable=not show,
                    leave=False)
-        for task, loaded in read_ahead(mine, lambda t: _load_unit(t, plan, options, device, backend)):
-            try:
-                if task.pair is not None:
-                    done_now = [(task.index, align(task.pair, by_name, plan.readers, options, device))]
-                elif len(task.members) == 1:
-                    spec = plan.specs[task.index]
-                    done_now = [(task.index, decompose(spec, plan.readers[spec.name], options, device, loaded()[0]))]
-                else:
-                    specs = [plan.specs[i] for i in task.members]
-                    done_now = list(zip(task.members, decompose_batch(specs, loaded(), options, device)))
-            except SpectralError as exc:
-                # Report instead of raising here: the other processes would wait forever in the gather.
-                results.append((-1, {"error": str(exc)}))
-                break
-            results += done_now
-            bar.update(len(done_now))
+        results = _run_tasks(mine, work, lambda t: _load_unit(t, plan, options, device, backend), bar,
+                             threads=side_by_side, grad_free=backend != "numpy")
         bar.close()
     if workers > 1:
         from accelerate.utils import gather_object
@@ -370,6 +373,52 @@ def run_plan(plan: Plan, options: AnalysisOptions, meta: dict[str, Any] | None =
     }
     # JSON types from the start, so that a snapshot read back from disk equals the one computed.
     return _assemble(plan, matrix_results, pair_results, jsonable(snapshot_meta))
+
+
+Work = Callable[[_Task, Callable[[], list]], list[tuple[int, dict[str, Any]]]]
+
+
+def _run_tasks(tasks: Sequence[_Task], work: Work, load: Callable[[_Task], list], bar: Any, *, threads: int,
+               grad_free: bool) -> list[tuple[int, dict[str, Any]]]:
+    """``work`` on every task: in order with the next one read ahead, or on ``threads`` threads side by side
+    (the largest first, each thread taking the next when it is done). A ``SpectralError`` ends the thread
+    that met it and is reported as ``(-1, {"error": ...})``, not raised: other processes would wait forever
+    in the gather."""
+    if threads <= 1 or len(tasks) <= 1:
+        return _work_through(read_ahead(tasks, load), work, bar, threading.Lock())
+    queue = iter(sorted(tasks, key=lambda t: (-t.cost, t.index)))
+    lock = threading.Lock()
+
+    def take() -> tuple[_Task, Callable[[], list]] | None:
+        with lock:
+            task = next(queue, None)
+        return None if task is None else (task, lambda: load(task))
+
+    def one_thread() -> list[tuple[int, dict[str, Any]]]:
+        with torch.no_grad() if grad_free else contextlib.nullcontext():  # grad mode is per thread
+            return _work_through(iter(take, None), work, bar, lock)
+
+    with ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="hf_spectral_svd") as pool:
+        others = [pool.submit(one_thread) for _ in range(min(threads, len(tasks)) - 1)]
+        results = one_thread()
+        for other in others:
+            results += other.result()
+    return results
+
+
+def _work_through(items: Iterator[tuple[_Task, Callable[[], list]]], work: Work, bar: Any,
+                  lock: threading.Lock) -> list[tuple[int, dict[str, Any]]]:
+    results: list[tuple[int, dict[str, Any]]] = []
+    for task, loaded in items:
+        try:
+            done_now = work(task, loaded)
+        except SpectralError as exc:
+            results.append((-1, {"error": str(exc)}))
+            break
+        results += done_now
+        with lock:
+            bar.update(len(done_now))
+    return results
 
 
 def decompose(spec: MatrixSpec, read: Reader, options: AnalysisOptions, device: torch.device,
@@ -711,8 +760,10 @@ def checkpoint_meta(checkpoint: Checkpoint) -> dict[str, Any]:
 
 
 def analyze_model(model: torch.nn.Module, options: AnalysisOptions, *, step: int | None = None,
-                  meta: dict[str, Any] | None = None) -> Snapshot:
-    """Analyze the live parameters of ``model`` (under ``no_grad``; the model is not modified)."""
+                  meta: dict[str, Any] | None = None, threads: int = 1, torch_threads: int | None = None) -> Snapshot:
+    """Analyze the live parameters of ``model`` (under ``no_grad``; the model is not modified);
+    ``threads`` and ``torch_threads`` as ``run_plan``'s."""
     plan = plan_model(model, options)
-    return run_plan(plan, options, {"source": type(model).__name__, "step": step, **(meta or {})})
+    return run_plan(plan, options, {"source": type(model).__name__, "step": step, **(meta or {})}, threads=threads,
+                    torch_threads=torch_threads)
 

@@ -11,7 +11,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 from hf_spectral._lazy import LazyModule
 from hf_spectral.errors import SpectralError
@@ -132,9 +132,31 @@ def cpu_threads_for(state: Any, device: torch.device) -> Iterator[None]:
     if device.type != "cpu" or state.num_processes <= 1 or local_processes <= 1:
         yield
         return
-    before = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, cores // local_processes))
+    with with_torch_threads(max(1, usable_cores() // local_processes)):
+        yield
+
+
+class CoreSplit(NamedTuple):
+    """How one snapshot's matrices share the cores: ``side_by_side`` decomposed at once, each with
+    ``torch_threads`` torch threads (None: torch's count as it is)."""
+
+    side_by_side: int = 1
+    torch_threads: int | None = None
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def with_torch_threads(count: int | None) -> Iterator[None]:
+    """torch's thread count (process-wide) set to ``count`` inside, restored after; None leaves it alone."""
+    before = torch.get_num_threads() if count is not None else None
+    if count is None or count == before:
+        yield
+        return
+    torch.set_num_threads(count)
     try:
         yield
     finally:

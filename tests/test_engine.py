@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors import safe_open
@@ -17,6 +20,7 @@ import hf_spectral
 from hf_spectral import engine, module_cache
 from hf_spectral.analyzer import analyze_series
 from hf_spectral.engine import AnalysisOptions, analyze_model, deal_by_cost
+from hf_spectral.processes import with_torch_threads as torch_threads
 from tiny_models import (
     BUILDERS,
     build_tiny,
@@ -393,6 +397,69 @@ def test_single_process_run_leaves_torch_threads_alone(saved: dict) -> None:
     before = torch.get_num_threads()
     hf_spectral.analyze(str(saved["resnet"][1]), **quiet())
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("top_k", [0, 3])
+def test_side_by_side_threads_give_the_same_snapshot(saved: dict, top_k: int) -> None:
+    """``threads=2`` decomposes matrices on two threads: every σ, vector and row as one thread gives them, in the
+    plan's order, and σ as numpy's."""
+    model, _ = saved["gpt2"]
+    options = AnalysisOptions(progress=False, top_k=top_k, alignment=True)
+    one, two = analyze_model(model, options, threads=1), analyze_model(model, options, threads=2)
+    assert list(two.matrices["name"]) == list(one.matrices["name"]) and len(one.matrices) > 5
+    pd.testing.assert_frame_equal(two.matrices, one.matrices)
+    pd.testing.assert_frame_equal(two.alignment, one.alignment)
+    for name in one.matrices["name"]:
+        np.testing.assert_array_equal(two.singular_values(name), one.singular_values(name))
+        if top_k:
+            for a, b in zip(two.vectors[name], one.vectors[name]):
+                np.testing.assert_array_equal(a, b)
+    assert_spectra_match(two, reference_matrices(model)[0], "float32")
+
+
+def test_side_by_side_threads_run_at_once_and_report_errors(saved: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _ = saved["bert"]
+    options = AnalysisOptions(progress=False, top_k=2)
+    real, names = engine.decompose, []
+
+    def slow(spec, *args, **kwargs):  # the GIL is free while sleeping, as in a LAPACK call
+        time.sleep(0.05)
+        names.append(spec.name)
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "decompose", slow)
+    started = time.perf_counter()
+    analyze_model(model, options, threads=1)
+    alone = time.perf_counter() - started
+    count = len(names)
+    started = time.perf_counter()
+    analyze_model(model, options, threads=2)
+    side_by_side = time.perf_counter() - started
+    assert len(names) == 2 * count and count >= 8
+    assert side_by_side < 0.75 * alone, (side_by_side, alone)
+
+    seen: set[tuple[str, int]] = set()
+
+    def counting(spec, *args, **kwargs):  # each thread's torch thread count while it decomposes
+        seen.add((threading.current_thread().name, torch.get_num_threads()))
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "decompose", counting)
+    before = torch.get_num_threads()
+    with torch_threads(2):
+        analyze_model(model, options, threads=2, torch_threads=1)
+        assert torch.get_num_threads() == 2  # restored
+    assert {count for _, count in seen} == {1} and len({name for name, _ in seen}) == 2
+    assert torch.get_num_threads() == before
+
+    def failing(spec, *args, **kwargs):
+        if spec.name.endswith("layer.0.attention.self.key.weight"):
+            raise engine.SpectralError(f"{spec.name}: unreadable")
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "decompose", failing)
+    with pytest.raises(engine.SpectralError, match="key.weight: unreadable"):
+        analyze_model(model, options, threads=2)
 
 
 # ------------------------------------------------------------------ series

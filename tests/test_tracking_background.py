@@ -6,6 +6,7 @@ and "auto" turns the worker on only where it is safe and has a core to run on.""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -24,6 +25,7 @@ from hf_spectral import SpectralCallback, SpectralError  # noqa: E402
 from hf_spectral.engine import AnalysisOptions  # noqa: E402
 from hf_spectral.store import read_snapshot  # noqa: E402
 from hf_spectral.tracking import background, log_spaced_steps, recorder, schedule  # noqa: E402
+from hf_spectral.tracking import callback as callback_module  # noqa: E402
 from hf_spectral.tracking.background import SnapshotWorker, use_background  # noqa: E402
 from hf_spectral.tracking.schedule import COST_MARGIN, OverheadBudget  # noqa: E402
 
@@ -188,7 +190,7 @@ def test_auto_uses_the_worker_only_where_it_is_safe_and_pays(monkeypatch, caplog
     model = torch.nn.Linear(4, 4)
     options = AnalysisOptions(top_k=2, progress=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(background.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     monkeypatch.setattr(background.torch, "get_num_threads", lambda: 1)
 
     def decide(requested="auto", **kw):
@@ -208,7 +210,7 @@ def test_auto_uses_the_worker_only_where_it_is_safe_and_pays(monkeypatch, caplog
     monkeypatch.setattr(background.torch, "get_num_threads", lambda: 2)
     assert decide() is False  # training takes both cores: no idle core
     assert decide(True) is True  # forced: safe, so taken even without an idle core
-    monkeypatch.setattr(background.os, "sched_getaffinity", lambda pid: set(range(4)))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)))
     assert decide() is True
     # the CPU copy of the weights (4×4 float32: 64 bytes) must fit in a quarter of the available memory
     monkeypatch.setattr(background, "available_memory", lambda: 255)
@@ -220,6 +222,56 @@ def test_auto_uses_the_worker_only_where_it_is_safe_and_pays(monkeypatch, caplog
     with pytest.raises(SpectralError, match="background"):
         SpectralCallback(background="sometimes")
     assert SpectralCallback(background="off").background is False
+
+
+def test_waiting_threads_fill_the_idle_cores(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    cores, threads = [2], [1]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores[0])))
+    monkeypatch.setattr(background.torch, "get_num_threads", lambda: threads[0])
+    expected = {(2, 1): 2, (2, 2): 1, (4, 2): 2, (3, 2): 1, (6, 2): 3, (16, 1): background.MAX_WAITING_THREADS,
+                (1, 4): 1}
+    for (cores[0], threads[0]), want in expected.items():
+        assert background.waiting_threads() == want, (cores, threads)
+    # on the training thread (it waits; the count may change): the training's cores, at most 4 matrices side
+    # by side; the idle cores are left alone
+    cores[0] = 16
+    for threads[0], want in {1: (1, None), 2: (2, 1), 3: (3, 1), 8: (4, 2), 16: (4, 4)}.items():
+        assert background.waiting_split() == want, threads
+    cores[0], threads[0] = 4, 1
+    assert background.waiting_threads(world_size=2) == 1  # processes share the cores
+    assert background.waiting_split(world_size=2) == (1, None)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert background.waiting_threads() == 1 and background.waiting_split() == (1, None)
+
+
+@pytest.mark.parametrize("mode", [True, False])
+def test_snapshots_training_waits_for_use_the_idle_cores(tmp_path, monkeypatch, mode):
+    """With the worker only the last step's snapshot is waited for: it alone is decomposed on the idle cores
+    too; on the training thread every snapshot is."""
+    real_run_plan, real_analyze_model, threads_at = recorder.run_plan, recorder.analyze_model, {}
+
+    def run_plan(plan, options, meta=None, **kwargs):  # the worker's
+        threads_at[meta["step"]] = (kwargs.get("threads", 1), kwargs.get("torch_threads"))
+        return real_run_plan(plan, options, meta, **kwargs)
+
+    def analyze_model(model, options, **kwargs):  # the training thread's
+        threads_at[kwargs["step"]] = (kwargs.get("threads", 1), kwargs.get("torch_threads"))
+        return real_analyze_model(model, options, **kwargs)
+
+    monkeypatch.setattr(recorder, "run_plan", run_plan)
+    monkeypatch.setattr(recorder, "analyze_model", analyze_model)
+    monkeypatch.setattr(callback_module, "waiting_threads", lambda world_size=1: 2)
+    monkeypatch.setattr(callback_module, "waiting_split", lambda world_size=1: background.CoreSplit(3, 1))
+    callback = SpectralCallback(schedule=[0, 4, 8], top_k=2, max_overhead=None, background=mode)
+    trainer = lm_trainer(tmp_path, [], max_steps=8, save_strategy="no")
+    callback.attach(trainer)
+    before = torch.get_num_threads()
+    trainer.train()
+    # the worker keeps torch's count (it must not change it); the training thread may, while it waits
+    assert threads_at == ({0: (1, None), 4: (1, None), 8: (2, None)} if mode else {0: (3, 1), 4: (3, 1), 8: (3, 1)})
+    assert torch.get_num_threads() == before
+    assert spectral_steps(trainer.state.log_history) == [0, 4, 8]
 
 
 def test_budget_charges_the_training_thread_only(monkeypatch):

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 from tracking_common import lm_trainer  # noqa: E402
 
 import hf_spectral.metrics  # noqa: E402
+import hf_spectral.tracking.background  # noqa: E402
 from hf_spectral import SpectralCallback, SpectralTracker  # noqa: E402
 from hf_spectral.errors import SpectralError  # noqa: E402
 from hf_spectral.tracking import schedule  # noqa: E402
@@ -44,6 +45,8 @@ def slow_svd(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(hf_spectral.metrics, "decompose", slow_decompose)
+    # one matrix at a time: sleeps side by side would cost nothing, unlike real decompositions on busy cores
+    monkeypatch.setattr(hf_spectral.tracking.background, "MAX_WAITING_THREADS", 1)
 
 
 def test_budget_arithmetic():

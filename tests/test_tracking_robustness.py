@@ -80,10 +80,10 @@ def test_failures_mid_run_warn_skip_and_training_completes(tmp_path, monkeypatch
 
     real_analyze, real_save = recorder.analyze_model, store.save_file
 
-    def analyze_model(model, options, *, step=None, meta=None):
+    def analyze_model(model, options, *, step=None, meta=None, **cores):
         if step == 6:
             raise RuntimeError("linalg.svd: The algorithm failed to converge")
-        return real_analyze(model, options, step=step, meta=meta)
+        return real_analyze(model, options, step=step, meta=meta, **cores)
 
     def save_file(arrays, path):
         if ".step-000010." in str(path):

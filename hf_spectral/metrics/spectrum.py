@@ -80,10 +80,10 @@ _CHUNK_ELEMENTS = 1 << 24
 # 4 blocks do ~5/8 of the full GEMM's flops; measured 30-35% faster than A.T @ A.
 _GRAM_BLOCKS = 4
 # Top-k eigenvectors of the Gram matrix (top_eigenvectors), from FILTER_MIN_SIZE rows of the Gram on:
-# measured side by side (benchmarks/topk_vectors.py, 1 thread), decompose / singular_values was
-# 2.2x (eigh) vs 2.0x (filter) at 384², 2.4x vs 1.5x at 1024², 3.4x vs 2.5x at 2048²: below ~1024 eigh's
-# extra work on the vectors (~2x eigvalsh there) is no more than the filter's few dozen block products,
-# and eigh has no convergence to check. The filter uses a block of 2k + 8 vectors; eigh instead when the
+# measured side by side (benchmarks/topk_vectors.py, 1 thread, quiet), decompose / singular_values is
+# 1.78x (eigh, its values giving σ) vs 2.08x (eigvalsh + filter) at 384², 1.66x vs 1.66x at 1024², 2.71x
+# vs 1.75x at 2048²: below ~1024 one eigh costs no more than eigvalsh plus the filter's few dozen block
+# products, and has no convergence to check. The filter uses a block of 2k + 8 vectors; eigh instead when the
 # matrix has fewer than 4 blocks' rows, or when the filter would need more than n / 6 block products
 # (about eigh's extra cost). Sweeps of at most 30 degrees, each followed by a QR and Rayleigh–Ritz.
 # Residual target 1e-12·λ₁.
@@ -467,14 +467,20 @@ def _top_gram(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
     gram = _gram_lower(tall)
     if not bool(torch.isfinite(gram).all()):
         return _top_direct(matrix, k)
-    # All σ from eigvalsh, the values-only path's call: σ are the same with and without vectors.
-    eig = torch.linalg.eigvalsh(gram, UPLO="L")
+    if gram.shape[0] >= FILTER_MIN_SIZE:
+        # All σ from eigvalsh, the values-only path's call (σ the same with and without vectors); the filter
+        # starts from them.
+        eig, vectors = torch.linalg.eigvalsh(gram, UPLO="L"), None
+    else:
+        # One eigh gives the values too: a second eigvalsh was a fifth of a MiniLM snapshot (0.20 of 0.95 s, 1
+        # thread). Its σ are the values-only path's to rounding (syevd against sterf; ~1e-15·σ₁).
+        eig, vectors = torch.linalg.eigh(gram, UPLO="L")
     _check_finite(eig)
     sigma = eig.clamp_min(0).sqrt().flip(0)
     if sigma[0] == 0 or sigma[k - 1] < _GRAM_VECTOR_MIN_RATIO * sigma[0]:
         # U = T V / σ would amplify eigenvector errors too much: decompose directly.
         return _top_direct(matrix, k)
-    right = top_eigenvectors(gram, eig, k) if gram.shape[0] >= FILTER_MIN_SIZE else _eigh_top(gram, k)
+    right = top_eigenvectors(gram, eig, k) if vectors is None else vectors[:, -k:].flip(1).contiguous()
     _check_finite(right)
     left = _matmul_f64(tall, right) / sigma[:k]
     u, v = _orient(matrix, left, right)

@@ -15,7 +15,6 @@ computes. So the worker is used by default only where that many cores are idle.
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from hf_spectral.engine import AnalysisOptions, launched_processes, process_state, resolve_device
+from hf_spectral.processes import CoreSplit, usable_cores
 from hf_spectral.errors import SpectralError
 from hf_spectral.tracking.recorder import ComputedSnapshot, FrozenSnapshot
 from hf_spectral.utils.logging import get_logger
@@ -33,6 +33,9 @@ logger = get_logger("hf_spectral.tracking")
 BackgroundSpec = bool | str  # True, False or "auto"
 # The copy of the weights handed to the worker may take at most this share of the available memory.
 MEMORY_SHARE = 0.25
+# Matrices decomposed side by side while training waits (waiting_threads, waiting_split): each holds a float64
+# copy of its matrix, and beyond a few the threads of one snapshot mostly wait on memory bandwidth.
+MAX_WAITING_THREADS = 4
 
 
 def parse_background(value: BackgroundSpec) -> BackgroundSpec:
@@ -47,8 +50,29 @@ def parse_background(value: BackgroundSpec) -> BackgroundSpec:
 
 def idle_cores() -> int:
     """Cores this process may use beyond those the training's torch threads take."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores - torch.get_num_threads()
+    return usable_cores() - torch.get_num_threads()
+
+
+def waiting_threads(world_size: int = 1) -> int:
+    """Threads that decompose the last step's snapshot side by side in the worker, while training waits for
+    it: one per team of the training's torch threads that the cores hold (the worker cannot change that
+    count: see the module docstring), at most ``MAX_WAITING_THREADS``; 1 with several processes."""
+    if max(world_size, launched_processes()) > 1:
+        return 1
+    return max(1, min(MAX_WAITING_THREADS, usable_cores() // torch.get_num_threads()))
+
+
+def waiting_split(world_size: int = 1) -> CoreSplit:
+    """How a snapshot computed on the training thread, which waits for it, shares the cores: those training
+    computes on (torch's thread count; never more, so that a machine shared with other jobs — a sweep, test
+    workers — is not oversubscribed), as ``min(MAX_WAITING_THREADS, count)`` matrices side by side with
+    ``count // that`` torch threads each (nothing else computes meanwhile, so the count may change for the
+    while). Nothing changed with several processes (``processes.cpu_threads_for`` splits the cores)."""
+    count = torch.get_num_threads()
+    if max(world_size, launched_processes()) > 1 or count <= 1:
+        return CoreSplit()
+    side_by_side = min(MAX_WAITING_THREADS, count)
+    return CoreSplit(side_by_side, max(1, count // side_by_side))
 
 
 def available_memory() -> int | None:

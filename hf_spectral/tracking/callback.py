@@ -28,7 +28,9 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from hf_spectral.engine import AnalysisOptions, launched_processes, process_state
 from hf_spectral.errors import SpectralError
 from hf_spectral.store import RECORD_FOLDER
-from hf_spectral.tracking.background import BackgroundSpec, SnapshotWorker, parse_background, use_background
+from hf_spectral.tracking.background import (
+    BackgroundSpec, SnapshotWorker, parse_background, use_background, waiting_split, waiting_threads,
+)
 from hf_spectral.tracking.recorder import ComputedSnapshot, Recorder, timed, within_budget
 from hf_spectral.tracking.schedule import OverheadBudget, Schedule, ScheduleSpec
 from hf_spectral.tracking.sharding import sharded_kind
@@ -243,7 +245,8 @@ class SpectralCallback(TrainerCallback):
                 state.log_history.append({**scalars, "epoch": done.epoch, "step": done.step})
             if (self._live and model is not None and self.schedule.kind != "steps" and not args.load_best_model_at_end
                     and step not in self.recorder.recorded):
-                scalars = self.recorder.record(_unwrap(model), step, self._meta(state))
+                scalars = self.recorder.record(_unwrap(model), step, self._meta(state),
+                                               cores=waiting_split(args.world_size))
                 if scalars:
                     state.log_history.append({**scalars, "step": step})
             self.recorder.write_log_history(state.log_history)
@@ -263,7 +266,7 @@ class SpectralCallback(TrainerCallback):
             self._snapshot_in_background(args, state, control, model)
             return
         with timed(self.budget, snapshot=True):
-            scalars = self.recorder.record(_unwrap(model), step, self._meta(state))
+            scalars = self.recorder.record(_unwrap(model), step, self._meta(state), cores=waiting_split(args.world_size))
             if scalars and self._truncating:
                 scalars.update(self._truncated_metrics())
             if scalars:
@@ -281,8 +284,11 @@ class SpectralCallback(TrainerCallback):
             frozen = self.recorder.freeze(_unwrap(model), step, self._meta(state), epoch=state.epoch)
             if frozen is None:
                 return
+            last = self._max_steps is not None and step >= self._max_steps
+            if last:  # training waits for this one: the cores it trained on decompose it too
+                frozen.threads = waiting_threads(args.world_size)
             self._worker.submit(frozen)
-            if self._max_steps is not None and step >= self._max_steps:
+            if last:
                 self._drain(args, state, control, wait=True, charged=False)
 
     def _drain(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, wait: bool,

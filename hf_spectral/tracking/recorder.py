@@ -34,6 +34,7 @@ from hf_spectral.engine import (
     AnalysisOptions, Plan, analyze_checkpoint, analyze_model, frozen_plan, plan_model, process_state, run_plan,
 )
 from hf_spectral.errors import SpectralError
+from hf_spectral.processes import CoreSplit
 from hf_spectral.store import (
     CHECKPOINT_SUMMARY, LOG_HISTORY_FILE, Snapshot, is_snapshot, json_default, read_meta, read_snapshot,
     snapshot_problem, write_snapshot,
@@ -72,6 +73,7 @@ class FrozenSnapshot:
     previous: Vectors | None
     epoch: float | None
     copy_seconds: float
+    threads: int = 1  # matrices decomposed side by side (the last step's: training waits for it)
 
 
 @dataclass
@@ -153,15 +155,18 @@ class Recorder:
     # ------------------------------------------------------------------------------------------
     # Recording
 
-    def record(self, model: nn.Module, step: int, meta: Mapping[str, Any] | None = None) -> dict[str, float] | None:
-        """Snapshot the live ``model`` at ``step`` (all processes take part; the main one writes).
+    def record(self, model: nn.Module, step: int, meta: Mapping[str, Any] | None = None, *,
+               cores: CoreSplit = CoreSplit()) -> dict[str, float] | None:
+        """Snapshot the live ``model`` at ``step`` (all processes take part; the main one writes), its matrices
+        sharing the cores as ``cores`` says.
 
         Returns the live scalars on the main process; None elsewhere, when ``step`` is already in
         the record, or when the snapshot failed (a warning says why).
         """
         def snapshot() -> Snapshot:
             with preserved_random_state():
-                return analyze_model(model, self.options, step=step, meta=self._meta(step, meta))
+                return analyze_model(model, self.options, step=step, meta=self._meta(step, meta), threads=cores.side_by_side,
+                                     torch_threads=cores.torch_threads)
 
         return self._record(step, snapshot, model, f"at step {step}")
 
@@ -257,7 +262,7 @@ class Recorder:
         decompositions draw no random numbers). A failure is a warning and None."""
         started = time.perf_counter()
         try:
-            snapshot = run_plan(frozen.plan, self.options, frozen.meta)
+            snapshot = run_plan(frozen.plan, self.options, frozen.meta, threads=frozen.threads)
             scalars = self._conclude(snapshot, frozen.extras, frozen.previous, frozen.step)
         except Exception as exc:
             logger.warning("hf_spectral: spectral snapshot at step %d (computed in the background) skipped: %s: %s",

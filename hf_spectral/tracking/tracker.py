@@ -23,6 +23,7 @@ from torch import nn
 from hf_spectral.engine import AnalysisOptions, process_state
 from hf_spectral.errors import SpectralError
 from hf_spectral.store import LOG_HISTORY_FILE
+from hf_spectral.tracking.background import waiting_split
 from hf_spectral.tracking.recorder import Recorder, timed, within_budget
 from hf_spectral.tracking.schedule import OverheadBudget, Schedule, ScheduleSpec
 from hf_spectral.tracking.sharding import sharded_kind
@@ -107,7 +108,8 @@ class SpectralTracker:
         if not within_budget(self.budget, step):
             return None
         with timed(self.budget, snapshot=True):
-            scalars = self.recorder.record(self._unwrap(model), step, self.budget.meta() if self.budget else None)
+            scalars = self.recorder.record(self._unwrap(model), step, self.budget.meta() if self.budget else None,
+                                           cores=waiting_split(process_state().num_processes))
             if not scalars:
                 return None
             self.history.append({**scalars, "step": step})
