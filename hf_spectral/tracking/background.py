@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from hf_spectral.engine import AnalysisOptions, launched_processes, process_state, resolve_device
-from hf_spectral.processes import CoreSplit, usable_cores
 from hf_spectral.errors import SpectralError
+from hf_spectral.processes import CoreSplit, usable_cores
 from hf_spectral.tracking.recorder import ComputedSnapshot, FrozenSnapshot
 from hf_spectral.utils.logging import get_logger
 
@@ -54,9 +54,9 @@ def idle_cores() -> int:
 
 
 def waiting_threads(world_size: int = 1) -> int:
-    """Threads that decompose the last step's snapshot side by side in the worker, while training waits for
-    it: one per team of the training's torch threads that the cores hold (the worker cannot change that
-    count: see the module docstring), at most ``MAX_WAITING_THREADS``; 1 with several processes."""
+    """Threads that decompose the last step's snapshot side by side when the worker is on (the worker's
+    cores are idle then, and the training's): one per team of the training's torch threads that the cores
+    hold, at most ``MAX_WAITING_THREADS``; 1 with several processes."""
     if max(world_size, launched_processes()) > 1:
         return 1
     return max(1, min(MAX_WAITING_THREADS, usable_cores() // torch.get_num_threads()))
@@ -152,15 +152,30 @@ class SnapshotWorker:
         self._compute = compute
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf_spectral_snapshot")
         self._future: Future | None = None
-        self.pending_step: int | None = None  # the step in flight
-        self._submitted = 0.0  # perf_counter when it was handed over
+        self._held: FrozenSnapshot | None = None  # handed over, to be started by release()
+        self.pending_step: int | None = None  # the step in flight (or held)
+        self._submitted = 0.0  # perf_counter when it was started
 
-    def submit(self, frozen: FrozenSnapshot) -> None:
-        """Start computing ``frozen`` (the previous one must have been taken)."""
-        if self._future is not None:
+    def submit(self, frozen: FrozenSnapshot, *, hold: bool = False) -> None:
+        """Start computing ``frozen`` (the previous one must have been taken); ``hold``: only at
+        :meth:`release` (or a ``take`` that waits)."""
+        if self._future is not None or self._held is not None:
             raise RuntimeError("SnapshotWorker: a snapshot is still in flight; take() it first")
+        self.pending_step = frozen.step
+        if hold:
+            self._held = frozen
+        else:
+            self._start(frozen)
+
+    def release(self) -> None:
+        """Start the snapshot that ``submit(hold=True)`` held back, if any."""
+        if self._held is not None:
+            frozen, self._held = self._held, None
+            self._start(frozen)
+
+    def _start(self, frozen: FrozenSnapshot) -> None:
         self._future = self._pool.submit(self._compute, frozen)
-        self.pending_step, self._submitted = frozen.step, time.perf_counter()
+        self._submitted = time.perf_counter()
 
     def elapsed(self) -> float | None:
         """Seconds the snapshot in flight has been computing; None when the worker is idle (or done)."""
@@ -171,6 +186,8 @@ class SnapshotWorker:
     def take(self, wait: bool) -> ComputedSnapshot | None:
         """The computed snapshot in flight: None when there is none, when it failed, or (``wait`` False)
         when it is not done yet."""
+        if wait:
+            self.release()
         future = self._future
         if future is None or (not wait and not future.done()):
             return None
@@ -183,5 +200,6 @@ class SnapshotWorker:
             return None
 
     def close(self) -> None:
-        """Wait for the snapshot in flight (if any) and end the thread."""
+        """Wait for the snapshot in flight (if any; one held back is dropped) and end the thread."""
+        self._held = None
         self._pool.shutdown(wait=True)

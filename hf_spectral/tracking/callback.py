@@ -27,6 +27,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from hf_spectral.engine import AnalysisOptions, launched_processes, process_state
 from hf_spectral.errors import SpectralError
+from hf_spectral.processes import CoreSplit
 from hf_spectral.store import RECORD_FOLDER
 from hf_spectral.tracking.background import (
     BackgroundSpec, SnapshotWorker, parse_background, use_background, waiting_split, waiting_threads,
@@ -187,13 +188,17 @@ class SpectralCallback(TrainerCallback):
         if live is not None and use_background(self.background, live, self.recorder.options, world_size=args.world_size,
                                                live=True, truncation_eval=self._truncating):
             self._worker = SnapshotWorker(self.recorder.compute)
+            if self.budget is not None:
+                self.budget.last_threads = waiting_threads(args.world_size)
         if live is not None:
-            self._snapshot(args, state, control, model)
+            self._snapshot(args, state, control, model, hold=True)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     model: nn.Module | None = None, **kwargs: Any) -> None:
         if self.budget is not None:
             self.budget.tick(state.global_step)
+        if self._worker is not None:
+            self._worker.release()  # the step-0 snapshot, held back through the first step
         self._drain(args, state, control, wait=False)
         if self._live and model is not None:
             self._snapshot(args, state, control, model)
@@ -256,17 +261,23 @@ class SpectralCallback(TrainerCallback):
 
     # ------------------------------------------------------------------------------------------
 
-    def _snapshot(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: nn.Module) -> None:
+    def _snapshot(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: nn.Module,
+                  hold: bool = False) -> None:
         step = state.global_step
         if not self.schedule.is_due(step, self._max_steps) or step in self.recorder.recorded:
             return
         if not within_budget(self.budget, step, self._expected_wait()):
             return
-        if self._worker is not None:
-            self._snapshot_in_background(args, state, control, model)
+        last = self._max_steps is not None and step >= self._max_steps
+        if self._worker is not None and not last:
+            self._snapshot_in_background(args, state, control, model, hold)
             return
+        # Training waits for this one. The last step's with the worker: the weights no longer change, so no
+        # copy; the worker's cores and the training's decompose it.
+        cores = CoreSplit(waiting_threads(args.world_size)) if self._worker is not None else waiting_split(args.world_size)
         with timed(self.budget, snapshot=True):
-            scalars = self.recorder.record(_unwrap(model), step, self._meta(state), cores=waiting_split(args.world_size))
+            self._drain(args, state, control, wait=True, charged=False)  # the one in flight first, at its step
+            scalars = self.recorder.record(_unwrap(model), step, self._meta(state), cores=cores)
             if scalars and self._truncating:
                 scalars.update(self._truncated_metrics())
             if scalars:
@@ -274,22 +285,17 @@ class SpectralCallback(TrainerCallback):
                 self.recorder.write_log_history(state.log_history)
 
     def _snapshot_in_background(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                                model: nn.Module) -> None:
-        """Copy the weights and hand them to the worker (waiting for the one in flight: at most one); at
-        the last step wait for it too, so that its scalars reach the reporters before training ends."""
+                                model: nn.Module, hold: bool = False) -> None:
+        """Copy the weights and hand them to the worker (waiting for the one in flight: at most one).
+        ``hold`` (the step-0 snapshot): the worker starts it after the first step, whose allocations (the
+        optimizer state, the gradients) were measured to take ~0.4 s longer beside it."""
         assert self._worker is not None
         step = state.global_step
         with timed(self.budget, snapshot=True):
             self._drain(args, state, control, wait=True, charged=False)  # charged with this block
             frozen = self.recorder.freeze(_unwrap(model), step, self._meta(state), epoch=state.epoch)
-            if frozen is None:
-                return
-            last = self._max_steps is not None and step >= self._max_steps
-            if last:  # training waits for this one: the cores it trained on decompose it too
-                frozen.threads = waiting_threads(args.world_size)
-            self._worker.submit(frozen)
-            if last:
-                self._drain(args, state, control, wait=True, charged=False)
+            if frozen is not None:
+                self._worker.submit(frozen, hold=hold)
 
     def _drain(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, wait: bool,
                charged: bool = True) -> None:

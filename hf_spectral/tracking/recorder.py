@@ -73,7 +73,6 @@ class FrozenSnapshot:
     previous: Vectors | None
     epoch: float | None
     copy_seconds: float
-    threads: int = 1  # matrices decomposed side by side (the last step's: training waits for it)
 
 
 @dataclass
@@ -165,8 +164,8 @@ class Recorder:
         """
         def snapshot() -> Snapshot:
             with preserved_random_state():
-                return analyze_model(model, self.options, step=step, meta=self._meta(step, meta), threads=cores.side_by_side,
-                                     torch_threads=cores.torch_threads)
+                return analyze_model(model, self.options, step=step, meta=self._meta(step, meta),
+                                     threads=cores.side_by_side, torch_threads=cores.torch_threads)
 
         return self._record(step, snapshot, model, f"at step {step}")
 
@@ -262,7 +261,7 @@ class Recorder:
         decompositions draw no random numbers). A failure is a warning and None."""
         started = time.perf_counter()
         try:
-            snapshot = run_plan(frozen.plan, self.options, frozen.meta, threads=frozen.threads)
+            snapshot = run_plan(frozen.plan, self.options, frozen.meta)
             scalars = self._conclude(snapshot, frozen.extras, frozen.previous, frozen.step)
         except Exception as exc:
             logger.warning("hf_spectral: spectral snapshot at step %d (computed in the background) skipped: %s: %s",

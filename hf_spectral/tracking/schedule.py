@@ -168,7 +168,9 @@ class OverheadBudget:
     training thread spends: copying the weights, waiting for the worker, emitting and writing. The
     worker's own seconds are noted with :meth:`note_worker`: the last snapshot is waited for whole (the
     record must be complete when ``train()`` returns), so the reserve for it is ``COST_MARGIN`` × the
-    larger of the mean and the latest worker time when that is more than a snapshot's expected cost. A
+    larger of the mean and the latest worker time, divided by ``last_threads`` (the threads the last one is
+    split over; the worker's times were taken on one, beside training, so this stays an overestimate),
+    when that is more than a snapshot's expected cost. A
     snapshot due while the worker is busy also costs the wait for it (:meth:`expected_wait`); before any
     background snapshot has finished that wait is unknown, and such a snapshot is skipped (waiting for the
     step-0 snapshot at step 1 would undo what the worker hides; measured in benchmarks/README.md).
@@ -191,6 +193,7 @@ class OverheadBudget:
     worker_spent: float = 0.0  # seconds snapshots took in the background worker (not charged)
     worker_taken: int = 0
     worker_latest: float = 0.0
+    last_threads: int = 1  # threads the last snapshot is split over (background.waiting_threads; set by the caller)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.share, (int, float)) and not isinstance(self.share, bool) and 0 < self.share):
@@ -201,6 +204,7 @@ class OverheadBudget:
         """Begin a run at ``step`` (``max_steps`` None or <= 0: unknown length); forgets earlier runs."""
         self.spent, self.taken, self.latest, self.skipped = 0.0, 0, 0.0, []
         self.worker_spent, self.worker_taken, self.worker_latest = 0.0, 0, 0.0
+        self.last_threads = 1
         self.start_step = int(step)
         self.max_steps = int(max_steps) if max_steps is not None and max_steps > 0 else None
         self._clock = time.perf_counter()
@@ -301,7 +305,8 @@ class OverheadBudget:
         rate = train_seconds / steps_done if step_seconds is None else step_seconds
         remaining = max((steps_total or 0) - steps_done, 0)
         projected = train_seconds + remaining * rate
-        cost_last = max(cost, self._worker_cost()) if self.worker_taken else cost  # the last one is waited for whole
+        # the last one is waited for whole, split over last_threads (the worker's times: one thread, beside training)
+        cost_last = max(cost, self._worker_cost() / max(1, self.last_threads)) if self.worker_taken else cost
         reserve = cost_last if steps_total is not None and steps_done < steps_total else 0.0
         return self.spent + cost + extra + reserve <= self.share * projected
 
