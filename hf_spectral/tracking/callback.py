@@ -245,13 +245,13 @@ class SpectralCallback(TrainerCallback):
         with timed(self.budget):
             # the snapshot in flight (the reporters have closed their writers: log_history and the record only)
             done = self._worker.take(wait=True) if self._worker is not None else None
+            cores = self._waiting_cores(args)
             self._close_worker()
             if done is not None and (scalars := self._accept(done)):
                 state.log_history.append({**scalars, "epoch": done.epoch, "step": done.step})
             if (self._live and model is not None and self.schedule.kind != "steps" and not args.load_best_model_at_end
                     and step not in self.recorder.recorded):
-                scalars = self.recorder.record(_unwrap(model), step, self._meta(state),
-                                               cores=waiting_split(args.world_size))
+                scalars = self.recorder.record(_unwrap(model), step, self._meta(state), cores=cores)
                 if scalars:
                     state.log_history.append({**scalars, "step": step})
             self.recorder.write_log_history(state.log_history)
@@ -274,7 +274,7 @@ class SpectralCallback(TrainerCallback):
             return
         # Training waits for this one. The last step's with the worker: the weights no longer change, so no
         # copy; the worker's cores and the training's decompose it.
-        cores = CoreSplit(waiting_threads(args.world_size)) if self._worker is not None else waiting_split(args.world_size)
+        cores = self._waiting_cores(args)
         with timed(self.budget, snapshot=True):
             self._drain(args, state, control, wait=True, charged=False)  # the one in flight first, at its step
             scalars = self.recorder.record(_unwrap(model), step, self._meta(state), cores=cores)
@@ -329,6 +329,13 @@ class SpectralCallback(TrainerCallback):
         if elapsed is None or self.budget is None:
             return 0.0
         return self.budget.expected_wait(elapsed)
+
+    def _waiting_cores(self, args: TrainingArguments) -> CoreSplit:
+        """How a snapshot training waits for shares the cores: with the worker (idle then) the worker's and the
+        training's, in teams of torch's count; without it, the training's."""
+        if self._worker is not None:
+            return CoreSplit(waiting_threads(args.world_size))
+        return waiting_split(args.world_size)
 
     def _close_worker(self) -> None:
         if self._worker is not None:

@@ -169,7 +169,8 @@ class OverheadBudget:
     worker's own seconds are noted with :meth:`note_worker`: the last snapshot is waited for whole (the
     record must be complete when ``train()`` returns), so the reserve for it is ``COST_MARGIN`` × the
     larger of the mean and the latest worker time, divided by ``last_threads`` (the threads the last one is
-    split over; the worker's times were taken on one, beside training, so this stays an overestimate),
+    split over; the worker's times were taken on one team of threads, beside training, so this stays an
+    overestimate),
     when that is more than a snapshot's expected cost. A
     snapshot due while the worker is busy also costs the wait for it (:meth:`expected_wait`); before any
     background snapshot has finished that wait is unknown, and such a snapshot is skipped (waiting for the
@@ -305,7 +306,7 @@ class OverheadBudget:
         rate = train_seconds / steps_done if step_seconds is None else step_seconds
         remaining = max((steps_total or 0) - steps_done, 0)
         projected = train_seconds + remaining * rate
-        # the last one is waited for whole, split over last_threads (the worker's times: one thread, beside training)
+        # the last one is waited for whole, split over last_threads (the worker's times: one team, beside training)
         cost_last = max(cost, self._worker_cost() / max(1, self.last_threads)) if self.worker_taken else cost
         reserve = cost_last if steps_total is not None and steps_done < steps_total else 0.0
         return self.spent + cost + extra + reserve <= self.share * projected
