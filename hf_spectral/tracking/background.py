@@ -57,7 +57,7 @@ def waiting_threads(world_size: int = 1) -> int:
     """Threads that decompose the last step's snapshot side by side when the worker is on (the worker's
     cores are idle then, and the training's): one per team of the training's torch threads that the cores
     hold, at most ``MAX_WAITING_THREADS``; 1 with several processes."""
-    if max(world_size, launched_processes()) > 1:
+    if _processes(world_size) > 1:
         return 1
     return max(1, min(MAX_WAITING_THREADS, usable_cores() // torch.get_num_threads()))
 
@@ -69,10 +69,15 @@ def waiting_split(world_size: int = 1) -> CoreSplit:
     ``count // that`` torch threads each (nothing else computes meanwhile, so the count may change for the
     while). Nothing changed with several processes (``processes.cpu_threads_for`` splits the cores)."""
     count = torch.get_num_threads()
-    if max(world_size, launched_processes()) > 1 or count <= 1:
+    if _processes(world_size) > 1 or count <= 1:
         return CoreSplit()
     side_by_side = min(MAX_WAITING_THREADS, count)
     return CoreSplit(side_by_side, max(1, count // side_by_side))
+
+
+def _processes(world_size: int) -> int:
+    """Processes of this run: the Trainer's world size, or those launched together."""
+    return max(world_size, launched_processes())
 
 
 def available_memory() -> int | None:
@@ -122,7 +127,7 @@ def use_background(requested: BackgroundSpec, model: nn.Module, options: Analysi
 
 def _unsafe(options: AnalysisOptions, *, world_size: int, live: bool, truncation_eval: bool) -> str:
     """Why a worker thread must not compute the snapshots here ("" when it may)."""
-    processes = max(world_size, launched_processes())
+    processes = _processes(world_size)
     if processes > 1:
         return f"the run has {processes} processes (the snapshots' collectives must not run beside DDP's)"
     if truncation_eval:

@@ -68,8 +68,8 @@ class SpectralCallback(TrainerCallback):
     background: compute snapshots off the training thread: at a due step the training thread copies the
                 planned weights to the CPU and one worker thread decomposes and writes them while training
                 goes on; the scalars are logged at the next event, at the snapshot's step. At most one
-                snapshot in flight (the next due one waits for it); the last step's snapshot is waited for
-                at once. ``"auto"`` (default): where it is safe and pays — one process, the analysis on the
+                snapshot in flight (the next due one waits for it); the last step's snapshot is computed at
+                once on the training thread (with the worker's cores too). ``"auto"`` (default): where it is safe and pays — one process, the analysis on the
                 CPU, no ``truncation_eval``, a live (unsharded) model, a CPU copy of the weights within a quarter
                 of the available memory, and as many idle cores as the training's torch threads (the worker
                 runs with that count) or the model on an accelerator (docs/tracking.md). ``True``:
@@ -188,8 +188,8 @@ class SpectralCallback(TrainerCallback):
         if live is not None and use_background(self.background, live, self.recorder.options, world_size=args.world_size,
                                                live=True, truncation_eval=self._truncating):
             self._worker = SnapshotWorker(self.recorder.compute)
-            if self.budget is not None:
-                self.budget.last_threads = waiting_threads(args.world_size)
+            if self.budget is not None:  # the last snapshot's reserve
+                self.budget.last_threads = self._waiting_cores(args).side_by_side
         if live is not None:
             self._snapshot(args, state, control, model, hold=True)
 
@@ -215,8 +215,7 @@ class SpectralCallback(TrainerCallback):
         if self.recorder.output_dir is None:  # not opened: this trainer never called on_train_begin
             return
         # the checkpoint's summary reuses the snapshot of its step: wait for it when it is in flight
-        in_flight = self._worker.pending_step if self._worker is not None else None
-        self._drain(args, state, control, wait=in_flight == state.global_step)
+        self._drain(args, state, control, wait=self.in_flight_step == state.global_step)
         checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if not self._live:
             process_state().wait_for_everyone()  # every process has finished writing its part
